@@ -1,0 +1,250 @@
+#!/usr/bin/python3
+"""Trains the bundled shapes model from nothing (data set, VAE, U-Net + text encoder), resumable, then writes its checkpoint.
+
+Usage: /usr/bin/python3 tools/train_model.py --work DIR [--unet-steps N] [--out models/shapes]
+Every stage is skipped when its result exists in DIR, and the U-Net stage resumes from its last checkpoint,
+so the same command can be run again (in the background, across sessions) until the step count is reached.
+"""
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # torch runs its own thread pool; two pools fight
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from multiprocessing import Pool
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import clip_tokenizer  # noqa: E402
+import safetensors_io  # noqa: E402
+import sdmodels  # noqa: E402
+import shapes  # noqa: E402
+
+SHAPES_CONFIG = {
+    "name": "shapes",
+    "image_size": 64,
+    "unet": {
+        "in_channels": 4, "out_channels": 4, "model_channels": 64, "channel_mult": [1, 1, 2],
+        "num_res_blocks": 1, "attention_resolutions": [2], "num_heads": 4, "transformer_depth": 1,
+        "context_dim": 128,
+        "taps": {"input": [1, 3, 5], "middle": [0, 1, 2], "output": [1, 3, 5]},
+    },
+    "vae": {"ch": 32, "ch_mult": [1, 2, 2], "num_res_blocks": 1, "z_channels": 4, "embed_dim": 4,
+            "in_channels": 3, "out_ch": 3, "scaling_factor": 1.0},
+    "text": {"vocab_size": 0, "width": 128, "layers": 2, "heads": 4, "mlp": 512, "max_positions": 77},
+    "schedule": dict(sdmodels.SD15["schedule"]),
+}
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+def _gen(seed: int):
+    img, edges, cap, p = shapes.sample(seed)
+    return img, edges, cap, shapes.SHAPES.index(p["shape"]), shapes.COLOUR_NAMES.index(p["fg"]), shapes.COLOUR_NAMES.index(p["bg"])
+
+
+def make_data(path: str, n: int, first_seed: int = 0, workers: int = 2) -> None:
+    """Writes n samples (seeds first_seed..) as an .npz: images, edges, captions, labels."""
+    with Pool(workers) as pool:
+        rows = pool.map(_gen, range(first_seed, first_seed + n), chunksize=256)
+    np.savez(path + ".tmp.npz",
+             images=np.stack([r[0] for r in rows]), edges=np.stack([r[1] for r in rows]),
+             captions=np.array([r[2] for r in rows]), shape=np.array([r[3] for r in rows]),
+             fg=np.array([r[4] for r in rows]), bg=np.array([r[5] for r in rows]))
+    os.replace(path + ".tmp.npz", path)
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC (or NHW for edge maps) -> float NCHW in [-1, 1]."""
+    x = torch.from_numpy(images).float() / 127.5 - 1
+    return x[:, None].expand(-1, 3, -1, -1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
+
+
+def _thicken(edges: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Edge maps with random extra width, so that the VAE also sees strokes like users' sketches."""
+    e = torch.from_numpy(edges).float()[:, None] / 255
+    k = int(rng.integers(1, 3)) * 2 + 1
+    return (F.max_pool2d(e, k, 1, k // 2)[:, 0] * 255).to(torch.uint8).numpy()
+
+
+def train_vae(work: str, cfg: dict, data: dict, steps: int, batch: int = 8) -> None:
+    path = os.path.join(work, "vae.pt")
+    if os.path.exists(path):
+        return
+    torch.manual_seed(1)
+    rng = np.random.default_rng(1)
+    vae = sdmodels.AutoencoderKL(cfg["vae"])
+    opt = torch.optim.AdamW(vae.parameters(), 1e-3, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 1e-3, total_steps=steps, pct_start=0.05)
+    n = len(data["images"])
+    t0 = time.time()
+    for step in range(steps):
+        idx = rng.integers(0, n, batch)
+        ne = batch // 4
+        x = torch.cat([to_tensor(data["images"][idx[ne:]]),
+                       to_tensor(data["edges"][idx[: ne // 2]]),
+                       to_tensor(_thicken(data["edges"][idx[ne // 2: ne]], rng))])
+        mean, logvar = vae.encode_moments(x)
+        z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+        rec = vae.decode(z)
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum(dim=(1, 2, 3)).mean()
+        loss = (rec - x).abs().mean() + (rec - x).pow(2).mean() + 1e-6 * kl
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 200 == 0 or step == steps - 1:
+            psnr = 10 * math.log10(4 / max((rec - x).pow(2).mean().item(), 1e-10))
+            log("vae step %d/%d loss %.4f psnr %.1f dB kl %.1f (%.0f s)" % (step, steps, loss.item(), psnr, kl.item(), time.time() - t0))
+    torch.save(vae.state_dict(), path)
+
+
+@torch.no_grad()
+def encode_latents(work: str, cfg: dict, data: dict) -> None:
+    path = os.path.join(work, "latents.pt")
+    if os.path.exists(path):
+        return
+    vae = sdmodels.AutoencoderKL(cfg["vae"])
+    vae.load_state_dict(torch.load(os.path.join(work, "vae.pt")))
+    vae.eval()
+    out = []
+    for i in range(0, len(data["images"]), 512):
+        out.append(vae.encode_moments(to_tensor(data["images"][i:i + 512]))[0])
+    lat = torch.cat(out)
+    x = to_tensor(data["images"][:512])
+    psnr = 10 * math.log10(4 / (vae.decode(lat[:512]) - x).pow(2).mean().item())
+    log("latents %s, std %.4f, reconstruction psnr %.1f dB" % (tuple(lat.shape), lat.std().item(), psnr))
+    torch.save({"latents": lat, "scaling_factor": 1.0 / lat.std().item()}, path)
+
+
+def alphas_cumprod(sched: dict) -> torch.Tensor:
+    n = sched["num_train_timesteps"]
+    betas = torch.linspace(sched["beta_start"] ** 0.5, sched["beta_end"] ** 0.5, n, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, 0)
+
+
+def train_unet(work: str, cfg: dict, data: dict, steps: int, batch: int = 32, lr: float = 4e-4) -> None:
+    path = os.path.join(work, "unet.pt")
+    lat = torch.load(os.path.join(work, "latents.pt"))
+    latents = lat["latents"] * lat["scaling_factor"]
+    tok = clip_tokenizer.Tokenizer.from_files(os.path.join(work, "tokenizer"))
+    ids = torch.tensor([tok.input_ids(c) for c in data["captions"]])
+    empty = torch.tensor(tok.input_ids(""))
+    unet, text = sdmodels.UNetModel(cfg["unet"]), sdmodels.CLIPTextModel(cfg["text"])
+    params = list(unet.parameters()) + list(text.parameters())
+    opt = torch.optim.AdamW(params, lr, weight_decay=0.01)
+    ema = [p.detach().clone() for p in params]
+    step = 0
+    if os.path.exists(path):
+        ck = torch.load(path)
+        unet.load_state_dict(ck["unet"])
+        text.load_state_dict(ck["text"])
+        opt.load_state_dict(ck["opt"])
+        ema = ck["ema"]
+        step = ck["step"]
+        log("resumed at step %d" % step)
+    if step >= steps:
+        return
+    abar = alphas_cumprod(cfg["schedule"]).float()
+    snr = abar / (1 - abar)
+    weight = torch.clamp(snr, max=5.0) / snr  # min-SNR-5 weighting for epsilon prediction
+    gen = torch.Generator().manual_seed(1000 + step)
+    n = len(latents)
+    t0, run_loss = time.time(), 0.0
+    while step < steps:
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, (step + 1) / 500)
+        idx = torch.randint(0, n, (batch,), generator=gen)
+        z0 = latents[idx]
+        cond = ids[idx].clone()
+        drop = torch.rand(batch, generator=gen) < 0.1
+        cond[drop] = empty
+        t = torch.randint(0, abar.numel(), (batch,), generator=gen)
+        noise = torch.randn(z0.shape, generator=gen)
+        a = abar[t][:, None, None, None]
+        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+        eps = unet(zt, t, text(cond))[0]
+        loss = ((eps - noise).pow(2).mean(dim=(1, 2, 3)) * weight[t]).mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        decay = min(0.999, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, p in zip(ema, params):
+                e.mul_(decay).add_(p.detach(), alpha=1 - decay)
+        run_loss += loss.item()
+        if step % 100 == 0:
+            log("unet step %d/%d loss %.4f (%.2f s/step)" % (step, steps, run_loss / 100, (time.time() - t0) / 100))
+            t0, run_loss = time.time(), 0.0
+        if step % 500 == 0 or step == steps:
+            torch.save({"unet": unet.state_dict(), "text": text.state_dict(), "opt": opt.state_dict(),
+                        "ema": ema, "step": step}, path + ".tmp")
+            os.replace(path + ".tmp", path)
+            write_checkpoint(work, cfg)
+
+
+def write_checkpoint(work: str, cfg: dict) -> str:
+    """Writes DIR/shapes.safetensors: EMA U-Net and text encoder, VAE, LDM key names, config in the metadata."""
+    ck = torch.load(os.path.join(work, "unet.pt"))
+    unet, text = sdmodels.UNetModel(cfg["unet"]), sdmodels.CLIPTextModel(cfg["text"])
+    unet.load_state_dict(ck["unet"])
+    text.load_state_dict(ck["text"])
+    with torch.no_grad():
+        for p, e in zip(list(unet.parameters()) + list(text.parameters()), ck["ema"]):
+            p.copy_(e)
+    vae = sdmodels.AutoencoderKL(cfg["vae"])
+    vae.load_state_dict(torch.load(os.path.join(work, "vae.pt")))
+    sd = sdmodels.to_checkpoint(unet, vae, text)
+    meta = {"sketchguide_config": json.dumps(cfg), "train_steps": str(ck["step"])}
+    out = os.path.join(work, "shapes.safetensors")
+    safetensors_io.save(sd, out + ".tmp", meta)
+    os.replace(out + ".tmp", out)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", required=True, help="folder for the data set, checkpoints and logs")
+    ap.add_argument("--samples", type=int, default=100000, help="training images (default 100000)")
+    ap.add_argument("--vae-steps", type=int, default=2500)
+    ap.add_argument("--unet-steps", type=int, default=30000)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--out", help="export the trained model to this model directory when done")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    os.makedirs(a.work, exist_ok=True)
+    data_path = os.path.join(a.work, "data.npz")
+    if not os.path.exists(data_path):
+        log("generating %d samples" % a.samples)
+        make_data(data_path, a.samples)
+    data = dict(np.load(data_path))
+    cfg = json.loads(json.dumps(SHAPES_CONFIG))
+    tok_dir = os.path.join(a.work, "tokenizer")
+    if not os.path.exists(os.path.join(tok_dir, "merges.txt")):
+        clip_tokenizer.learn(list(data["captions"])).write(tok_dir)
+    cfg["text"]["vocab_size"] = clip_tokenizer.Tokenizer.from_files(tok_dir).vocab_size
+    train_vae(a.work, cfg, data, a.vae_steps)
+    encode_latents(a.work, cfg, data)
+    cfg["vae"]["scaling_factor"] = round(torch.load(os.path.join(a.work, "latents.pt"))["scaling_factor"], 5)
+    train_unet(a.work, cfg, data, a.unet_steps)
+    ckpt = write_checkpoint(a.work, cfg)
+    log("checkpoint %s" % ckpt)
+    if a.out:
+        subprocess.check_call([sys.executable, os.path.join(os.path.dirname(__file__), "export.py"), ckpt,
+                               "--out", a.out, "--vocab", tok_dir])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
