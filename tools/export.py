@@ -25,6 +25,8 @@ import sdmodels  # noqa: E402
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MODULES = {"text_encoder": "text_encoder.pt", "unet": "unet.pt", "vae_encoder": "vae_encoder.pt", "vae_decoder": "vae_decoder.pt"}
 FORMAT_VERSION = 1
+# generation defaults written into the manifest (the paper's beta, stop and cfg); a config's "defaults" override them
+DEFAULTS = {"steps": 50, "cfg": 8.0, "beta": 1.6, "stop": 0.5, "sampler": "ddim", "eta": 0.0}
 
 
 class ExportError(Exception):
@@ -153,6 +155,7 @@ def export(checkpoint: str, out: str, vocab: str = None, dtype: str = "float32",
         "image_size": size, "latent_channels": cfg["vae"]["embed_dim"], "downscale": down, "latent_size": size // down,
         "scaling_factor": cfg["vae"]["scaling_factor"],
         "schedule": cfg["schedule"], "prediction_type": cfg["schedule"].get("prediction_type", "epsilon"),
+        "defaults": dict(DEFAULTS, **cfg.get("defaults", {})),
         "context_dim": cfg["text"]["width"], "context_length": cfg["text"]["max_positions"],
         "modules": dict(MODULES),
         "unet_outputs": ["eps"] + [t["name"] for t in taps],

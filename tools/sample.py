@@ -2,8 +2,9 @@
 """Python reference sampler: sketch-guided generation (METHOD.md) over an exported model directory; the oracle for the C engine.
 
 Usage: /usr/bin/python3 tools/sample.py MODEL_DIR --prompt TEXT --sketch FILE --out OUT.png
-           [--beta 1.6] [--stop 0.5 | --stop-step N] [--steps 50] [--cfg 8] [--seed 0] [--sampler ddim|ddpm]
-           [--eta 0] [--negative TEXT] [--n 1] [--invert auto|true|false] [--latents OUT.pt]
+           [--beta B] [--stop S | --stop-step N] [--steps N] [--cfg W] [--seed 0] [--sampler ddim|ddpm]
+           [--eta E] [--negative TEXT] [--n 1] [--invert auto|true|false] [--latents OUT.pt]
+Parameters not given take the model's defaults (model.json "defaults": the paper's beta 1.6, stop 0.5).
 """
 import os
 
@@ -13,7 +14,7 @@ import argparse
 import json
 import math
 import sys
-from typing import List, Optional
+from typing import List, Optional, Union
 
 import numpy as np
 import torch
@@ -113,19 +114,25 @@ def guided_steps(steps: int, stop: float, stop_step: Optional[int]) -> int:
     return max(0, min(steps, math.ceil(stop * steps - 1e-9)))
 
 
-def sample(model: Model, prompt: str, target: Optional[torch.Tensor], beta: float = 1.6, stop: float = 0.5,
-           stop_step: Optional[int] = None, steps: int = 50, cfg: float = 8.0, seed: int = 0, sampler: str = "ddim",
-           eta: float = 0.0, negative: str = "", n: int = 1, trace: Optional[list] = None) -> torch.Tensor:
-    """METHOD.md's guided sampling. Image k uses its own generator seeded with seed + k (initial noise, then the
-    sampler's noise). Returns the final scaled latents [n, C, h, w]; trace, if given, gets z after every step."""
+def sample(model: Model, prompt: Union[str, List[str]], target: Optional[torch.Tensor], beta: float = 1.6,
+           stop: float = 0.5, stop_step: Optional[int] = None, steps: int = 50, cfg: float = 8.0, seed: int = 0,
+           sampler: str = "ddim", eta: float = 0.0, negative: str = "", n: int = 1,
+           seeds: Optional[List[int]] = None, trace: Optional[list] = None) -> torch.Tensor:
+    """METHOD.md's guided sampling of n images (or one per prompt when `prompt` is a list). Image k uses its own
+    generator seeded with seeds[k] (default seed + k) for the initial noise, then the sampler's noise; target is
+    one encoded sketch for all images or one per image. Returns the final scaled latents [n, C, h, w]; trace, if
+    given, gets z after every step."""
     if sampler not in ("ddim", "ddpm"):
         raise ValueError("sampler must be ddim or ddpm")
+    prompts = [prompt] * n if isinstance(prompt, str) else list(prompt)
+    n = len(prompts)
+    seeds = list(seeds) if seeds is not None else [seed + i for i in range(n)]
     abar = model.abar
     ts = timesteps(abar.numel(), steps)
     k = abar.numel() // steps
-    gens = [torch.Generator().manual_seed(seed + i) for i in range(n)]
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
     z = torch.stack([torch.randn(model.latent_shape, generator=g) for g in gens])
-    ctx_c = model.encode_text([prompt]).expand(n, -1, -1)
+    ctx_c = model.encode_text(prompts)
     ctx_u = model.encode_text([negative]).expand(n, -1, -1)
     n_guided = guided_steps(steps, stop, stop_step) if (target is not None and beta != 0) else 0
     if n_guided and model.lgp is None:
@@ -179,14 +186,14 @@ def main() -> int:
     ap.add_argument("--negative", default="")
     ap.add_argument("--sketch", help="sketch image (PNG or JPEG); without it, beta is ignored")
     ap.add_argument("--invert", default="auto", choices=["auto", "true", "false"])
-    ap.add_argument("--beta", type=float, default=1.6)
-    ap.add_argument("--stop", type=float, default=0.5, help="fraction of the steps that are guided")
+    ap.add_argument("--beta", type=float, default=None)
+    ap.add_argument("--stop", type=float, default=None, help="fraction of the steps that are guided")
     ap.add_argument("--stop-step", type=int, help="number of guided steps (overrides --stop)")
-    ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--cfg", type=float, default=8.0)
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--cfg", type=float, default=None)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
-    ap.add_argument("--eta", type=float, default=0.0)
+    ap.add_argument("--sampler", default=None, choices=["ddim", "ddpm"])
+    ap.add_argument("--eta", type=float, default=None)
     ap.add_argument("--n", type=int, default=1, help="images, with seeds seed, seed+1, ...")
     ap.add_argument("--out", required=True, help="output PNG (several images: NAME-K.png)")
     ap.add_argument("--latents", help="also save the final latents (torch.save) here")
@@ -194,6 +201,9 @@ def main() -> int:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     model = Model(a.model)
+    for k, v in model.manifest.get("defaults", {}).items():  # the model's defaults for what was not given
+        if getattr(a, k, "unset") is None:
+            setattr(a, k, v)
     target = edge_target(model, load_sketch(a.sketch, model.size, a.invert)) if a.sketch else None
     z = sample(model, a.prompt, target, a.beta, a.stop, a.stop_step, a.steps, a.cfg, a.seed, a.sampler, a.eta,
                a.negative, a.n)

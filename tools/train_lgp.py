@@ -117,6 +117,7 @@ def main() -> int:
     ap.add_argument("--time-dim", type=int, default=lgpmod.TIME_DIM)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="output file (default MODEL_DIR/lgp.pt, which also updates model.json)")
+    ap.add_argument("--checkpoint", help="resumable training state (default: OUT.ckpt)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -124,7 +125,7 @@ def main() -> int:
     model = ref.Model(a.model)
     m = model.manifest
     out = a.out or os.path.join(a.model, "lgp.pt")
-    ckpt = out + ".ckpt"
+    ckpt = a.checkpoint or out + ".ckpt"
     t0 = time.time()
     train = Prepared(model, *(load_dir(a.data, model.size) if a.data else shapes_data(a.shapes, model.size)))
     hold = Prepared(model, *shapes_data(a.held_out, model.size, SHAPES_SEED + 1_000_000))

@@ -2,8 +2,9 @@
 """Trains the bundled shapes model from nothing (data set, VAE, U-Net + text encoder), resumable, then writes its checkpoint.
 
 Usage: /usr/bin/python3 tools/train_model.py --work DIR [--unet-steps N] [--out models/shapes]
-Every stage is skipped when its result exists in DIR, and the U-Net stage resumes from its last checkpoint,
-so the same command can be run again (in the background, across sessions) until the step count is reached.
+Every stage is skipped when its result exists in DIR, and the U-Net and LGP stages resume from their last
+checkpoints, so the same command can be run again (in the background, across sessions) until the step counts
+are reached. With --out, the result is exported there and its LGP trained (tools/train_lgp.py).
 """
 import os
 
@@ -220,7 +221,8 @@ def main() -> int:
     ap.add_argument("--vae-steps", type=int, default=2500)
     ap.add_argument("--unet-steps", type=int, default=30000)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--out", help="export the trained model to this model directory when done")
+    ap.add_argument("--lgp-steps", type=int, default=2000)
+    ap.add_argument("--out", help="when done: export to this model directory and train its LGP there")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     os.makedirs(a.work, exist_ok=True)
@@ -241,8 +243,11 @@ def main() -> int:
     ckpt = write_checkpoint(a.work, cfg)
     log("checkpoint %s" % ckpt)
     if a.out:
-        subprocess.check_call([sys.executable, os.path.join(os.path.dirname(__file__), "export.py"), ckpt,
-                               "--out", a.out, "--vocab", tok_dir])
+        here = os.path.dirname(os.path.abspath(__file__))
+        subprocess.check_call([sys.executable, os.path.join(here, "export.py"), ckpt, "--out", a.out, "--vocab", tok_dir])
+        steps = torch.load(os.path.join(a.work, "unet.pt"))["step"]
+        subprocess.check_call([sys.executable, os.path.join(here, "train_lgp.py"), a.out, "--steps", str(a.lgp_steps),
+                               "--checkpoint", os.path.join(a.work, "lgp-unet%d.ckpt" % steps)])
     return 0
 
 
