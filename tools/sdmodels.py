@@ -319,16 +319,16 @@ class UNetModel(nn.Module):
 # inside the levels (as in SD 1.x), single-head attention in the middle.
 
 
-def vae_norm(c: int) -> nn.GroupNorm:
-    return nn.GroupNorm(32, c, eps=1e-6)
+def vae_norm(c: int, groups: int = 32) -> nn.GroupNorm:
+    return nn.GroupNorm(groups, c, eps=1e-6)
 
 
 class ResnetBlock(nn.Module):
-    def __init__(self, cin: int, cout: int):
+    def __init__(self, cin: int, cout: int, groups: int = 32):
         super().__init__()
-        self.norm1 = vae_norm(cin)
+        self.norm1 = vae_norm(cin, groups)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
-        self.norm2 = vae_norm(cout)
+        self.norm2 = vae_norm(cout, groups)
         self.dropout = nn.Dropout(0.0)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
         self.nin_shortcut = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1)
@@ -340,9 +340,9 @@ class ResnetBlock(nn.Module):
 
 
 class AttnBlock(nn.Module):
-    def __init__(self, c: int):
+    def __init__(self, c: int, groups: int = 32):
         super().__init__()
-        self.norm = vae_norm(c)
+        self.norm = vae_norm(c, groups)
         self.q = nn.Conv2d(c, c, 1)
         self.k = nn.Conv2d(c, c, 1)
         self.v = nn.Conv2d(c, c, 1)
@@ -408,11 +408,11 @@ class DecLevel(nn.Module):
 
 
 class Mid(nn.Module):
-    def __init__(self, c: int):
+    def __init__(self, c: int, groups: int = 32):
         super().__init__()
-        self.block_1 = ResnetBlock(c, c)
-        self.attn_1 = AttnBlock(c)
-        self.block_2 = ResnetBlock(c, c)
+        self.block_1 = ResnetBlock(c, c, groups)
+        self.attn_1 = AttnBlock(c, groups)
+        self.block_2 = ResnetBlock(c, c, groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block_2(self.attn_1(self.block_1(x)))
@@ -422,6 +422,7 @@ class Encoder(nn.Module):
     def __init__(self, cfg: dict):
         super().__init__()
         ch, mult, nrb = cfg["ch"], cfg["ch_mult"], cfg["num_res_blocks"]
+        g = cfg.get("norm_groups", 32)
         self.conv_in = nn.Conv2d(cfg["in_channels"], ch, 3, padding=1)
         in_mult = [1] + list(mult)
         levels = []
@@ -431,13 +432,13 @@ class Encoder(nn.Module):
             cout = ch * m
             blocks: List[nn.Module] = []
             for _ in range(nrb):
-                blocks.append(ResnetBlock(cin, cout))
+                blocks.append(ResnetBlock(cin, cout, g))
                 cin = cout
             last = i == len(mult) - 1
             levels.append(EncLevel(blocks, nn.Identity() if last else EncDownsample(cin)))
         self.down = nn.ModuleList(levels)
-        self.mid = Mid(cin)
-        self.norm_out = vae_norm(cin)
+        self.mid = Mid(cin, g)
+        self.norm_out = vae_norm(cin, g)
         self.conv_out = nn.Conv2d(cin, 2 * cfg["z_channels"], 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -467,19 +468,20 @@ class Decoder(nn.Module):
     def __init__(self, cfg: dict):
         super().__init__()
         ch, mult, nrb = cfg["ch"], cfg["ch_mult"], cfg["num_res_blocks"]
+        g = cfg.get("norm_groups", 32)
         cin = ch * mult[-1]
         self.conv_in = nn.Conv2d(cfg["z_channels"], cin, 3, padding=1)
-        self.mid = Mid(cin)
+        self.mid = Mid(cin, g)
         ups: List[nn.Module] = []
         for i in reversed(range(len(mult))):
             cout = ch * mult[i]
             blocks: List[nn.Module] = []
             for _ in range(nrb + 1):
-                blocks.append(ResnetBlock(cin, cout))
+                blocks.append(ResnetBlock(cin, cout, g))
                 cin = cout
             ups.append(DecLevel(blocks, nn.Identity() if i == 0 else DecUpsample(cin)))
         self.up = nn.ModuleList(ups)
-        self.norm_out = vae_norm(cin)
+        self.norm_out = vae_norm(cin, g)
         self.conv_out = nn.Conv2d(cin, cfg["out_ch"], 3, padding=1)
         n = len(mult)
         self._register_state_dict_hook(lambda mod, sd, prefix, meta: _swap_up_keys(sd, prefix, n))

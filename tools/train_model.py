@@ -37,8 +37,10 @@ SHAPES_CONFIG = {
         "context_dim": 128,
         "taps": {"input": [1, 3, 5], "middle": [0, 1, 2], "output": [1, 3, 5]},
     },
+    # 8 normalisation groups (SD: 32): with 32 channels, 32 groups would normalise each channel on its own and
+    # wash out flat colours
     "vae": {"ch": 32, "ch_mult": [1, 2, 2], "num_res_blocks": 1, "z_channels": 4, "embed_dim": 4,
-            "in_channels": 3, "out_ch": 3, "scaling_factor": 1.0},
+            "in_channels": 3, "out_ch": 3, "scaling_factor": 1.0, "norm_groups": 8},
     "text": {"vocab_size": 0, "width": 128, "layers": 2, "heads": 4, "mlp": 512, "max_positions": 77},
     "schedule": dict(sdmodels.SD15["schedule"]),
 }

@@ -1,0 +1,61 @@
+#!/usr/bin/python3
+"""Benchmark (run by hand): per-image time of the Python reference sampler on a model, 50 DDIM steps, unguided
+and guided (beta 1.6, stop 0.5), best of several runs, with the guided/unguided ratio measured in the same run.
+
+Usage: /usr/bin/python3 bench/bench_reference.py [models/shapes] [--runs 5] [--steps 50] [--threads 2]
+"""
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+import sample as ref  # noqa: E402
+import shapes  # noqa: E402
+
+
+def best_of(runs, fn):
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times), float(np.median(times))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", nargs="?", default="models/shapes")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    model = ref.Model(a.model)
+    d = model.manifest["defaults"]
+    p = dict(shapes.sample_params(1), shape="star")
+    target = ref.edge_target(model, shapes.sketch(p, "wobbly", 0, model.size) / 255.0)
+    prompt = "a red star on a plain blue background"
+
+    def run(beta, tg):
+        z = ref.sample(model, prompt, tg, beta=beta, stop=d["stop"], steps=a.steps, cfg=d["cfg"], seed=0)
+        model.decode(z)
+
+    run(0.0, None)  # warm-up
+    u = best_of(a.runs, lambda: run(0.0, None))
+    g = best_of(a.runs, lambda: run(d["beta"], target))
+    print("model %s, %d steps, cfg %.1f, %d threads, torch %s" % (a.model, a.steps, d["cfg"], a.threads, torch.__version__))
+    print("unguided: best %.3f s, median %.3f s per image" % u)
+    print("guided (beta %.1f, stop %.2f): best %.3f s, median %.3f s per image" % (d["beta"], d["stop"], *g))
+    print("guided / unguided: %.2fx" % (g[0] / u[0]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,333 @@
+// torchshim: the libtorch side of shim/torchshim.h; every entry point turns exceptions into error returns.
+#include "torchshim.h"
+
+#include <ATen/Parallel.h>
+#include <dlfcn.h>
+#include <torch/autograd.h>
+#include <torch/cuda.h>
+#include <torch/optim/adam.h>
+#include <torch/script.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+struct ts_module {
+  torch::jit::Module mod;
+  torch::Device device;
+  at::ScalarType dtype;
+  bool trainable;
+};
+
+struct ts_tensor {
+  at::Tensor t;
+};
+
+struct ts_rng {
+  at::Generator gen;
+};
+
+struct ts_adam {
+  ts_module *m;
+  std::unique_ptr<torch::optim::Adam> opt;
+};
+
+namespace {
+
+thread_local std::string last_error;
+
+void set_error(const std::string &msg) { last_error = msg; }
+
+// Runs f, returning its value; on an exception records the message and returns fail.
+template <typename R, typename F>
+R guard(R fail, F &&f) {
+  try {
+    last_error.clear();
+    return f();
+  } catch (const c10::Error &e) {
+    set_error(e.what_without_backtrace());
+  } catch (const std::exception &e) {
+    set_error(e.what());
+  } catch (...) {
+    set_error("unknown C++ exception");
+  }
+  return fail;
+}
+
+at::ScalarType scalar_type(ts_dtype d) {
+  switch (d) {
+    case TS_FLOAT32: return at::kFloat;
+    case TS_FLOAT16: return at::kHalf;
+    case TS_BFLOAT16: return at::kBFloat16;
+    case TS_INT64: return at::kLong;
+    case TS_INT32: return at::kInt;
+    case TS_UINT8: return at::kByte;
+  }
+  throw std::invalid_argument("unknown dtype " + std::to_string(static_cast<int>(d)));
+}
+
+torch::Device parse_device(const char *device) {
+  torch::Device dev(device && *device ? device : "cpu");
+  if (dev.is_cuda()) {
+    int n = static_cast<int>(torch::cuda::device_count());
+    if (n == 0) throw std::runtime_error(std::string("device ") + device + ": this libtorch has no CUDA device");
+    if (dev.has_index() && dev.index() >= n)
+      throw std::runtime_error(std::string("device ") + device + ": only " + std::to_string(n) + " CUDA devices");
+  } else if (!dev.is_cpu()) {
+    throw std::runtime_error(std::string("device ") + device + ": only cpu and cuda are supported");
+  }
+  return dev;
+}
+
+std::vector<int64_t> dims(const int64_t *shape, int ndim) {
+  if (ndim < 0 || ndim > 8 || (ndim > 0 && !shape)) throw std::invalid_argument("bad shape");
+  for (int i = 0; i < ndim; i++)
+    if (shape[i] < 0) throw std::invalid_argument("negative dimension");
+  return std::vector<int64_t>(shape, shape + ndim);
+}
+
+ts_tensor *wrap(at::Tensor t) { return new ts_tensor{std::move(t)}; }
+
+void flatten(const c10::IValue &v, std::vector<at::Tensor> &out) {
+  if (v.isTensor()) {
+    out.push_back(v.toTensor());
+  } else if (v.isTuple()) {
+    for (const auto &e : v.toTupleRef().elements()) flatten(e, out);
+  } else if (v.isList()) {
+    for (const auto &e : v.toListRef()) flatten(e, out);
+  } else {
+    throw std::runtime_error("module returned a " + v.tagKind() + ", not tensors");
+  }
+}
+
+c10::List<at::Tensor> tap_list(ts_tensor *const *taps, int n) {
+  if (n <= 0 || !taps) throw std::invalid_argument("no taps");
+  c10::List<at::Tensor> l;
+  for (int i = 0; i < n; i++) {
+    if (!taps[i]) throw std::invalid_argument("NULL tap");
+    l.push_back(taps[i]->t);
+  }
+  return l;
+}
+
+std::vector<at::Tensor> params_of(torch::jit::Module &m) {
+  std::vector<at::Tensor> ps;
+  for (const auto &p : m.parameters()) ps.push_back(p);
+  return ps;
+}
+
+}  // namespace
+
+extern "C" {
+
+const char *ts_last_error(void) { return last_error.c_str(); }
+
+int ts_set_threads(int n) {
+  return guard<int>(TS_ERROR, [&] {
+    if (n < 1) throw std::invalid_argument("thread count must be at least 1");
+    at::set_num_threads(n);
+    using setter = void (*)(int);
+    if (auto f = reinterpret_cast<setter>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) f(1);
+    return TS_OK;
+  });
+}
+
+int ts_cuda_device_count(void) {
+  return guard<int>(0, [] { return static_cast<int>(torch::cuda::device_count()); });
+}
+
+int ts_device_ok(const char *device) {
+  return guard<int>(0, [&] {
+    parse_device(device);
+    return 1;
+  });
+}
+
+ts_module *ts_module_load(const char *path, const char *device, ts_dtype dtype, int trainable) {
+  return guard<ts_module *>(nullptr, [&]() -> ts_module * {
+    if (!path) throw std::invalid_argument("no module path");
+    torch::Device dev = parse_device(device);
+    at::ScalarType st = scalar_type(dtype);
+    if (!at::isFloatingType(st)) throw std::invalid_argument("module dtype must be a floating-point type");
+    auto m = std::make_unique<ts_module>(ts_module{torch::jit::load(path, dev), dev, st, trainable != 0});
+    bool convert = false;
+    for (const auto &p : m->mod.parameters())
+      if (p.is_floating_point() && p.scalar_type() != st) convert = true;
+    if (convert) m->mod.to(st);
+    m->mod.eval();
+    for (auto p : m->mod.parameters()) p.requires_grad_(trainable != 0);
+    return m.release();
+  });
+}
+
+void ts_module_free(ts_module *m) { delete m; }
+
+char *ts_archive_extra(const char *path, const char *name) {
+  return guard<char *>(nullptr, [&]() -> char * {
+    if (!path || !name) throw std::invalid_argument("no path or name");
+    torch::jit::ExtraFilesMap files{{name, ""}};
+    torch::jit::load(path, torch::kCPU, files);
+    const std::string &s = files[name];
+    if (s.empty()) throw std::runtime_error(std::string(path) + ": no extra file " + name);
+    char *out = static_cast<char *>(std::malloc(s.size() + 1));
+    if (!out) throw std::bad_alloc();
+    std::memcpy(out, s.data(), s.size());
+    out[s.size()] = 0;
+    return out;
+  });
+}
+
+int ts_module_forward(ts_module *m, ts_tensor *const *in, int n_in, ts_tensor **out, int max_out) {
+  return guard<int>(TS_ERROR, [&] {
+    if (!m || (n_in > 0 && !in) || (max_out > 0 && !out) || n_in < 0) throw std::invalid_argument("bad arguments");
+    torch::NoGradGuard ng;
+    std::vector<c10::IValue> args;
+    for (int i = 0; i < n_in; i++) {
+      if (!in[i]) throw std::invalid_argument("NULL input");
+      args.emplace_back(in[i]->t);
+    }
+    std::vector<at::Tensor> res;
+    flatten(m->mod.forward(args), res);
+    if (static_cast<int>(res.size()) > max_out) {
+      set_error("module returned " + std::to_string(res.size()) + " tensors, room for " + std::to_string(max_out));
+      return static_cast<int>(TS_ETOOMANY);
+    }
+    for (size_t i = 0; i < res.size(); i++) out[i] = wrap(res[i]);
+    return static_cast<int>(res.size());
+  });
+}
+
+ts_tensor *ts_lgp_forward(ts_module *lgp, ts_tensor *const *taps, int n_taps, const ts_tensor *t) {
+  return guard<ts_tensor *>(nullptr, [&] {
+    if (!lgp || !t) throw std::invalid_argument("bad arguments");
+    torch::NoGradGuard ng;
+    return wrap(lgp->mod.forward({tap_list(taps, n_taps), t->t}).toTensor());
+  });
+}
+
+int ts_guidance_grad(ts_module *unet, ts_module *lgp, const ts_tensor *z, const ts_tensor *t, const ts_tensor *context,
+                     const ts_tensor *target, ts_tensor **eps, ts_tensor **grad, double *loss) {
+  return guard<int>(TS_ERROR, [&] {
+    if (!unet || !lgp || !z || !t || !context || !target || !eps || !grad) throw std::invalid_argument("bad arguments");
+    torch::AutoGradMode on(true);
+    at::Tensor zg = z->t.detach().requires_grad_(true);
+    std::vector<at::Tensor> outs;
+    flatten(unet->mod.forward({zg, t->t, context->t}), outs);
+    if (outs.size() < 2) throw std::runtime_error("the U-Net returned no taps");
+    c10::List<at::Tensor> taps;
+    for (size_t i = 1; i < outs.size(); i++) taps.push_back(outs[i]);
+    at::Tensor pred = lgp->mod.forward({taps, t->t}).toTensor().to(at::kFloat);
+    at::Tensor l = (pred - target->t.to(pred.device(), at::kFloat)).pow(2).sum();
+    at::Tensor g = torch::autograd::grad({l}, {zg})[0];
+    if (loss) *loss = l.item<double>();
+    *eps = wrap(outs[0].detach());
+    *grad = wrap(g.detach());
+    return TS_OK;
+  });
+}
+
+ts_tensor *ts_tensor_from_host(const void *data, ts_dtype dtype, const int64_t *shape, int ndim, const char *device) {
+  return guard<ts_tensor *>(nullptr, [&] {
+    std::vector<int64_t> d = dims(shape, ndim);
+    at::Tensor cpu = torch::empty(d, torch::TensorOptions().dtype(scalar_type(dtype)));
+    if (cpu.numel() > 0) {
+      if (!data) throw std::invalid_argument("no data");
+      std::memcpy(cpu.data_ptr(), data, static_cast<size_t>(cpu.numel()) * cpu.element_size());
+    }
+    torch::Device dev = parse_device(device);
+    return wrap(dev.is_cpu() ? cpu : cpu.to(dev));
+  });
+}
+
+int ts_tensor_to_host(const ts_tensor *t, void *out, size_t bytes) {
+  return guard<int>(TS_ERROR, [&] {
+    if (!t || (!out && bytes)) throw std::invalid_argument("bad arguments");
+    at::Tensor c = t->t.detach().to(torch::kCPU, t->t.is_floating_point() ? at::kFloat : at::kLong).contiguous();
+    size_t need = static_cast<size_t>(c.numel()) * c.element_size();
+    if (need != bytes)
+      throw std::invalid_argument("tensor has " + std::to_string(need) + " bytes, buffer " + std::to_string(bytes));
+    if (need) std::memcpy(out, c.data_ptr(), need);
+    return TS_OK;
+  });
+}
+
+int ts_tensor_ndim(const ts_tensor *t) { return t ? static_cast<int>(t->t.dim()) : TS_EINVAL; }
+
+int64_t ts_tensor_dim(const ts_tensor *t, int i) {
+  return (t && i >= 0 && i < t->t.dim()) ? t->t.size(i) : static_cast<int64_t>(TS_EINVAL);
+}
+
+int64_t ts_tensor_numel(const ts_tensor *t) { return t ? t->t.numel() : static_cast<int64_t>(TS_EINVAL); }
+
+void ts_tensor_free(ts_tensor *t) { delete t; }
+
+void ts_tensors_free(ts_tensor **ts, int n) {
+  for (int i = 0; ts && i < n; i++) {
+    delete ts[i];
+    ts[i] = nullptr;
+  }
+}
+
+ts_rng *ts_rng_new(uint64_t seed) {
+  return guard<ts_rng *>(nullptr, [&] { return new ts_rng{at::detail::createCPUGenerator(seed)}; });
+}
+
+int ts_rng_randn(ts_rng *g, float *out, const int64_t *shape, int ndim) {
+  return guard<int>(TS_ERROR, [&] {
+    if (!g || !out) throw std::invalid_argument("bad arguments");
+    at::Tensor r = torch::randn(dims(shape, ndim), g->gen, torch::TensorOptions().dtype(at::kFloat));
+    std::memcpy(out, r.data_ptr<float>(), static_cast<size_t>(r.numel()) * sizeof(float));
+    return TS_OK;
+  });
+}
+
+void ts_rng_free(ts_rng *g) { delete g; }
+
+ts_adam *ts_adam_new(ts_module *m, double lr) {
+  return guard<ts_adam *>(nullptr, [&] {
+    if (!m || !m->trainable) throw std::invalid_argument("the module was not loaded as trainable");
+    if (!(lr > 0)) throw std::invalid_argument("learning rate must be positive");
+    auto opt = std::make_unique<torch::optim::Adam>(params_of(m->mod), torch::optim::AdamOptions(lr));
+    return new ts_adam{m, std::move(opt)};
+  });
+}
+
+int ts_adam_step(ts_adam *a, ts_tensor *const *taps, int n_taps, const ts_tensor *t, const ts_tensor *target,
+                 double *loss) {
+  return guard<int>(TS_ERROR, [&] {
+    if (!a || !t || !target) throw std::invalid_argument("bad arguments");
+    torch::AutoGradMode on(true);
+    a->m->mod.train(true);
+    at::Tensor pred = a->m->mod.forward({tap_list(taps, n_taps), t->t}).toTensor().to(at::kFloat);
+    at::Tensor l = (pred - target->t.to(pred.device(), at::kFloat)).pow(2).sum(1).mean();
+    a->opt->zero_grad();
+    l.backward();
+    a->opt->step();
+    if (loss) *loss = l.item<double>();
+    return TS_OK;
+  });
+}
+
+void ts_adam_free(ts_adam *a) { delete a; }
+
+int ts_module_set_train(ts_module *m, int on) {
+  return guard<int>(TS_ERROR, [&] {
+    if (!m) throw std::invalid_argument("no module");
+    m->mod.train(on != 0);
+    return TS_OK;
+  });
+}
+
+int ts_module_save(ts_module *m, const char *path, const char *extra_name, const char *extra) {
+  return guard<int>(TS_ERROR, [&] {
+    if (!m || !path) throw std::invalid_argument("bad arguments");
+    torch::jit::ExtraFilesMap files;
+    if (extra_name && extra) files[extra_name] = extra;
+    m->mod.save(path, files);
+    return TS_OK;
+  });
+}
+
+}  // extern "C"
