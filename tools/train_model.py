@@ -151,7 +151,8 @@ def train_unet(work: str, cfg: dict, data: dict, steps: int, batch: int = 32, lr
         ck = torch.load(path)
         unet.load_state_dict(ck["unet"])
         text.load_state_dict(ck["text"])
-        opt.load_state_dict(ck["opt"])
+        if ck.get("opt") is not None:
+            opt.load_state_dict(ck["opt"])
         ema = ck["ema"]
         step = ck["step"]
         log("resumed at step %d" % step)
@@ -197,6 +198,28 @@ def train_unet(work: str, cfg: dict, data: dict, steps: int, batch: int = 32, lr
             write_checkpoint(work, cfg)
 
 
+def init_from(work: str, cfg: dict, model_dir: str) -> None:
+    """Seeds DIR with the weights of an exported shapes model (its TorchScript modules hold LDM key names), so that
+    a session without the earlier work folder continues training from the committed model (Adam starts afresh)."""
+    with open(os.path.join(model_dir, "model.json")) as f:
+        man = json.load(f)
+    mods = {k: torch.jit.load(os.path.join(model_dir, v)).state_dict() for k, v in man["modules"].items()}
+    vae = sdmodels.AutoencoderKL(cfg["vae"])
+    dec = {k: v for k, v in mods["vae_decoder"].items() if k.startswith("decoder.")}
+    sdmodels._swap_up_keys(dec, "decoder.", len(cfg["vae"]["ch_mult"]))  # TorchScript keeps processing order
+    vae_sd = dict(mods["vae_encoder"], **dec, **{k: v for k, v in mods["vae_decoder"].items() if k.startswith("post_quant")})
+    vae.load_state_dict(vae_sd)
+    torch.save(vae.state_dict(), os.path.join(work, "vae.pt"))
+    unet, text = sdmodels.UNetModel(cfg["unet"]), sdmodels.CLIPTextModel(cfg["text"])
+    unet.load_state_dict(mods["unet"])
+    text.load_state_dict(mods["text_encoder"])
+    step = int(man.get("source", {}).get("train_steps") or 0)
+    torch.save({"unet": unet.state_dict(), "text": text.state_dict(), "opt": None, "step": step,
+                "ema": [p.detach().clone() for p in list(unet.parameters()) + list(text.parameters())]},
+               os.path.join(work, "unet.pt"))
+    log("initialised from %s at step %d" % (model_dir, step))
+
+
 def write_checkpoint(work: str, cfg: dict) -> str:
     """Writes DIR/shapes.safetensors: EMA U-Net and text encoder, VAE, LDM key names, config in the metadata."""
     ck = torch.load(os.path.join(work, "unet.pt"))
@@ -224,6 +247,8 @@ def main() -> int:
     ap.add_argument("--unet-steps", type=int, default=30000)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--lgp-steps", type=int, default=2000)
+    ap.add_argument("--init-from", help="an exported shapes model to continue from when DIR has no checkpoint "
+                                        "(e.g. models/shapes)")
     ap.add_argument("--out", help="when done: export to this model directory and train its LGP there")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -238,6 +263,8 @@ def main() -> int:
     if not os.path.exists(os.path.join(tok_dir, "merges.txt")):
         clip_tokenizer.learn(list(data["captions"])).write(tok_dir)
     cfg["text"]["vocab_size"] = clip_tokenizer.Tokenizer.from_files(tok_dir).vocab_size
+    if a.init_from and not os.path.exists(os.path.join(a.work, "unet.pt")):
+        init_from(a.work, cfg, a.init_from)
     train_vae(a.work, cfg, data, a.vae_steps)
     encode_latents(a.work, cfg, data)
     cfg["vae"]["scaling_factor"] = round(torch.load(os.path.join(a.work, "latents.pt"))["scaling_factor"], 5)

@@ -1,0 +1,132 @@
+/* Parity of core/generate.c with the Python reference sampler (tools/sample.py), and its argument checks. */
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "generate.h"
+
+static int failures = 0;
+
+#define CHECK(cond, ...)                                   \
+  do {                                                     \
+    if (!(cond)) {                                         \
+      fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
+      fprintf(stderr, __VA_ARGS__);                        \
+      fputc('\n', stderr);                                 \
+      failures++;                                          \
+    }                                                      \
+  } while (0)
+
+static int count_steps(void *user, int32_t step, int32_t total) {
+  int *calls = user;
+  (*calls)++;
+  return step == total + 1; /* never cancels */
+}
+
+static void test_case(sg_model *m, json_t *c, size_t idx) {
+  const sg_model_info *info = sg_model_get_info(m);
+  size_t px = (size_t)info->image_size * info->image_size;
+  float *sketch = calloc(px, sizeof *sketch);
+  size_t i;
+  json_t *v;
+  json_array_foreach(json_object_get(c, "sketch"), i, v) sketch[json_integer_value(v)] = 1.0f;
+  sg_generate_params p = sg_generate_default_params(m);
+  p.prompt = json_string_value(json_object_get(c, "prompt"));
+  p.negative_prompt = json_string_value(json_object_get(c, "negative"));
+  p.sketch = sketch;
+  p.beta = json_number_value(json_object_get(c, "beta"));
+  p.stop = json_number_value(json_object_get(c, "stop"));
+  p.steps = (int32_t)json_integer_value(json_object_get(c, "steps"));
+  p.cfg = json_number_value(json_object_get(c, "cfg"));
+  p.seed = json_integer_value(json_object_get(c, "seed"));
+  p.sampler = (sg_sampler_kind)sg_sampler_kind_parse(json_string_value(json_object_get(c, "sampler")));
+  p.eta = json_number_value(json_object_get(c, "eta"));
+  p.n_images = (int32_t)json_integer_value(json_object_get(c, "n"));
+  int calls = 0;
+  p.progress = count_steps;
+  p.progress_user = &calls;
+  sg_result r;
+  char err[512];
+  int rc = sg_generate(m, &p, &r, err, sizeof err);
+  CHECK(rc == 0, "case %zu: %s", idx, err);
+  if (rc == 0) {
+    json_t *lat = json_object_get(c, "latents"), *pix = json_object_get(c, "pixels");
+    size_t nl = (size_t)r.n * r.latent_len, np = (size_t)r.n * px * 3;
+    CHECK(json_array_size(lat) == nl && json_array_size(pix) == np, "case %zu: sizes", idx);
+    double dl = 0;
+    int dp = 0;
+    for (size_t k = 0; k < nl && k < json_array_size(lat); k++)
+      dl = fmax(dl, fabs(r.latents[k] - json_number_value(json_array_get(lat, k))));
+    for (size_t k = 0; k < np && k < json_array_size(pix); k++) {
+      int d = abs((int)r.pixels[k] - (int)json_integer_value(json_array_get(pix, k)));
+      if (d > dp) dp = d;
+    }
+    printf("case %zu (%s, beta %.1f, %d steps, %d guided, %d images): latents max |diff| %.2e, pixels %d levels\n",
+           idx, sg_sampler_kind_name(p.sampler), p.beta, p.steps, r.guided_steps, r.n, dl, dp);
+    CHECK(dl <= 1e-3, "case %zu: latents differ by %g", idx, dl);
+    CHECK(dp <= 1, "case %zu: pixels differ by %d levels", idx, dp);
+    CHECK(calls == p.steps, "case %zu: %d progress calls", idx, calls);
+    sg_result_free(&r);
+  }
+  free(sketch);
+}
+
+static int cancel_at_3(void *user, int32_t step, int32_t total) { return step >= 3; }
+
+static void test_errors(sg_model *m) {
+  sg_generate_params p = sg_generate_default_params(m);
+  sg_result r;
+  char err[256];
+  p.prompt = "x";
+  p.steps = 0;
+  CHECK(sg_generate(m, &p, &r, err, sizeof err) == SG_GENERATE_EINVAL && strstr(err, "steps"), "steps: %s", err);
+  p = sg_generate_default_params(m);
+  p.prompt = NULL;
+  CHECK(sg_generate(m, &p, &r, err, sizeof err) == SG_GENERATE_EINVAL && strstr(err, "prompt"), "prompt: %s", err);
+  p = sg_generate_default_params(m);
+  p.prompt = "x";
+  p.beta = -1;
+  CHECK(sg_generate(m, &p, &r, err, sizeof err) == SG_GENERATE_EINVAL && strstr(err, "beta"), "beta: %s", err);
+  p.beta = 1;
+  p.n_images = 1000;
+  CHECK(sg_generate(m, &p, &r, err, sizeof err) == SG_GENERATE_EINVAL && strstr(err, "n:"), "n: %s", err);
+  p.n_images = 1;
+  p.cfg = NAN;
+  CHECK(sg_generate(m, &p, &r, err, sizeof err) == SG_GENERATE_EINVAL && strstr(err, "cfg"), "cfg: %s", err);
+  p.cfg = 3;
+  p.steps = 8;
+  p.progress = cancel_at_3;
+  CHECK(sg_generate(m, &p, &r, err, sizeof err) == SG_GENERATE_ECANCEL && r.pixels == NULL, "cancel: %s", err);
+  volatile int flag = 1;
+  p.progress = NULL;
+  p.cancel = &flag;
+  CHECK(sg_generate(m, &p, &r, err, sizeof err) == SG_GENERATE_ECANCEL, "cancel flag");
+}
+
+int main(int argc, char **argv) {
+  if (argc != 3) {
+    fprintf(stderr, "usage: %s MODEL_DIR PARITY.json\n", argv[0]);
+    return 2;
+  }
+  sg_model_params mp = sg_model_default_params();
+  mp.threads = 2;
+  char err[512];
+  sg_model *m = sg_model_load(argv[1], mp, err, sizeof err);
+  if (!m) {
+    printf("cannot load %s (%s): skipped\n", argv[1], err);
+    return 77;
+  }
+  json_error_t jerr;
+  json_t *ref = json_load_file(argv[2], 0, &jerr);
+  CHECK(ref, "%s: %s", argv[2], jerr.text);
+  size_t i;
+  json_t *c;
+  json_array_foreach(json_object_get(ref, "cases"), i, c) test_case(m, c, i);
+  test_errors(m);
+  json_decref(ref);
+  sg_model_free(m);
+  printf("%d failed\n", failures);
+  return failures ? 1 : 0;
+}
