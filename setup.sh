@@ -7,7 +7,7 @@ PACKAGES=(
   build-essential meson ninja-build pkg-config
   python3-torch python3-numpy python3-pil python3-pytest
   libtorch-dev libopenblas0-pthread
-  libmicrohttpd-dev libjansson-dev libturbojpeg0-dev libpng-dev
+  libmicrohttpd-dev libjansson-dev libturbojpeg0-dev libpng-dev zlib1g-dev
 )
 
 missing=()

@@ -66,7 +66,7 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return x + torch.randn(x.shape, generator=g) * 0.05
 
 
-def train_classifier(path: str, steps: int = 1500, batch: int = 64) -> Classifier:
+def train_classifier(path: str, steps: int = 800, batch: int = 64) -> Classifier:
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     net = Classifier()
