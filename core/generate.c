@@ -1,21 +1,14 @@
 /* Sketch-guided sampling over the model's modules: CFG, sampler step, LGP gradient move (METHOD.md, section 3.2). */
 #include "generate.h"
 
+#include "errbuf.h"
+
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define MAX_IMAGES 64
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-  if (!err || !errlen) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-}
 
 sg_generate_params sg_generate_default_params(const sg_model *m) {
   const sg_model_defaults *d = &sg_model_get_info(m)->defaults;
@@ -74,7 +67,7 @@ static void gen_free(gen *g) {
 }
 
 static int torch_fail(gen *g, const char *what) {
-  set_err(g->err, g->errlen, "%s: %s", what, ts_last_error());
+  sg_set_err(g->err, g->errlen, "%s: %s", what, ts_last_error());
   return SG_GENERATE_ERUNTIME;
 }
 
@@ -86,14 +79,14 @@ static ts_tensor *encode_text(gen *g, const char *const *prompts, const int32_t 
   int64_t *ids = malloc((size_t)total * (size_t)L * sizeof *ids);
   if (!ids || L > 4096) {
     free(ids);
-    set_err(g->err, g->errlen, "out of memory");
+    sg_set_err(g->err, g->errlen, "out of memory");
     return NULL;
   }
   int64_t row = 0;
   for (int i = 0; i < np; i++) {
     if (sg_tokenizer_input_ids(tok, prompts[i], strlen(prompts[i]), ids32, (size_t)L, NULL)) {
       free(ids);
-      set_err(g->err, g->errlen, "tokenizer failed");
+      sg_set_err(g->err, g->errlen, "tokenizer failed");
       return NULL;
     }
     for (int32_t c = 0; c < copies[i]; c++, row++)
@@ -125,7 +118,7 @@ static int encode_target(gen *g, const float *sketch) {
   int rc = 0;
   if (n < 1 || (size_t)ts_tensor_numel(out[0]) != g->len) {
     rc = n < 1 ? torch_fail(g, "VAE encoder") : SG_GENERATE_ERUNTIME;
-    if (n >= 1) set_err(g->err, g->errlen, "VAE encoder: unexpected latent size");
+    if (n >= 1) sg_set_err(g->err, g->errlen, "VAE encoder: unexpected latent size");
   } else if (ts_tensor_to_host(out[0], g->tmp, g->len * sizeof(float))) {
     rc = torch_fail(g, "VAE encoder");
   } else {
@@ -165,7 +158,7 @@ static int unet_eps(gen *g, const float *zin, int32_t count, ts_tensor *t, ts_te
 static int validate(const sg_model *m, const sg_generate_params *p, char *err, size_t errlen) {
 #define BAD(param, ...)                       \
   do {                                        \
-    set_err(err, errlen, param ": " __VA_ARGS__); \
+    sg_set_err(err, errlen, param ": " __VA_ARGS__); \
     return SG_GENERATE_EINVAL;                \
   } while (0)
   if (!p->prompt) BAD("prompt", "required");
@@ -185,7 +178,7 @@ static int validate(const sg_model *m, const sg_generate_params *p, char *err, s
 
 int sg_generate(sg_model *m, const sg_generate_params *p, sg_result *out, char *err, size_t errlen) {
   if (!m || !p || !out) {
-    set_err(err, errlen, "missing argument");
+    sg_set_err(err, errlen, "missing argument");
     return SG_GENERATE_EINVAL;
   }
   memset(out, 0, sizeof *out);
@@ -206,7 +199,7 @@ int sg_generate(sg_model *m, const sg_generate_params *p, sg_result *out, char *
   memcpy(g.shape2, shape2, sizeof shape2);
   int32_t guided = p->sketch && p->beta > 0 ? sg_generate_guided_steps(p->steps, p->stop, p->stop_step) : 0;
   if (guided && !sg_model_lgp(m)) {
-    set_err(err, errlen, "beta: this model has no LGP, so it cannot follow a sketch");
+    sg_set_err(err, errlen, "beta: this model has no LGP, so it cannot follow a sketch");
     return SG_GENERATE_ENOLGP;
   }
   size_t tot = (size_t)g.n * g.len;
@@ -227,7 +220,7 @@ int sg_generate(sg_model *m, const sg_generate_params *p, sg_result *out, char *
   }
   if (!g.z || !g.zin || !g.eps || !g.eps_u || !g.noise || !g.grad || !g.tmp || !out->seeds) {
     rc = SG_GENERATE_ENOMEM;
-    set_err(err, errlen, "out of memory");
+    sg_set_err(err, errlen, "out of memory");
     goto done;
   }
   int fractional = p->sampler == SG_SAMPLER_EULER_A || p->sampler == SG_SAMPLER_DPMPP_2M;
@@ -253,7 +246,7 @@ int sg_generate(sg_model *m, const sg_generate_params *p, sg_result *out, char *
   for (int32_t i = 0; i < p->steps; i++) {
     if (p->cancel && *p->cancel) {
       rc = SG_GENERATE_ECANCEL;
-      set_err(err, errlen, "cancelled");
+      sg_set_err(err, errlen, "cancelled");
       goto done;
     }
     double t = sg_sampler_timestep(g.sampler, i);
@@ -302,7 +295,7 @@ int sg_generate(sg_model *m, const sg_generate_params *p, sg_result *out, char *
         if (ts_rng_randn(g.rng[k], g.noise + k * g.len, g.shape + 1, 3)) goto runtime;
     if (sg_sampler_step(g.sampler, i, g.z, g.eps_u, g.noise, g.tmp)) {
       rc = SG_GENERATE_EINVAL;
-      set_err(err, errlen, "sampler step failed");
+      sg_set_err(err, errlen, "sampler step failed");
       goto done;
     }
     if (i < guided) {
@@ -325,7 +318,7 @@ int sg_generate(sg_model *m, const sg_generate_params *p, sg_result *out, char *
     memcpy(g.z, g.tmp, tot * sizeof(float));
     if (p->progress && p->progress(p->progress_user, i + 1, p->steps)) {
       rc = SG_GENERATE_ECANCEL;
-      set_err(err, errlen, "cancelled");
+      sg_set_err(err, errlen, "cancelled");
       goto done;
     }
   }
@@ -344,7 +337,7 @@ int sg_generate(sg_model *m, const sg_generate_params *p, sg_result *out, char *
     if (bad) {
       free(rgb);
       if (n != 1 || (rgb && out->pixels)) torch_fail(&g, "VAE decoder");
-      else set_err(err, errlen, "out of memory");
+      else sg_set_err(err, errlen, "out of memory");
       rc = n != 1 || (rgb && out->pixels) ? SG_GENERATE_ERUNTIME : SG_GENERATE_ENOMEM;
       goto done;
     }
@@ -365,7 +358,7 @@ int sg_generate(sg_model *m, const sg_generate_params *p, sg_result *out, char *
   gen_free(&g);
   return SG_GENERATE_OK;
 runtime:
-  if (err && errlen && !*err) set_err(err, errlen, "libtorch: %s", ts_last_error());
+  if (err && errlen && !*err) sg_set_err(err, errlen, "libtorch: %s", ts_last_error());
   rc = SG_GENERATE_ERUNTIME;
 done:
   gen_free(&g);

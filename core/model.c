@@ -1,8 +1,9 @@
 /* Loads a model directory: validates model.json, then the tokenizer and the TorchScript modules through the shim. */
 #include "model.h"
 
+#include "errbuf.h"
+
 #include <jansson.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,14 +14,6 @@ struct sg_model {
   ts_module *text, *unet, *venc, *vdec, *lgp;
 };
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-  if (!err || !errlen) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-}
-
 sg_model_params sg_model_default_params(void) {
   sg_model_params p = {"cpu", 0};
   return p;
@@ -30,7 +23,7 @@ sg_model_params sg_model_default_params(void) {
 static int get_int(json_t *obj, const char *key, int64_t lo, int64_t hi, int32_t *out, char *err, size_t errlen) {
   json_t *v = json_object_get(obj, key);
   if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi) {
-    set_err(err, errlen, "model.json: %s must be an integer in [%lld, %lld]", key, (long long)lo, (long long)hi);
+    sg_set_err(err, errlen, "model.json: %s must be an integer in [%lld, %lld]", key, (long long)lo, (long long)hi);
     return -1;
   }
   *out = (int32_t)json_integer_value(v);
@@ -40,7 +33,7 @@ static int get_int(json_t *obj, const char *key, int64_t lo, int64_t hi, int32_t
 static int get_num(json_t *obj, const char *key, double lo, double hi, double *out, char *err, size_t errlen) {
   json_t *v = json_object_get(obj, key);
   if (!json_is_number(v) || !(json_number_value(v) >= lo && json_number_value(v) <= hi)) {
-    set_err(err, errlen, "model.json: %s must be a number in [%g, %g]", key, lo, hi);
+    sg_set_err(err, errlen, "model.json: %s must be a number in [%g, %g]", key, lo, hi);
     return -1;
   }
   *out = json_number_value(v);
@@ -50,7 +43,7 @@ static int get_num(json_t *obj, const char *key, double lo, double hi, double *o
 static const char *get_str(json_t *obj, const char *key, char *err, size_t errlen) {
   const char *s = json_string_value(json_object_get(obj, key));
   if (!s || !*s || strchr(s, '/') || strstr(s, "..")) {
-    set_err(err, errlen, "model.json: %s must name a file in the model directory", key);
+    sg_set_err(err, errlen, "model.json: %s must name a file in the model directory", key);
     return NULL;
   }
   return s;
@@ -61,7 +54,7 @@ static ts_module *load_module(const char *dir, const char *file, const char *dev
   char path[4096];
   snprintf(path, sizeof path, "%s/%s", dir, file);
   ts_module *m = ts_module_load(path, device, dt, 0);
-  if (!m) set_err(err, errlen, "%s: %s", path, ts_last_error());
+  if (!m) sg_set_err(err, errlen, "%s: %s", path, ts_last_error());
   return m;
 }
 
@@ -70,7 +63,7 @@ static int parse_defaults(json_t *d, sg_model_defaults *out, char *err, size_t e
   *out = def;
   if (!d) return 0;
   if (!json_is_object(d)) {
-    set_err(err, errlen, "model.json: defaults must be an object");
+    sg_set_err(err, errlen, "model.json: defaults must be an object");
     return -1;
   }
   if (json_object_get(d, "steps") && get_int(d, "steps", 1, 1000, &out->steps, err, errlen)) return -1;
@@ -82,7 +75,7 @@ static int parse_defaults(json_t *d, sg_model_defaults *out, char *err, size_t e
   if (s) {
     int k = sg_sampler_kind_parse(s);
     if (k < 0) {
-      set_err(err, errlen, "model.json: unknown default sampler %s", s);
+      sg_set_err(err, errlen, "model.json: unknown default sampler %s", s);
       return -1;
     }
     out->sampler = (sg_sampler_kind)k;
@@ -93,19 +86,19 @@ static int parse_defaults(json_t *d, sg_model_defaults *out, char *err, size_t e
 sg_model *sg_model_load(const char *dir, sg_model_params params, char *err, size_t errlen) {
   char path[4096];
   if (!dir) {
-    set_err(err, errlen, "no model directory");
+    sg_set_err(err, errlen, "no model directory");
     return NULL;
   }
   snprintf(path, sizeof path, "%s/model.json", dir);
   json_error_t jerr;
   json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
   if (!root) {
-    set_err(err, errlen, "%s: %s (line %d)", path, jerr.text, jerr.line);
+    sg_set_err(err, errlen, "%s: %s (line %d)", path, jerr.text, jerr.line);
     return NULL;
   }
   sg_model *m = calloc(1, sizeof *m);
   if (!m) {
-    set_err(err, errlen, "out of memory");
+    sg_set_err(err, errlen, "out of memory");
     json_decref(root);
     return NULL;
   }
@@ -116,7 +109,7 @@ sg_model *sg_model_load(const char *dir, sg_model_params params, char *err, size
   json_t *lgp = json_object_get(root, "lgp");
   int32_t fv = 0;
   if (!fmt || strcmp(fmt, "sketchguide-model") != 0) {
-    set_err(err, errlen, "%s: not a sketchguide model manifest", path);
+    sg_set_err(err, errlen, "%s: not a sketchguide model manifest", path);
     goto fail;
   }
   if (get_int(root, "format_version", 1, 1, &fv, err, errlen) ||
@@ -130,18 +123,18 @@ sg_model *sg_model_load(const char *dir, sg_model_params params, char *err, size
       get_int(root, "tap_channels", 0, 1 << 20, &in->tap_channels, err, errlen))
     goto fail;
   if (in->latent_size * in->downscale != in->image_size) {
-    set_err(err, errlen, "model.json: latent_size x downscale differs from image_size");
+    sg_set_err(err, errlen, "model.json: latent_size x downscale differs from image_size");
     goto fail;
   }
   if (!json_is_object(sched) || !json_is_object(mods) || !json_is_object(tk) || !json_is_array(taps)) {
-    set_err(err, errlen, "model.json: schedule, modules, tokenizer and taps are required");
+    sg_set_err(err, errlen, "model.json: schedule, modules, tokenizer and taps are required");
     goto fail;
   }
   const char *bs = json_string_value(json_object_get(sched, "beta_schedule"));
   const char *pt = json_string_value(json_object_get(root, "prediction_type"));
   const char *sp = json_string_value(json_object_get(sched, "timestep_spacing"));
   if (!bs || strcmp(bs, "scaled_linear") || !pt || strcmp(pt, "epsilon") || (sp && strcmp(sp, "leading"))) {
-    set_err(err, errlen, "model.json: only the scaled_linear schedule, leading spacing and epsilon prediction are "
+    sg_set_err(err, errlen, "model.json: only the scaled_linear schedule, leading spacing and epsilon prediction are "
                          "supported");
     goto fail;
   }
@@ -163,18 +156,18 @@ sg_model *sg_model_load(const char *dir, sg_model_params params, char *err, size
   if (strcmp(dts, "float16") == 0) dt = TS_FLOAT16;
   else if (strcmp(dts, "bfloat16") == 0) dt = TS_BFLOAT16;
   else if (strcmp(dts, "float32") != 0) {
-    set_err(err, errlen, "model.json: unknown dtype %s", dts);
+    sg_set_err(err, errlen, "model.json: unknown dtype %s", dts);
     goto fail;
   }
   snprintf(in->dtype, sizeof in->dtype, "%s", dts);
   const char *device = params.device && *params.device ? params.device : "cpu";
   snprintf(in->device, sizeof in->device, "%s", device);
   if (!ts_device_ok(device)) {
-    set_err(err, errlen, "%s", ts_last_error());
+    sg_set_err(err, errlen, "%s", ts_last_error());
     goto fail;
   }
   if (params.threads > 0 && ts_set_threads(params.threads)) {
-    set_err(err, errlen, "%s", ts_last_error());
+    sg_set_err(err, errlen, "%s", ts_last_error());
     goto fail;
   }
 
@@ -186,7 +179,7 @@ sg_model *sg_model_load(const char *dir, sg_model_params params, char *err, size
       get_int(tk, "max_length", 2, 4096, &tp.max_length, err, errlen))
     goto fail;
   if (tp.max_length != in->context_length) {
-    set_err(err, errlen, "model.json: tokenizer max_length differs from context_length");
+    sg_set_err(err, errlen, "model.json: tokenizer max_length differs from context_length");
     goto fail;
   }
   snprintf(path, sizeof path, "%s/%s", dir, merges);
@@ -194,7 +187,7 @@ sg_model *sg_model_load(const char *dir, sg_model_params params, char *err, size
   int32_t vs = 0;
   if (get_int(tk, "vocab_size", 1, 1 << 24, &vs, err, errlen)) goto fail;
   if (vs != sg_tokenizer_vocab_size(m->tok)) {
-    set_err(err, errlen, "%s: %d tokens, model.json says %d", path, sg_tokenizer_vocab_size(m->tok), vs);
+    sg_set_err(err, errlen, "%s: %d tokens, model.json says %d", path, sg_tokenizer_vocab_size(m->tok), vs);
     goto fail;
   }
 
@@ -212,7 +205,7 @@ sg_model *sg_model_load(const char *dir, sg_model_params params, char *err, size
     int32_t lc = 0;
     if (!lf || get_int(lgp, "in_channels", 1, 1 << 20, &lc, err, errlen)) goto fail;
     if (lc != in->tap_channels) {
-      set_err(err, errlen, "model.json: the LGP reads %d channels, the taps give %d", lc, in->tap_channels);
+      sg_set_err(err, errlen, "model.json: the LGP reads %d channels, the taps give %d", lc, in->tap_channels);
       goto fail;
     }
     /* the LGP's BatchNorm statistics and MLP stay in float32 */

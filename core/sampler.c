@@ -1,8 +1,9 @@
 /* Noise schedule and samplers: DDIM (eta), DDPM, Euler ancestral and DPM++ 2M steps on float arrays. */
 #include "sampler.h"
 
+#include "errbuf.h"
+
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,14 +22,6 @@ struct sg_sampler {
 };
 
 static const char *const NAMES[] = {"ddim", "ddpm", "euler_a", "dpmpp_2m"};
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-  if (!err || !errlen) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-}
 
 sg_schedule_params sg_schedule_default_params(void) {
   sg_schedule_params p = {1000, 0.00085, 0.012, 1};
@@ -84,19 +77,19 @@ void sg_sampler_free(sg_sampler *s) {
 
 sg_sampler *sg_sampler_new(sg_schedule_params sp, sg_sampler_params p, size_t n, char *err, size_t errlen) {
   if ((unsigned)p.kind >= 4) {
-    set_err(err, errlen, "unknown sampler %d", (int)p.kind);
+    sg_set_err(err, errlen, "unknown sampler %d", (int)p.kind);
     return NULL;
   }
   if (p.steps < 1 || p.steps > sp.num_train_timesteps) {
-    set_err(err, errlen, "steps must be between 1 and %d", sp.num_train_timesteps);
+    sg_set_err(err, errlen, "steps must be between 1 and %d", sp.num_train_timesteps);
     return NULL;
   }
   if (!(p.eta >= 0 && p.eta <= 10)) {
-    set_err(err, errlen, "eta must be between 0 and 10");
+    sg_set_err(err, errlen, "eta must be between 0 and 10");
     return NULL;
   }
   if (n == 0) {
-    set_err(err, errlen, "empty latent");
+    sg_set_err(err, errlen, "empty latent");
     return NULL;
   }
   sg_sampler *s = calloc(1, sizeof *s);
@@ -111,7 +104,7 @@ sg_sampler *sg_sampler_new(sg_schedule_params sp, sg_sampler_params p, size_t n,
   s->sigma = malloc(((size_t)p.steps + 1) * sizeof *s->sigma);
   if (!s->abar || !s->t || !s->a_t || !s->a_prev || !s->sigma) goto nomem;
   if (sg_schedule_alphas_cumprod(sp, s->abar, (size_t)sp.num_train_timesteps)) {
-    set_err(err, errlen, "bad schedule (%d timesteps, betas %g to %g)", sp.num_train_timesteps, sp.beta_start,
+    sg_set_err(err, errlen, "bad schedule (%d timesteps, betas %g to %g)", sp.num_train_timesteps, sp.beta_start,
             sp.beta_end);
     sg_sampler_free(s);
     return NULL;
@@ -137,7 +130,7 @@ sg_sampler *sg_sampler_new(sg_schedule_params sp, sg_sampler_params p, size_t n,
   }
   return s;
 nomem:
-  set_err(err, errlen, "out of memory");
+  sg_set_err(err, errlen, "out of memory");
   sg_sampler_free(s);
   return NULL;
 }

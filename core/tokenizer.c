@@ -1,7 +1,8 @@
 /* CLIP BPE tokenizer: cleaning, CLIP's pre-tokenisation, byte-level BPE by merge rank (see tokenizer.h). */
 #include "tokenizer.h"
 
-#include <stdarg.h>
+#include "errbuf.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -316,32 +317,24 @@ static size_t html_unescape(const uint32_t *in, size_t n, uint32_t *out) {
 
 /* ---- loading ---- */
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-  if (!err || !errlen) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-}
-
 /* Reads a whole (possibly gzipped) file. Returns a NUL-terminated buffer the caller frees, or NULL. */
 static char *read_file(const char *path, size_t *len, char *err, size_t errlen) {
   gzFile f = gzopen(path, "rb");
   if (!f) {
-    set_err(err, errlen, "%s: cannot open", path);
+    sg_set_err(err, errlen, "%s: cannot open", path);
     return NULL;
   }
   size_t cap = 1 << 20, n = 0;
   char *buf = malloc(cap + 1);
   for (;;) {
     if (!buf) {
-      set_err(err, errlen, "%s: out of memory", path);
+      sg_set_err(err, errlen, "%s: out of memory", path);
       gzclose(f);
       return NULL;
     }
     int r = gzread(f, buf + n, (unsigned)(cap - n));
     if (r < 0) {
-      set_err(err, errlen, "%s: read error", path);
+      sg_set_err(err, errlen, "%s: read error", path);
       free(buf);
       gzclose(f);
       return NULL;
@@ -350,7 +343,7 @@ static char *read_file(const char *path, size_t *len, char *err, size_t errlen) 
     if (r == 0) break;
     if (n == cap) {
       if (cap >= MAX_FILE) {
-        set_err(err, errlen, "%s: larger than %u bytes", path, MAX_FILE);
+        sg_set_err(err, errlen, "%s: larger than %u bytes", path, MAX_FILE);
         free(buf);
         gzclose(f);
         return NULL;
@@ -403,11 +396,11 @@ sg_tokenizer_params sg_tokenizer_default_params(void) {
 sg_tokenizer *sg_tokenizer_load(const char *path, sg_tokenizer_params params, char *err, size_t errlen) {
   char pbuf[4096];
   if (!path) {
-    set_err(err, errlen, "no vocabulary path");
+    sg_set_err(err, errlen, "no vocabulary path");
     return NULL;
   }
   if (params.max_length < 2) {
-    set_err(err, errlen, "max_length %d is below 2", params.max_length);
+    sg_set_err(err, errlen, "max_length %d is below 2", params.max_length);
     return NULL;
   }
   path = resolve_path(path, pbuf, sizeof pbuf);
@@ -436,7 +429,7 @@ sg_tokenizer *sg_tokenizer_load(const char *path, sg_tokenizer_params params, ch
   if (want == 0 && strstr(path, "bpe_simple_vocab")) want = CLIP_MERGES;
   if (want > 0) {
     if ((size_t)want > nm) {
-      set_err(err, errlen, "%s: %zu merge lines, %d wanted", path, nm, want);
+      sg_set_err(err, errlen, "%s: %zu merge lines, %d wanted", path, nm, want);
       goto fail;
     }
     nm = (size_t)want;
@@ -476,7 +469,7 @@ sg_tokenizer *sg_tokenizer_load(const char *path, sg_tokenizer_params params, ch
     char *b = sp + strspn(sp, " \t");
     char *be = b + strcspn(b, " \t");
     if (!*sp || !*b || *(be + strspn(be, " \t"))) {
-      set_err(err, errlen, "%s: merge line %zu is not two symbols", path, first + r + 1);
+      sg_set_err(err, errlen, "%s: merge line %zu is not two symbols", path, first + r + 1);
       goto fail;
     }
     *sp = 0;
@@ -512,14 +505,14 @@ sg_tokenizer *sg_tokenizer_load(const char *path, sg_tokenizer_params params, ch
   t->pad = params.pad_id < 0 ? t->eot : params.pad_id;
   t->max_length = params.max_length;
   if (t->pad >= (int32_t)nvocab) {
-    set_err(err, errlen, "pad id %d is outside the vocabulary (%zu)", t->pad, nvocab);
+    sg_set_err(err, errlen, "pad id %d is outside the vocabulary (%zu)", t->pad, nvocab);
     goto fail;
   }
   free(lines);
   free(text);
   return t;
 nomem:
-  set_err(err, errlen, "%s: out of memory", path);
+  sg_set_err(err, errlen, "%s: out of memory", path);
 fail:
   free(lines);
   free(text);

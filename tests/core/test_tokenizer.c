@@ -6,17 +6,7 @@
 
 #include "tokenizer.h"
 
-static int failures = 0;
-
-#define CHECK(cond, ...)                         \
-  do {                                           \
-    if (!(cond)) {                               \
-      fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-      fprintf(stderr, __VA_ARGS__);              \
-      fputc('\n', stderr);                       \
-      failures++;                                \
-    }                                            \
-  } while (0)
+#include "check.h"
 
 static size_t unhex(const char *hex, char *out) {
   size_t n = strlen(hex) / 2;
