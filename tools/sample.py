@@ -5,6 +5,8 @@ Usage: /usr/bin/python3 tools/sample.py MODEL_DIR --prompt TEXT --sketch FILE --
            [--beta B] [--stop S | --stop-step N] [--steps N] [--cfg W] [--seed 0] [--sampler ddim|ddpm]
            [--eta E] [--negative TEXT] [--n 1] [--invert auto|true|false] [--latents OUT.pt]
 Parameters not given take the model's defaults (model.json "defaults": the paper's beta 1.6, stop 0.5).
+DDIM follows SD15.md; DDPM is the posterior q(z_prev | z_t, x0) between consecutive timesteps of the same
+"leading" schedule (abar_prev = abar_0 after the last step), with no noise added on the last step.
 """
 import os
 
