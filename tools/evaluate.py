@@ -124,8 +124,8 @@ def figure(path, prompts, sketches, unguided, guided, f_u, f_g, ood, scale=3):
     """Rows: sketch | unguided | guided, each with its prompt and edge F1."""
     from PIL import Image, ImageDraw
     size = sketches[0].shape[0] * scale
-    label_h, col_w = 28, size + 8
-    im = Image.new("RGB", (3 * col_w + 8, len(prompts) * (size + label_h) + 24), "white")
+    label_h, col_w = 40, size + 8
+    im = Image.new("RGB", (3 * col_w + 8, len(prompts) * (size + label_h) + 24), "white")  # prompt above, F1 below
     d = ImageDraw.Draw(im)
     for j, head in enumerate(("sketch", "unguided", "guided (beta 1.6, stop 0.5)")):
         d.text((8 + j * col_w, 6), head, fill="black")
@@ -135,8 +135,8 @@ def figure(path, prompts, sketches, unguided, guided, f_u, f_g, ood, scale=3):
         tiles = [np.stack([255 - s] * 3, -1), u, g]
         for j, t in enumerate(tiles):
             im.paste(Image.fromarray(t).resize((size, size), Image.NEAREST), (8 + j * col_w, y + 14))
-        d.text((8 + 2 * col_w + size - 70, y), "F1 %.2f" % f_g[i], fill="black")
-        d.text((8 + col_w + size - 70, y), "F1 %.2f" % f_u[i], fill="black")
+        d.text((8 + col_w, y + 14 + size + 1), "edge F1 %.2f" % f_u[i], fill="black")
+        d.text((8 + 2 * col_w, y + 14 + size + 1), "edge F1 %.2f" % f_g[i], fill="black")
     im.save(path)
 
 
