@@ -558,15 +558,19 @@ static void bpe_word(const sg_tokenizer *t, const unsigned char *bytes, size_t n
   for (size_t i = 0; i < n; i++) w[i] = i + 1 < n ? t->byte_id[bytes[i]] : t->byte_end_id[bytes[i]];
   size_t len = n;
   while (len > 1) {
-    int32_t best = -1;
+    int32_t best = -1, first = 0, second = 0;
     for (size_t i = 0; i + 1 < len; i++) {
       int32_t r = pairmap_get(&t->pairs, w[i], w[i + 1]);
-      if (r >= 0 && (best < 0 || r < best)) best = r;
+      if (r >= 0 && (best < 0 || r < best)) {
+        best = r;
+        first = w[i];
+        second = w[i + 1];
+      }
     }
     if (best < 0) break;
     size_t k = 0;
     for (size_t i = 0; i < len;) {
-      if (i + 1 < len && pairmap_get(&t->pairs, w[i], w[i + 1]) == best) {
+      if (i + 1 < len && w[i] == first && w[i + 1] == second) {
         w[k++] = t->merge_result[best];
         i += 2;
       } else {

@@ -1,5 +1,4 @@
 """Tests of tools/sample.py, the reference sampler: schedule numbers, determinism, beta 0, sketch preprocessing."""
-import math
 
 import numpy as np
 import pytest
