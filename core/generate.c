@@ -7,8 +7,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define MAX_IMAGES 64
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
 
 sg_generate_params sg_generate_default_params(const sg_model *m) {
   const sg_model_defaults *d = &sg_model_get_info(m)->defaults;
@@ -225,6 +232,10 @@ int sg_generate(sg_model *m, const sg_generate_params *p, sg_result *out, char *
   }
   int fractional = p->sampler == SG_SAMPLER_EULER_A || p->sampler == SG_SAMPLER_DPMPP_2M;
   int use_u = p->cfg != 1.0;
+  sg_timings *tm = &out->timings;
+  double c0 = now_s(), c1;
+  ts_profile_enable(p->profile);
+  ts_profile_take(NULL, NULL, NULL);
   {
     const char *prompts[2] = {p->negative_prompt ? p->negative_prompt : "", p->prompt};
     int32_t cu[2] = {0, g.n}, cuc[2] = {g.n, 0}, both[2] = {g.n, g.n};
@@ -232,7 +243,10 @@ int sg_generate(sg_model *m, const sg_generate_params *p, sg_result *out, char *
     if (use_u && (!(g.ctx_u = encode_text(&g, prompts, cuc, 2)) || !(g.ctx_both = encode_text(&g, prompts, both, 2))))
       goto runtime;
   }
+  c1 = now_s();
+  tm->text = c1 - c0;
   if (guided && (rc = encode_target(&g, p->sketch))) goto done;
+  tm->vae_encode = now_s() - c1;
   double s0 = sg_sampler_init_sigma(g.sampler);
   for (int32_t k = 0; k < g.n; k++) {
     out->seeds[k] = p->seed + k;
@@ -255,12 +269,15 @@ int sg_generate(sg_model *m, const sg_generate_params *p, sg_result *out, char *
     float *eps_c = g.eps + (use_u ? tot : 0);
     ts_tensor *tn = timestep_tensor(&g, t, g.n, fractional), *t2 = NULL;
     if (!tn) goto runtime;
+    double s0 = now_s(), s1 = s0;
     if (i < guided) {
       if (use_u && unet_eps(&g, g.zin, g.n, tn, g.ctx_u, g.eps)) {
         ts_tensor_free(tn);
         rc = SG_GENERATE_ERUNTIME;
         goto done;
       }
+      s1 = now_s();
+      tm->unet += s1 - s0;
       ts_tensor *zt = ts_tensor_from_host(g.zin, TS_FLOAT32, g.shape, 4, g.info->device), *et = NULL, *gt = NULL;
       int bad = !zt ||
                 ts_guidance_grad(sg_model_unet(m), sg_model_lgp(m), zt, tn, g.ctx_c, g.target, &et, &gt, NULL) ||
@@ -271,6 +288,13 @@ int sg_generate(sg_model *m, const sg_generate_params *p, sg_result *out, char *
         goto done;
       }
       tn = NULL;
+      double uf, lg, bw, s2 = now_s();
+      ts_profile_take(&uf, &lg, &bw);
+      tm->guided_forward += uf;
+      tm->lgp += lg;
+      tm->backward += bw;
+      tm->sampler += (s2 - s1) - (uf + lg + bw); /* copies in and out */
+      s1 = s2;
     } else if (use_u) {
       memcpy(g.zin + tot, g.zin, tot * sizeof(float));
       t2 = timestep_tensor(&g, t, 2 * g.n, fractional);
@@ -285,6 +309,7 @@ int sg_generate(sg_model *m, const sg_generate_params *p, sg_result *out, char *
       goto done;
     }
     ts_tensor_free(tn), ts_tensor_free(t2);
+    if (i >= guided) s1 = now_s(), tm->unet += s1 - s0;
     float w = (float)p->cfg;
     if (use_u)
       for (size_t k = 0; k < tot; k++) g.eps_u[k] = g.eps[k] + w * (eps_c[k] - g.eps[k]);
@@ -316,12 +341,14 @@ int sg_generate(sg_model *m, const sg_generate_params *p, sg_result *out, char *
       }
     }
     memcpy(g.z, g.tmp, tot * sizeof(float));
+    tm->sampler += now_s() - s1;
     if (p->progress && p->progress(p->progress_user, i + 1, p->steps)) {
       rc = SG_GENERATE_ECANCEL;
       sg_set_err(err, errlen, "cancelled");
       goto done;
     }
   }
+  double d0 = now_s();
   {
     /* decode: latent / scaling_factor -> VAE decoder -> [-1, 1] -> 8-bit RGB */
     int32_t S = g.info->image_size;
@@ -355,12 +382,16 @@ int sg_generate(sg_model *m, const sg_generate_params *p, sg_result *out, char *
     out->latents = g.z;
     g.z = NULL;
   }
+  tm->vae_decode = now_s() - d0;
+  tm->total = now_s() - c0;
+  ts_profile_enable(0);
   gen_free(&g);
   return SG_GENERATE_OK;
 runtime:
   if (err && errlen && !*err) sg_set_err(err, errlen, "libtorch: %s", ts_last_error());
   rc = SG_GENERATE_ERUNTIME;
 done:
+  ts_profile_enable(0);
   gen_free(&g);
   sg_result_free(out);
   return rc;

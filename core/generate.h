@@ -46,7 +46,21 @@ typedef struct {
   sg_progress_fn progress;
   void *progress_user;
   const volatile int *cancel;  /* checked between steps when not NULL */
+  int profile;                 /* 1: wait for the device at each boundary so that the timings are exact on a GPU */
 } sg_generate_params;
+
+/* Where a call's wall-clock time went, in seconds. */
+typedef struct {
+  double text;                /* text encoder */
+  double vae_encode;          /* encoding the sketch */
+  double unet;                /* U-Net forward passes without gradients (both branches of unguided steps) */
+  double guided_forward;      /* the conditional U-Net forward with gradients, on guided steps */
+  double lgp;                 /* the LGP and its loss */
+  double backward;            /* the backward pass to the latent */
+  double sampler;             /* everything else in the loop: cfg, noise, sampler step, the guidance move */
+  double vae_decode;          /* decoding the latents */
+  double total;
+} sg_timings;
 
 typedef struct {
   int32_t n, width, height;
@@ -55,6 +69,7 @@ typedef struct {
   size_t latent_len; /* floats per image */
   int64_t *seeds;    /* n seeds */
   int32_t guided_steps;
+  sg_timings timings;
 } sg_result;
 
 enum {

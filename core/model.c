@@ -83,6 +83,57 @@ static int parse_defaults(json_t *d, sg_model_defaults *out, char *err, size_t e
   return 0;
 }
 
+/* The tokenizer that the manifest's "tokenizer" section describes; NULL with a message on failure. */
+static sg_tokenizer *load_tokenizer(const char *dir, json_t *tk, int32_t context_length, char *err, size_t errlen) {
+  char path[4096];
+  const char *merges = get_str(tk, "merges", err, errlen);
+  if (!merges) return NULL;
+  sg_tokenizer_params tp = sg_tokenizer_default_params();
+  if (get_int(tk, "merges_count", 0, 1 << 24, &tp.merges_count, err, errlen) ||
+      get_int(tk, "pad_id", 0, 1 << 24, &tp.pad_id, err, errlen) ||
+      get_int(tk, "max_length", 2, 4096, &tp.max_length, err, errlen))
+    return NULL;
+  if (context_length > 0 && tp.max_length != context_length) {
+    sg_set_err(err, errlen, "model.json: tokenizer max_length differs from context_length");
+    return NULL;
+  }
+  snprintf(path, sizeof path, "%s/%s", dir, merges);
+  sg_tokenizer *tok = sg_tokenizer_load(path, tp, err, errlen);
+  if (!tok) return NULL;
+  int32_t vs = 0;
+  if (get_int(tk, "vocab_size", 1, 1 << 24, &vs, err, errlen)) {
+    sg_tokenizer_free(tok);
+    return NULL;
+  }
+  if (vs != sg_tokenizer_vocab_size(tok)) {
+    sg_set_err(err, errlen, "%s: %d tokens, model.json says %d", path, sg_tokenizer_vocab_size(tok), vs);
+    sg_tokenizer_free(tok);
+    return NULL;
+  }
+  return tok;
+}
+
+sg_tokenizer *sg_model_load_tokenizer(const char *dir, char *err, size_t errlen) {
+  char path[4096];
+  if (!dir) {
+    sg_set_err(err, errlen, "no model directory");
+    return NULL;
+  }
+  snprintf(path, sizeof path, "%s/model.json", dir);
+  json_error_t jerr;
+  json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+  if (!root) {
+    sg_set_err(err, errlen, "%s: %s (line %d)", path, jerr.text, jerr.line);
+    return NULL;
+  }
+  json_t *tk = json_object_get(root, "tokenizer");
+  sg_tokenizer *tok = NULL;
+  if (!json_is_object(tk)) sg_set_err(err, errlen, "%s: no tokenizer section", path);
+  else tok = load_tokenizer(dir, tk, 0, err, errlen);
+  json_decref(root);
+  return tok;
+}
+
 sg_model *sg_model_load(const char *dir, sg_model_params params, char *err, size_t errlen) {
   char path[4096];
   if (!dir) {
@@ -171,25 +222,7 @@ sg_model *sg_model_load(const char *dir, sg_model_params params, char *err, size
     goto fail;
   }
 
-  const char *merges = get_str(tk, "merges", err, errlen);
-  if (!merges) goto fail;
-  sg_tokenizer_params tp = sg_tokenizer_default_params();
-  if (get_int(tk, "merges_count", 0, 1 << 24, &tp.merges_count, err, errlen) ||
-      get_int(tk, "pad_id", 0, 1 << 24, &tp.pad_id, err, errlen) ||
-      get_int(tk, "max_length", 2, 4096, &tp.max_length, err, errlen))
-    goto fail;
-  if (tp.max_length != in->context_length) {
-    sg_set_err(err, errlen, "model.json: tokenizer max_length differs from context_length");
-    goto fail;
-  }
-  snprintf(path, sizeof path, "%s/%s", dir, merges);
-  if (!(m->tok = sg_tokenizer_load(path, tp, err, errlen))) goto fail;
-  int32_t vs = 0;
-  if (get_int(tk, "vocab_size", 1, 1 << 24, &vs, err, errlen)) goto fail;
-  if (vs != sg_tokenizer_vocab_size(m->tok)) {
-    sg_set_err(err, errlen, "%s: %d tokens, model.json says %d", path, sg_tokenizer_vocab_size(m->tok), vs);
-    goto fail;
-  }
+  if (!(m->tok = load_tokenizer(dir, tk, in->context_length, err, errlen))) goto fail;
 
   const char *files[4];
   const char *keys[4] = {"text_encoder", "unet", "vae_encoder", "vae_decoder"};

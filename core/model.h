@@ -59,6 +59,10 @@ sg_model_params sg_model_default_params(void);
 /* Loads the model directory dir. Returns NULL with a message in err (errlen bytes) on failure. */
 sg_model *sg_model_load(const char *dir, sg_model_params params, char *err, size_t errlen);
 
+/* Loads only the tokenizer of the model directory dir (no modules). Returns NULL with a message in err on failure;
+ * the caller frees the result with sg_tokenizer_free. */
+sg_tokenizer *sg_model_load_tokenizer(const char *dir, char *err, size_t errlen);
+
 /* Frees the model; NULL is ignored. */
 void sg_model_free(sg_model *m);
 

@@ -8,6 +8,7 @@
 #include <torch/optim/adam.h>
 #include <torch/script.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -37,6 +38,19 @@ struct ts_adam {
 namespace {
 
 thread_local std::string last_error;
+
+/* This thread's guidance profile (ts_profile_*). */
+struct profile {
+  bool on = false;
+  double unet_forward = 0, lgp = 0, backward = 0;
+};
+thread_local profile prof;
+
+/* Seconds on a monotonic clock; when profiling, first waits for the device that holds like. */
+double profile_clock(const at::Tensor &like) {
+  if (prof.on && like.is_cuda()) torch::cuda::synchronize(like.device().index());
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 
 void set_error(const std::string &msg) { last_error = msg; }
 
@@ -213,14 +227,21 @@ int ts_guidance_grad(ts_module *unet, ts_module *lgp, const ts_tensor *z, const 
     if (!unet || !lgp || !z || !t || !context || !target || !eps || !grad) throw std::invalid_argument("bad arguments");
     torch::AutoGradMode on(true);
     at::Tensor zg = z->t.detach().requires_grad_(true);
+    double t0 = profile_clock(zg);
     std::vector<at::Tensor> outs;
     flatten(unet->mod.forward({zg, t->t, context->t}), outs);
     if (outs.size() < 2) throw std::runtime_error("the U-Net returned no taps");
+    double t1 = profile_clock(zg);
     c10::List<at::Tensor> taps;
     for (size_t i = 1; i < outs.size(); i++) taps.push_back(outs[i]);
     at::Tensor pred = lgp->mod.forward({taps, t->t}).toTensor().to(at::kFloat);
     at::Tensor l = (pred - target->t.to(pred.device(), at::kFloat)).pow(2).sum();
+    double t2 = profile_clock(zg);
     at::Tensor g = torch::autograd::grad({l}, {zg})[0];
+    double t3 = profile_clock(zg);
+    prof.unet_forward += t1 - t0;
+    prof.lgp += t2 - t1;
+    prof.backward += t3 - t2;
     if (loss) *loss = l.item<double>();
     *eps = wrap(outs[0].detach());
     *grad = wrap(g.detach());
@@ -251,6 +272,15 @@ int ts_tensor_to_host(const ts_tensor *t, void *out, size_t bytes) {
     if (need) std::memcpy(out, c.data_ptr(), need);
     return TS_OK;
   });
+}
+
+void ts_profile_enable(int on) { prof.on = on != 0; }
+
+void ts_profile_take(double *unet_forward, double *lgp, double *backward) {
+  if (unet_forward) *unet_forward = prof.unet_forward;
+  if (lgp) *lgp = prof.lgp;
+  if (backward) *backward = prof.backward;
+  prof.unet_forward = prof.lgp = prof.backward = 0;
 }
 
 int ts_tensor_ndim(const ts_tensor *t) { return t ? static_cast<int>(t->t.dim()) : TS_EINVAL; }

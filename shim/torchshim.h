@@ -77,6 +77,13 @@ ts_tensor *ts_lgp_forward(ts_module *lgp, ts_tensor *const *taps, int n_taps, co
 int ts_guidance_grad(ts_module *unet, ts_module *lgp, const ts_tensor *z, const ts_tensor *t, const ts_tensor *context,
                      const ts_tensor *target, ts_tensor **eps, ts_tensor **grad, double *loss);
 
+/* Profile of ts_guidance_grad on this thread: seconds in the U-Net's forward pass with gradients, the LGP and its
+ * loss, and the backward pass, accumulated since the last ts_profile_take (which returns and clears them; NULL
+ * pointers are skipped). When enabled, the clock waits for a CUDA device before each reading so that times are
+ * real there (at some cost); on the CPU the times are exact either way. */
+void ts_profile_enable(int on);
+void ts_profile_take(double *unet_forward, double *lgp, double *backward);
+
 /* Tensors. from_host copies ndim dims of data (dtype as given) onto device; to_host converts to float32 (or
  * int64 for integer tensors) and copies exactly bytes bytes, which must match the tensor's size. */
 ts_tensor *ts_tensor_from_host(const void *data, ts_dtype dtype, const int64_t *shape, int ndim, const char *device);
