@@ -1,5 +1,4 @@
 """Shared fixtures for the toolchain tests: small random-weight models exported once per session."""
-import json
 import os
 import sys
 
@@ -13,8 +12,8 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 import clip_tokenizer  # noqa: E402
 import export  # noqa: E402
+import random_model  # noqa: E402
 import lgp as lgpmod  # noqa: E402
-import safetensors_io  # noqa: E402
 import sdmodels  # noqa: E402
 import shapes  # noqa: E402
 
@@ -41,16 +40,7 @@ def tiny_config(vocab_size: int) -> dict:
 
 def random_checkpoint(cfg: dict, path: str, seed: int = 0, with_config: bool = True, dtype=torch.float32) -> dict:
     """Writes a random-weight single-file checkpoint with LDM key names; returns its state dict."""
-    torch.manual_seed(seed)
-    unet, vae, text = sdmodels.build(cfg)
-    with torch.no_grad():
-        for m in (unet, vae, text):
-            for p in m.parameters():
-                p.normal_(0, 0.2 if p.dim() > 1 else 0.05)
-    sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sdmodels.to_checkpoint(unet, vae, text).items()}
-    meta = {"sketchguide_config": json.dumps(cfg)} if with_config else None
-    safetensors_io.save(sd, path, meta)
-    return sd
+    return random_model.write_random(cfg, path, seed, with_config, dtype)
 
 
 @pytest.fixture(scope="session")

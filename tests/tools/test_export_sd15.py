@@ -1,6 +1,5 @@
 """Full-size SD 1.5: a random-weight checkpoint with the exact key names and shapes is exported, loaded and its
 taps checked against SD15.md's table; a reduced-width variant of the same layout runs end to end at 512x512."""
-import json
 import os
 
 import numpy as np
@@ -9,31 +8,13 @@ import torch
 
 import export
 import lgp as lgpmod
-import safetensors_io
 import sample as ref
-import sdmodels
 from conftest import CLIP_VOCAB, random_checkpoint
+from random_model import reduced_sd15, write_random_sd15
 
 TABLE = [("input_blocks.2", 320, 64), ("input_blocks.4", 640, 32), ("input_blocks.8", 1280, 16),
          ("middle_block.0", 1280, 8), ("middle_block.1", 1280, 8), ("middle_block.2", 1280, 8),
          ("output_blocks.2", 1280, 16), ("output_blocks.4", 1280, 16), ("output_blocks.8", 640, 64)]
-
-
-def write_random_sd15(path: str) -> int:
-    """Random float16 tensors under every SD 1.5 key (no model weights are initialised). Returns the count."""
-    with sdmodels.no_init():
-        unet, vae, text = sdmodels.build(sdmodels.SD15)
-    g = torch.Generator().manual_seed(0)
-    sd = {}
-    for k, v in sdmodels.to_checkpoint(unet, vae, text).items():
-        scale = 0.02 if v.dim() > 1 else 0.0
-        sd[k] = (torch.randn(v.shape, generator=g) * scale + (1.0 if k.endswith("weight") and v.dim() == 1 else 0.0)).half()
-    del unet, vae, text
-    # tensors that real checkpoints carry and the exporter ignores
-    sd["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.arange(77)[None].float()
-    sd["betas"] = torch.zeros(1000)
-    safetensors_io.save(sd, path)
-    return len(sd)
 
 
 @pytest.fixture(scope="module")
@@ -82,10 +63,7 @@ def test_sd15_modules_load_and_taps(sd15_dir):
 
 def test_reduced_width_sd15_end_to_end(tmp_path):
     """The SD 1.5 layout (4 levels, 9 taps, CLIP vocabulary, 512x512) at a reduced width: export, LGP, guided sampling."""
-    cfg = json.loads(json.dumps(sdmodels.SD15))
-    cfg["unet"].update(model_channels=32, context_dim=64)
-    cfg["vae"].update(ch=32)
-    cfg["text"].update(width=64, layers=2, heads=2, mlp=128)
+    cfg = reduced_sd15()
     ckpt = str(tmp_path / "small.safetensors")
     random_checkpoint(cfg, ckpt, seed=2)
     out = str(tmp_path / "small")
