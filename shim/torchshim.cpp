@@ -361,3 +361,211 @@ int ts_module_save(ts_module *m, const char *path, const char *extra_name, const
 }
 
 }  // extern "C"
+
+// ---- A fresh LGP built in C++ (the scripted tools/lgp.py contract), and resumable training state ----
+
+namespace {
+
+// TorchScript bodies of the LGP's modules: the same operations, in the same order, as torch.jit.script of
+// tools/lgp.py's LGP (nn.Linear, nn.BatchNorm1d with momentum 0.1 and eps 1e-5, nn.ReLU, nn.Sequential).
+const char *const kLinearSrc = R"JIT(
+def forward(self, input: Tensor) -> Tensor:
+    return torch.linear(input, self.weight, self.bias)
+)JIT";
+
+const char *const kBatchNormSrc = R"JIT(
+def forward(self, input: Tensor) -> Tensor:
+    if self.training:
+        self.num_batches_tracked.add_(1)
+    return torch.batch_norm(input, self.weight, self.bias, self.running_mean, self.running_var, self.training,
+                            0.1, 1e-05, True)
+)JIT";
+
+const char *const kReLUSrc = R"JIT(
+def forward(self, input: Tensor) -> Tensor:
+    return torch.relu(input)
+)JIT";
+
+// F(z_t | c, t) then the per-pixel MLP; the time encoding is sdmodels.timestep_embedding (cos half, sin half).
+const char *const kLGPSrc = R"JIT(
+def time_encoding(self, t: Tensor) -> Tensor:
+    dim = self.time_dim
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=6, device=t.device) * (-torch.log(10000.0)) / half)
+    args = t.to(6)[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], -1)
+    if dim % 2 == 1:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], -1)
+    return emb
+
+def forward(self, taps: List[Tensor], t: Tensor) -> Tensor:
+    size = [self.latent_size, self.latent_size]
+    f = torch.cat([torch.upsample_bilinear2d(x.to(6), size, False, None) for x in taps], 1)
+    b, c, h, w = f.size()
+    if t.dim() == 0:
+        t = t.expand([b])
+    te = self.time_encoding(t)
+    x = torch.cat([f.permute([0, 2, 3, 1]).reshape([b * h * w, c]),
+                   te[:, None, :].expand([b, h * w, self.time_dim]).reshape([b * h * w, self.time_dim])], 1)
+    y = self.mlp.forward(x)
+    return y.reshape([b, h, w, self.out_channels]).permute([0, 3, 1, 2])
+)JIT";
+
+// A new module object of the class type `type` (created, named __torch__.sketchguide.NAME, on first use; its
+// methods are defined once, by the caller) with nn.Module's "training" flag.
+torch::jit::Module new_module(const std::shared_ptr<torch::jit::CompilationUnit> &cu, c10::ClassTypePtr &type,
+                              const char *name) {
+  torch::jit::Module m = type ? torch::jit::Module(cu, type)
+                              : torch::jit::Module(c10::QualifiedName(std::string("__torch__.sketchguide.") + name), cu);
+  type = m.type();
+  m.register_attribute("training", c10::BoolType::get(), true);
+  return m;
+}
+
+// nn.Linear's initialisation from gen: weight by kaiming_uniform_(a = sqrt(5)), then bias U(-1/sqrt(in), ...).
+void init_linear(torch::jit::Module &m, int64_t in, int64_t out, at::Generator &gen) {
+  double a = std::sqrt(5.0), gain = std::sqrt(2.0 / (1 + std::pow(a, 2)));
+  double bound = std::sqrt(3.0) * (gain / std::sqrt(static_cast<double>(in)));
+  at::Tensor w = torch::empty({out, in}).uniform_(-bound, bound, gen);
+  double bb = 1 / std::sqrt(static_cast<double>(in));
+  at::Tensor b = torch::empty({out}).uniform_(-bb, bb, gen);
+  m.register_parameter("weight", w, false);
+  m.register_parameter("bias", b, false);
+}
+
+std::vector<std::pair<std::string, at::Tensor>> state_of(const torch::jit::Module &m) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto &p : m.named_parameters(true)) out.emplace_back(p.name, p.value);
+  for (const auto &b : m.named_buffers(true)) out.emplace_back(b.name, b.value);
+  return out;
+}
+
+}  // namespace
+
+extern "C" {
+
+ts_module *ts_lgp_create(int64_t in_channels, int64_t latent_size, int64_t time_dim, const int64_t *hidden,
+                         int n_hidden, int64_t out_channels, uint64_t seed, const char *device) {
+  return guard<ts_module *>(nullptr, [&]() -> ts_module * {
+    if (in_channels < 1 || latent_size < 1 || time_dim < 0 || out_channels < 1 || n_hidden < 0 || n_hidden > 64 ||
+        (n_hidden > 0 && !hidden))
+      throw std::invalid_argument("bad LGP shape");
+    for (int i = 0; i < n_hidden; i++)
+      if (hidden[i] < 1) throw std::invalid_argument("hidden sizes must be positive");
+    torch::Device dev = parse_device(device);
+    auto cu = std::make_shared<torch::jit::CompilationUnit>();
+    c10::ClassTypePtr lin_t, bn_t, relu_t, seq_t, lgp_t;
+    at::Generator gen = at::detail::createCPUGenerator(seed);
+    torch::jit::Module seq = new_module(cu, seq_t, "Sequential");
+    std::string seq_src = "def forward(self, input: Tensor) -> Tensor:\n    x = input\n";
+    int64_t c = in_channels + time_dim, k = 0;
+    auto add = [&](torch::jit::Module m) {
+      seq.register_module(std::to_string(k), m);
+      seq_src += "    x = getattr(self, \"" + std::to_string(k) + "\").forward(x)\n";
+      k++;
+    };
+    bool lin_defined = false, bn_defined = false, relu_defined = false;
+    for (int i = 0; i <= n_hidden; i++) {
+      int64_t o = i < n_hidden ? hidden[i] : out_channels;
+      torch::jit::Module lin = new_module(cu, lin_t, "Linear");
+      init_linear(lin, c, o, gen);
+      if (!lin_defined) lin.define(kLinearSrc), lin_defined = true;
+      add(lin);
+      if (i == n_hidden) break;
+      torch::jit::Module bn = new_module(cu, bn_t, "BatchNorm1d");
+      bn.register_parameter("weight", torch::ones({o}), false);
+      bn.register_parameter("bias", torch::zeros({o}), false);
+      bn.register_buffer("running_mean", torch::zeros({o}));
+      bn.register_buffer("running_var", torch::ones({o}));
+      bn.register_buffer("num_batches_tracked", torch::zeros({}, torch::TensorOptions().dtype(at::kLong)));
+      if (!bn_defined) bn.define(kBatchNormSrc), bn_defined = true;
+      add(bn);
+      torch::jit::Module relu = new_module(cu, relu_t, "ReLU");
+      if (!relu_defined) relu.define(kReLUSrc), relu_defined = true;
+      add(relu);
+      c = o;
+    }
+    seq_src += "    return x\n";
+    seq.define(seq_src);
+    torch::jit::Module lgp = new_module(cu, lgp_t, "LGP");
+    lgp.register_attribute("in_channels", c10::IntType::get(), in_channels);
+    lgp.register_attribute("time_dim", c10::IntType::get(), time_dim);
+    lgp.register_attribute("latent_size", c10::IntType::get(), latent_size);
+    lgp.register_attribute("out_channels", c10::IntType::get(), out_channels);
+    lgp.register_module("mlp", seq);
+    lgp.define(kLGPSrc);
+    if (!dev.is_cpu()) lgp.to(dev);
+    lgp.train(true);
+    for (auto p : lgp.parameters()) p.requires_grad_(true);
+    return new ts_module{lgp, dev, at::kFloat, true};
+  });
+}
+
+int ts_rng_randint(ts_rng *g, int64_t low, int64_t high, int64_t *out, int64_t n) {
+  return guard<int>(TS_ERROR, [&] {
+    if (!g || (!out && n > 0) || n < 0 || high <= low) throw std::invalid_argument("bad arguments");
+    if (n == 0) return TS_OK;
+    at::Tensor r = torch::randint(low, high, {n}, g->gen, torch::TensorOptions().dtype(at::kLong));
+    std::memcpy(out, r.data_ptr<int64_t>(), static_cast<size_t>(n) * sizeof(int64_t));
+    return TS_OK;
+  });
+}
+
+int ts_lgp_loss(ts_module *lgp, ts_tensor *const *taps, int n_taps, const ts_tensor *t, const ts_tensor *target,
+                double *loss) {
+  return guard<int>(TS_ERROR, [&] {
+    if (!lgp || !t || !target || !loss) throw std::invalid_argument("bad arguments");
+    torch::NoGradGuard ng;
+    at::Tensor pred = lgp->mod.forward({tap_list(taps, n_taps), t->t}).toTensor().to(at::kFloat);
+    *loss = (pred - target->t.to(pred.device(), at::kFloat)).pow(2).sum(1).mean().item<double>();
+    return TS_OK;
+  });
+}
+
+int ts_train_state_save(const char *path, ts_module *m, ts_adam *opt, const ts_rng *g, int64_t step) {
+  return guard<int>(TS_ERROR, [&] {
+    if (!path || !m || !opt || opt->m != m) throw std::invalid_argument("bad arguments");
+    torch::serialize::OutputArchive ar, mod, oa;
+    for (const auto &kv : state_of(m->mod)) mod.write(kv.first, kv.second.detach().to(torch::kCPU));
+    opt->opt->save(oa);
+    ar.write("format", c10::IValue(std::string("sketchguide-train-state 1")));
+    ar.write("step", c10::IValue(step));
+    ar.write("module", mod);
+    ar.write("optimizer", oa);
+    if (g) ar.write("rng", g->gen.get_state());
+    ar.save_to(path);
+    return TS_OK;
+  });
+}
+
+int ts_train_state_load(const char *path, ts_module *m, ts_adam *opt, ts_rng *g, int64_t *step) {
+  return guard<int>(TS_ERROR, [&] {
+    if (!path || !m || !opt || opt->m != m) throw std::invalid_argument("bad arguments");
+    torch::serialize::InputArchive ar, mod, oa;
+    ar.load_from(path, m->device);
+    c10::IValue fmt, st;
+    if (!ar.try_read("format", fmt) || !fmt.isString() || fmt.toStringRef() != "sketchguide-train-state 1")
+      throw std::runtime_error(std::string(path) + ": not a training state written by this library");
+    ar.read("step", st);
+    ar.read("module", mod);
+    ar.read("optimizer", oa);
+    torch::NoGradGuard ng;
+    for (auto &kv : state_of(m->mod)) {
+      at::Tensor v;
+      if (!mod.try_read(kv.first, v)) throw std::runtime_error(std::string(path) + ": no tensor " + kv.first);
+      if (v.sizes() != kv.second.sizes())
+        throw std::runtime_error(std::string(path) + ": " + kv.first + " has another shape than the module's");
+      kv.second.copy_(v);
+    }
+    opt->opt->load(oa);
+    if (g) {
+      at::Tensor gs;
+      if (!ar.try_read("rng", gs)) throw std::runtime_error(std::string(path) + ": no generator state");
+      g->gen.set_state(gs.to(torch::kCPU));
+    }
+    if (step) *step = st.toInt();
+    return TS_OK;
+  });
+}
+
+}  // extern "C"

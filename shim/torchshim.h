@@ -108,6 +108,34 @@ int ts_adam_step(ts_adam *opt, ts_tensor *const *taps, int n_taps, const ts_tens
                  double *loss);
 void ts_adam_free(ts_adam *opt);
 
+/* Creates a fresh Latent Guidance Predictor with the contract of tools/lgp.py's scripted LGP:
+ * forward(taps: List[Tensor], t: Tensor) -> Tensor[B, out_channels, latent_size, latent_size]; the features are
+ * each tap resized to latent_size (bilinear, align_corners false) as float32, concatenated on channels, then the
+ * sinusoidal time encoding (time_dim values: cos half, sin half, max period 10000); per latent pixel, Linear +
+ * BatchNorm1d (momentum 0.1, eps 1e-5) + ReLU for each of the n_hidden sizes, then Linear to out_channels. Its
+ * parameter and buffer names are nn.Module's (mlp.0.weight, mlp.1.running_mean, ...). Initialised as PyTorch's
+ * defaults, drawn from a generator seeded with seed: the same weights as torch.manual_seed(seed) then
+ * lgp.LGP(...) in Python. Returns a trainable float32 module on device, in training mode, or NULL. */
+ts_module *ts_lgp_create(int64_t in_channels, int64_t latent_size, int64_t time_dim, const int64_t *hidden,
+                         int n_hidden, int64_t out_channels, uint64_t seed, const char *device);
+
+/* The training loss of ts_adam_step (mean over pixels of the squared distance summed over channels), without
+ * gradients and in the module's current mode, into *loss. Returns 0 or a negative code. */
+int ts_lgp_loss(ts_module *lgp, ts_tensor *const *taps, int n_taps, const ts_tensor *t, const ts_tensor *target,
+                double *loss);
+
+/* n integers uniform in [low, high) from g, exactly as torch.randint(low, high, (n,), generator=g). Returns 0 or a
+ * negative code. */
+int ts_rng_randint(ts_rng *g, int64_t low, int64_t high, int64_t *out, int64_t n);
+
+/* Training state for resuming: writes m's parameters and buffers, opt's state (opt must be m's optimiser), g's
+ * state (when g is not NULL) and step into the file path (torch's serialize archive, written in place: the caller
+ * makes it atomic). load reads such a file back into the same kind of module, its optimiser and g (required when
+ * given), and *step (when not NULL), so that training continues exactly as if never interrupted. Both return 0 or
+ * a negative code. */
+int ts_train_state_save(const char *path, ts_module *m, ts_adam *opt, const ts_rng *g, int64_t step);
+int ts_train_state_load(const char *path, ts_module *m, ts_adam *opt, ts_rng *g, int64_t *step);
+
 /* Sets training (1) or eval (0) mode of a module. Returns 0 or a negative code. */
 int ts_module_set_train(ts_module *m, int on);
 
