@@ -440,6 +440,12 @@ std::vector<std::pair<std::string, at::Tensor>> state_of(const torch::jit::Modul
   return out;
 }
 
+void check_state_format(torch::serialize::InputArchive &ar, const char *path) {
+  c10::IValue fmt;
+  if (!ar.try_read("format", fmt) || !fmt.isString() || fmt.toStringRef() != "sketchguide-train-state 1")
+    throw std::runtime_error(std::string(path) + ": not a training state written by this library");
+}
+
 }  // namespace
 
 extern "C" {
@@ -522,7 +528,8 @@ int ts_lgp_loss(ts_module *lgp, ts_tensor *const *taps, int n_taps, const ts_ten
   });
 }
 
-int ts_train_state_save(const char *path, ts_module *m, ts_adam *opt, const ts_rng *g, int64_t step) {
+int ts_train_state_save(const char *path, ts_module *m, ts_adam *opt, const ts_rng *g, int64_t step,
+                        const char *meta) {
   return guard<int>(TS_ERROR, [&] {
     if (!path || !m || !opt || opt->m != m) throw std::invalid_argument("bad arguments");
     torch::serialize::OutputArchive ar, mod, oa;
@@ -530,6 +537,7 @@ int ts_train_state_save(const char *path, ts_module *m, ts_adam *opt, const ts_r
     opt->opt->save(oa);
     ar.write("format", c10::IValue(std::string("sketchguide-train-state 1")));
     ar.write("step", c10::IValue(step));
+    ar.write("meta", c10::IValue(std::string(meta ? meta : "")));
     ar.write("module", mod);
     ar.write("optimizer", oa);
     if (g) ar.write("rng", g->gen.get_state());
@@ -538,14 +546,30 @@ int ts_train_state_save(const char *path, ts_module *m, ts_adam *opt, const ts_r
   });
 }
 
+char *ts_train_state_meta(const char *path) {
+  return guard<char *>(nullptr, [&]() -> char * {
+    if (!path) throw std::invalid_argument("no path");
+    torch::serialize::InputArchive ar;
+    ar.load_from(path, torch::kCPU);
+    check_state_format(ar, path);
+    c10::IValue meta;
+    ar.read("meta", meta);
+    const std::string &s = meta.toStringRef();
+    char *out = static_cast<char *>(std::malloc(s.size() + 1));
+    if (!out) throw std::bad_alloc();
+    std::memcpy(out, s.data(), s.size());
+    out[s.size()] = 0;
+    return out;
+  });
+}
+
 int ts_train_state_load(const char *path, ts_module *m, ts_adam *opt, ts_rng *g, int64_t *step) {
   return guard<int>(TS_ERROR, [&] {
     if (!path || !m || !opt || opt->m != m) throw std::invalid_argument("bad arguments");
     torch::serialize::InputArchive ar, mod, oa;
     ar.load_from(path, m->device);
-    c10::IValue fmt, st;
-    if (!ar.try_read("format", fmt) || !fmt.isString() || fmt.toStringRef() != "sketchguide-train-state 1")
-      throw std::runtime_error(std::string(path) + ": not a training state written by this library");
+    check_state_format(ar, path);
+    c10::IValue st;
     ar.read("step", st);
     ar.read("module", mod);
     ar.read("optimizer", oa);

@@ -129,12 +129,16 @@ int ts_lgp_loss(ts_module *lgp, ts_tensor *const *taps, int n_taps, const ts_ten
 int ts_rng_randint(ts_rng *g, int64_t low, int64_t high, int64_t *out, int64_t n);
 
 /* Training state for resuming: writes m's parameters and buffers, opt's state (opt must be m's optimiser), g's
- * state (when g is not NULL) and step into the file path (torch's serialize archive, written in place: the caller
- * makes it atomic). load reads such a file back into the same kind of module, its optimiser and g (required when
- * given), and *step (when not NULL), so that training continues exactly as if never interrupted. Both return 0 or
- * a negative code. */
-int ts_train_state_save(const char *path, ts_module *m, ts_adam *opt, const ts_rng *g, int64_t step);
+ * state (when g is not NULL), step and the caller's meta string (NULL for none; for example the settings, to
+ * check before resuming) into the file path (torch's serialize archive, written in place: the caller makes it
+ * atomic). load reads such a file back into the same kind of module, its optimiser and g (required when given),
+ * and *step (when not NULL), so that training continues exactly as if never interrupted. Both return 0 or a
+ * negative code. ts_train_state_meta returns the meta string of such a file (malloc'ed, the caller frees it), or
+ * NULL when path is not one. */
+int ts_train_state_save(const char *path, ts_module *m, ts_adam *opt, const ts_rng *g, int64_t step,
+                        const char *meta);
 int ts_train_state_load(const char *path, ts_module *m, ts_adam *opt, ts_rng *g, int64_t *step);
+char *ts_train_state_meta(const char *path);
 
 /* Sets training (1) or eval (0) mode of a module. Returns 0 or a negative code. */
 int ts_module_set_train(ts_module *m, int on);

@@ -141,7 +141,10 @@ static void test_resume(void) {
 
   m = create(7), opt = ts_adam_new(m, 1e-2), g = ts_rng_new(11);
   CHECK(train(opt, g, 0, N / 2) == 0, "first half: %s", ts_last_error());
-  CHECK(ts_train_state_save(path, m, opt, g, N / 2) == 0, "save state: %s", ts_last_error());
+  CHECK(ts_train_state_save(path, m, opt, g, N / 2, "{\"batch\": 3}") == 0, "save state: %s", ts_last_error());
+  char *meta = ts_train_state_meta(path);
+  CHECK(meta && !strcmp(meta, "{\"batch\": 3}"), "meta: %s", meta ? meta : ts_last_error());
+  free(meta);
   ts_adam_free(opt), ts_module_free(m), ts_rng_free(g);
 
   m = create(8), opt = ts_adam_new(m, 1e-2), g = ts_rng_new(12); /* other weights and numbers, all replaced */
@@ -156,10 +159,11 @@ static void test_resume(void) {
   CHECK(ts_train_state_load(path, other, oopt, NULL, NULL) < 0, "state loaded into another architecture");
   CHECK(ts_train_state_load("/nonexistent/state", m, opt, g, NULL) < 0 && strlen(ts_last_error()) > 0,
         "missing state file");
-  CHECK(ts_train_state_save(path, m, oopt, g, 0) < 0, "optimiser of another module accepted");
+  CHECK(ts_train_state_save(path, m, oopt, g, 0, NULL) < 0, "optimiser of another module accepted");
   CHECK(ts_module_save(m, path, NULL, NULL) == 0 && ts_train_state_load(path, m, opt, g, NULL) < 0 &&
             strstr(ts_last_error(), "not a training state"),
         "a module file read as a training state: %s", ts_last_error());
+  CHECK(ts_train_state_meta(path) == NULL && ts_train_state_meta("/nonexistent/state") == NULL, "meta of a non-state");
   remove(path);
   ts_adam_free(oopt), ts_module_free(other);
   ts_adam_free(opt), ts_module_free(m), ts_rng_free(g);
