@@ -1,0 +1,133 @@
+/* Image input and output: PNG/JPEG decoding by magic bytes, PNG encoding with text chunks, sketch maps.
+ *
+ * Basic usage:
+ *   sg_image_params p = sg_image_default_params();
+ *   sg_image im;
+ *   char err[256];
+ *   if (sg_image_decode(upload, upload_len, p, &im, err, sizeof err) == 0) {
+ *     float *map = malloc(sizeof(float) * 64 * 64);
+ *     int inverted;
+ *     sg_sketch_map(&im, 64, SG_INVERT_AUTO, map, &inverted, err, sizeof err);  // 1 = stroke
+ *     sg_image_free(&im);
+ *   }
+ *   sg_png_text meta[] = {{"prompt", "a red star"}, {"seed", "42"}};
+ *   sg_png_save("out.png", rgb, w, h, 3, meta, 2, err, sizeof err);
+ *
+ * Decoding picks the format by the data's magic bytes, never by a file name or a client's content type, and
+ * checks width x height against params.max_pixels from the header before any pixel buffer is allocated.
+ * Truncated or corrupt data is an error (SG_IMAGE_ECORRUPT), never a partly decoded image; a libjpeg warning
+ * counts as corrupt (PIL accepts some files libjpeg warns about, such as stray bytes between markers). PNG:
+ * palette, gray below 8 bits and 16-bit samples become 8-bit (16-bit keeps the high byte, as PIL does for RGB(A)
+ * and gray + alpha; PIL clips 16-bit gray to 255 instead, so such sketches differ from load_sketch's); alpha is
+ * kept; a palette's tRNS becomes alpha (RGBA), while tRNS on gray or RGB images is ignored (load_sketch does not
+ * composite those either). JPEG: RGB, or gray for grayscale files; CMYK and YCCK are refused
+ * (SG_IMAGE_EUNSUPPORTED); EXIF orientation is not applied.
+ *
+ * Every function returns 0 (SG_IMAGE_OK) or a negative SG_IMAGE_E* code with a message in err (errlen bytes,
+ * may be NULL). Nothing here prints, exits or keeps global state: all calls are thread-safe.
+ */
+#ifndef SG_IMAGE_H
+#define SG_IMAGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum { SG_IMAGE_UNKNOWN = 0, SG_IMAGE_PNG, SG_IMAGE_JPEG } sg_image_format;
+
+/* 8-bit pixels: channels 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA), rows top to bottom, interleaved,
+ * no padding (height x width x channels bytes). The image owns pixels; free with sg_image_free. */
+typedef struct {
+  int32_t width, height, channels;
+  uint8_t *pixels;
+} sg_image;
+
+typedef struct {
+  int64_t max_pixels; /* default 16777216 (4096^2); width x height above it is refused from the header, before
+                         any pixel buffer is allocated */
+} sg_image_params;
+
+enum {
+  SG_IMAGE_OK = 0,
+  SG_IMAGE_EINVAL = -1,       /* a bad argument */
+  SG_IMAGE_EUNSUPPORTED = -2, /* not PNG/JPEG by magic bytes, or an unsupported variant (CMYK JPEG) */
+  SG_IMAGE_ETOOBIG = -3,      /* width x height over max_pixels */
+  SG_IMAGE_ECORRUPT = -4,     /* truncated or corrupt */
+  SG_IMAGE_ENOMEM = -5,       /* out of memory */
+  SG_IMAGE_EIO = -6,          /* file read/write */
+};
+
+/* Returns the defaults: max_pixels 4096 x 4096. */
+sg_image_params sg_image_default_params(void);
+
+/* Returns the format of len bytes of data by their magic bytes only (PNG: the 8-byte signature; JPEG: FF D8 FF),
+ * or SG_IMAGE_UNKNOWN (also for NULL or too short data). */
+sg_image_format sg_image_sniff(const uint8_t *data, size_t len);
+
+/* Returns "png", "jpeg" or "unknown" (a static string). */
+const char *sg_image_format_name(sg_image_format f);
+
+/* Decodes len bytes of PNG or JPEG data (not retained) into *out, which the caller frees with sg_image_free.
+ * Returns 0, or a negative SG_IMAGE_E* code with *out zeroed: EUNSUPPORTED for other data (also empty data),
+ * ETOOBIG over p.max_pixels, ECORRUPT for truncated or corrupt data, ENOMEM. */
+int sg_image_decode(const uint8_t *data, size_t len, sg_image_params p, sg_image *out, char *err, size_t errlen);
+
+/* Reads the file at path and decodes it as sg_image_decode does. Returns 0 or a negative SG_IMAGE_E* code
+ * (EIO when the file cannot be read). */
+int sg_image_load(const char *path, sg_image_params p, sg_image *out, char *err, size_t errlen);
+
+/* Frees the pixels and zeroes the struct; NULL is ignored. */
+void sg_image_free(sg_image *im);
+
+/* Converts in (any channel count) to 8-bit RGB in *out (a new image the caller frees with sg_image_free): gray
+ * is replicated, alpha is composited onto opaque white with PIL's Image.alpha_composite arithmetic. Returns 0
+ * or a negative SG_IMAGE_E* code. */
+int sg_image_to_rgb(const sg_image *in, sg_image *out, char *err, size_t errlen);
+
+/* Resizes in (any channel count) to w x h into *out (a new image the caller frees with sg_image_free):
+ * bilinear with align_corners=false semantics and torch's weights (F.interpolate(mode="bilinear"), no antialias),
+ * each channel on its own (alpha is not premultiplied), rounded to the nearest 8-bit value. Returns 0 or a
+ * negative SG_IMAGE_E* code. */
+int sg_image_resize(const sg_image *in, int32_t w, int32_t h, sg_image *out, char *err, size_t errlen);
+
+typedef enum { SG_INVERT_AUTO = 0, SG_INVERT_TRUE, SG_INVERT_FALSE } sg_invert;
+
+/* Returns the sg_invert for "auto", "true"/"1"/"yes" or "false"/"0"/"no" (any case), or -1 (also for NULL). */
+int sg_invert_parse(const char *s);
+
+/* Turns a sketch into a binary map exactly as tools/sample.py load_sketch does: alpha composited onto white,
+ * grayscale (PIL "L": (R*19595 + G*38470 + B*7471 + 0x8000) >> 16), /255 as float32, inverted (1 - g) when inv
+ * is SG_INVERT_TRUE or (SG_INVERT_AUTO and numpy's float32 mean > 0.5), resized to size x size with torch's
+ * bilinear arithmetic (align_corners false; as torch 1.13's CPU kernel: a float scale in / out, the source index
+ * (dst + 0.5) * scale - 0.5 in double, float weights and weight products, the four terms summed in double) unless
+ * already that size, thresholded (> 0.5 -> 1.0f, else 0.0f).
+ * out (caller-provided, size x size floats, row-major) receives the map; *inverted (may be NULL) says whether it
+ * inverted. Returns 0 or a negative SG_IMAGE_E* code. */
+int sg_sketch_map(const sg_image *in, int32_t size, sg_invert inv, float *out, int *inverted, char *err,
+                  size_t errlen);
+
+/* A PNG text chunk: key of 1 to 79 printable ASCII characters (no leading, trailing or double spaces); value any
+ * NUL-terminated UTF-8. Both are borrowed for the call. */
+typedef struct {
+  const char *key, *value;
+} sg_png_text;
+
+/* Encodes h x w 8-bit pixels (channels 1..4, as in sg_image) as PNG with n_text text chunks before the image
+ * data: tEXt, or iTXt (UTF-8) when a value has bytes >= 0x80. On success *out is a malloc'ed buffer of *out_len
+ * bytes that the caller frees. Returns 0 or a negative SG_IMAGE_E* code (EINVAL for a bad size or key). */
+int sg_png_encode(const uint8_t *pixels, int32_t w, int32_t h, int32_t channels, const sg_png_text *text,
+                  int32_t n_text, uint8_t **out, size_t *out_len, char *err, size_t errlen);
+
+/* Encodes as sg_png_encode and writes the file at path (replaced if it exists; removed again when writing
+ * fails). Returns 0 or a negative SG_IMAGE_E* code (EIO for a write failure). */
+int sg_png_save(const char *path, const uint8_t *pixels, int32_t w, int32_t h, int32_t channels,
+                const sg_png_text *text, int32_t n_text, char *err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
