@@ -1,0 +1,54 @@
+/* sketchguide: the command line (generate, train-lgp, edges, info, tokenize) over the engine in core/. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+#ifndef SG_VERSION
+#define SG_VERSION "unknown"
+#endif
+
+typedef struct {
+  const char *name;
+  int (*run)(int argc, char **argv);
+  const char *summary;
+} command;
+
+static const command COMMANDS[] = {
+    {"generate", cmd_generate, "prompt + sketch -> PNG images (sketch-guided diffusion)"},
+    {"train-lgp", cmd_train_lgp, "train a model's Latent Guidance Predictor on (image, caption) pairs"},
+    {"edges", cmd_edges, "image -> edge map, with the detector the LGP trainer uses"},
+    {"info", cmd_info, "what a model directory holds"},
+    {"tokenize", cmd_tokenize, "prompt -> the 77 input ids of the text encoder, as JSON"},
+};
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: sketchguide COMMAND [OPTIONS]\n\n"
+          "Sketch-guided text-to-image diffusion (Voynov, Aberman, Cohen-Or 2023).\n\ncommands:\n");
+  for (size_t i = 0; i < sizeof COMMANDS / sizeof *COMMANDS; i++)
+    fprintf(f, "  %-10s %s\n", COMMANDS[i].name, COMMANDS[i].summary);
+  fprintf(f,
+          "\n`sketchguide COMMAND --help` describes a command's options. The model directory defaults to\n"
+          "$SKETCHGUIDE_MODEL, else the bundled model (%s).\n",
+          cli_default_model());
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    usage(stderr);
+    return CLI_USAGE;
+  }
+  if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+    usage(stdout);
+    return CLI_OK;
+  }
+  if (!strcmp(argv[1], "--version")) {
+    printf("sketchguide %s\n", SG_VERSION);
+    return CLI_OK;
+  }
+  for (size_t i = 0; i < sizeof COMMANDS / sizeof *COMMANDS; i++)
+    if (!strcmp(argv[1], COMMANDS[i].name)) return COMMANDS[i].run(argc - 1, argv + 1);
+  fprintf(stderr, "sketchguide: unknown command '%s' (see sketchguide --help)\n", argv[1]);
+  return CLI_USAGE;
+}

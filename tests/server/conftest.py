@@ -1,0 +1,26 @@
+"""Shared fixtures for the command-line tests: the built `sketchguide` binary (SKETCHGUIDE_BIN, set by meson) and paths."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+SHARED = os.environ.get("SKETCHGUIDE_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))
+BUNDLED = os.path.join(ROOT, "models", "shapes")
+
+
+@pytest.fixture(scope="session")
+def sg():
+    """Runs the binary: sg(*args, input=None) -> CompletedProcess (text mode, never raises on a non-zero exit)."""
+    exe = os.environ.get("SKETCHGUIDE_BIN", os.path.join(ROOT, "build", "server", "sketchguide"))
+    if not os.path.exists(exe):
+        pytest.skip("no sketchguide binary at %s" % exe)
+
+    def run(*args, input=None, env=None, text=True, cwd=None):
+        e = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+        e.update(env or {})
+        return subprocess.run([exe] + [str(a) for a in args], input=input, capture_output=True, text=text, env=e,
+                              cwd=cwd, timeout=600)
+    return run
