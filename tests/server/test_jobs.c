@@ -1,0 +1,683 @@
+/* Tests of server/jobs.c on the bundled model: results as PNG, queue order and limits, cancel, deadlines, expiry,
+ * events, many threads at once, drain and shutdown. */
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "generate.h"
+#include "image.h"
+#include "jobs.h"
+
+#include "check.h"
+
+#define PROMPT "a red star on a plain blue background"
+#define LONG_STEPS 1000 /* a job that runs until it is cancelled */
+
+static sg_model *model;
+
+static void sleep_s(double s) {
+  struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
+  nanosleep(&ts, NULL);
+}
+
+static sg_job_request request(sg_jobs *q, int32_t steps) {
+  sg_job_request r = sg_jobs_default_request(q);
+  r.prompt = PROMPT;
+  r.steps = steps;
+  r.cfg = 1.0; /* one U-Net pass per step: fast */
+  r.seed = 7;
+  return r;
+}
+
+static void submit_ok(sg_jobs *q, const sg_job_request *r, char *id) {
+  char err[256];
+  int rc = sg_jobs_submit(q, r, id, err, sizeof err);
+  CHECK(rc == 0, "submit: %d %s", rc, err);
+}
+
+static sg_job_status status_of(sg_jobs *q, const char *id) {
+  sg_job_status st;
+  int rc = sg_jobs_status(q, id, &st);
+  CHECK(rc == 0, "status %s: %d", id, rc);
+  return st;
+}
+
+/* Polls until the job is running (final = 0) or finished (final = 1); returns its status. */
+static sg_job_status wait_for(sg_jobs *q, const char *id, int final, double timeout) {
+  double end = sg_jobs_now() + timeout;
+  sg_job_status st;
+  memset(&st, 0, sizeof st);
+  while (sg_jobs_now() < end) {
+    if (sg_jobs_status(q, id, &st)) break;
+    if (final ? st.state >= SG_JOB_SUCCEEDED : st.state != SG_JOB_QUEUED) return st;
+    sleep_s(0.002);
+  }
+  CHECK(0, "job %s did not become %s in %.0f s (state %s)", id, final ? "final" : "running", timeout,
+        sg_job_state_name(st.state));
+  return st;
+}
+
+/* Records the events of one watch. */
+typedef struct {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int progress, ends, out_of_order, after_end;
+  int32_t last_step, end_step;
+  sg_job_state end_state;
+  sg_job_error end_error;
+  sg_job_watch *self;    /* unwatch_at: unwatch this handle from inside the callback at that step */
+  int32_t unwatch_at;
+} collector;
+
+static void collector_init(collector *c) {
+  memset(c, 0, sizeof *c);
+  pthread_mutex_init(&c->mu, NULL);
+  pthread_cond_init(&c->cv, NULL);
+}
+
+static void collector_destroy(collector *c) {
+  pthread_cond_destroy(&c->cv);
+  pthread_mutex_destroy(&c->mu);
+}
+
+static void collect(void *user, const sg_job_event *ev) {
+  collector *c = user;
+  pthread_mutex_lock(&c->mu);
+  if (c->ends) c->after_end++;
+  if (ev->kind == SG_JOB_EVENT_PROGRESS) {
+    if (ev->step != c->last_step + 1 || ev->state != SG_JOB_RUNNING) c->out_of_order++;
+    c->last_step = ev->step;
+    c->progress++;
+  } else {
+    c->ends++;
+    c->end_state = ev->state;
+    c->end_error = ev->error;
+    c->end_step = ev->step;
+  }
+  sg_job_watch *self = c->unwatch_at && ev->step == c->unwatch_at ? c->self : NULL;
+  pthread_cond_broadcast(&c->cv);
+  pthread_mutex_unlock(&c->mu);
+  if (self) sg_jobs_unwatch(self); /* from inside its own callback */
+}
+
+static int wait_end(collector *c, double timeout) {
+  double end = sg_jobs_now() + timeout;
+  pthread_mutex_lock(&c->mu);
+  while (!c->ends && sg_jobs_now() < end) {
+    pthread_mutex_unlock(&c->mu);
+    sleep_s(0.002);
+    pthread_mutex_lock(&c->mu);
+  }
+  int got = c->ends;
+  pthread_mutex_unlock(&c->mu);
+  return got;
+}
+
+static int log_lines;
+static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static void count_log(void *user, sg_jobs_log_level level, const char *msg) {
+  pthread_mutex_lock(&log_mu);
+  log_lines++;
+  pthread_mutex_unlock(&log_mu);
+}
+
+static sg_jobs *manager(int32_t workers, sg_jobs_params p) {
+  sg_model *models[4] = {model, model, model, model};
+  char err[256];
+  sg_jobs *q = sg_jobs_new(models, workers, p, err, sizeof err);
+  CHECK(q, "sg_jobs_new: %s", err);
+  if (!q) exit(1);
+  return q;
+}
+
+/* Returns whether the PNG in (png, len) has a text chunk key = value (tEXt layout: key NUL value). */
+static int has_text(const uint8_t *png, size_t len, const char *key, const char *value) {
+  size_t kl = strlen(key), vl = strlen(value);
+  for (size_t at = 8; at + 12 <= len;) {
+    uint32_t n = (uint32_t)png[at] << 24 | (uint32_t)png[at + 1] << 16 | (uint32_t)png[at + 2] << 8 | png[at + 3];
+    if (at + 12 + (size_t)n > len) return 0;
+    const uint8_t *d = png + at + 8;
+    if (!memcmp(png + at + 4, "tEXt", 4) && n == kl + 1 + vl && !memcmp(d, key, kl) && d[kl] == 0 &&
+        !memcmp(d + kl + 1, value, vl))
+      return 1;
+    at += 12 + (size_t)n;
+  }
+  return 0;
+}
+
+/* A job with a sketch, two images and extra text: PNGs that decode to sg_generate's pixels, with the text chunks. */
+static void test_result(void) {
+  log_lines = 0;
+  sg_jobs_params p = sg_jobs_default_params();
+  p.log = count_log;
+  sg_jobs *q = manager(1, p);
+  int32_t S = sg_model_get_info(model)->image_size;
+  float *sketch = calloc((size_t)S * S, sizeof *sketch);
+  for (int32_t y = S / 4; y < 3 * S / 4; y++) sketch[y * S + S / 4] = sketch[y * S + 3 * S / 4] = 1.0f;
+  const char *extra[] = {"software", "sketchguide test"};
+  char *prompt = strdup(PROMPT);
+  sg_job_request r = sg_jobs_default_request(q);
+  r.prompt = prompt;
+  r.negative_prompt = "blurry";
+  r.sketch = sketch;
+  r.steps = 3;
+  r.seed = 41;
+  r.n_images = 2;
+  r.extra_text = extra;
+  r.n_extra_text = 1;
+  char id[SG_JOB_ID_LEN];
+  submit_ok(q, &r, id);
+  CHECK(strlen(id) == 32 && strspn(id, "0123456789abcdef") == 32, "id %s", id);
+  memset(prompt, 'x', strlen(prompt)); /* submit copied it */
+  collector c;
+  collector_init(&c);
+  sg_job_watch *w = NULL;
+  CHECK(sg_jobs_watch(q, id, collect, &c, &w) == 0, "watch");
+  sg_job_status st = wait_for(q, id, 1, 300);
+  CHECK(wait_end(&c, 10), "no end event");
+  CHECK(st.state == SG_JOB_SUCCEEDED && st.error == SG_JOB_ERR_NONE, "state %s: %s", sg_job_state_name(st.state),
+        st.message);
+  CHECK(st.step == 3 && st.total == 3 && st.n_images == 2 && st.n_ready == 2 && st.seed == 41, "status counts");
+  CHECK(st.queue_position == -1 && st.worker == 0, "position %d worker %d", st.queue_position, st.worker);
+  CHECK(st.created > 1e9 && st.started >= st.created && st.finished >= st.started, "times");
+  CHECK(st.queue_ms >= 0 && st.inference_ms > 0 && st.timings.total > 0 && st.guided_steps == 2, "durations");
+  if (w) {
+    /* unwatch can only race the end event; the counts settle once it returns */
+    sg_jobs_unwatch(w);
+  }
+  CHECK(c.progress == 3 && c.ends == 1 && !c.out_of_order && c.end_state == SG_JOB_SUCCEEDED,
+        "events: %d progress, %d end", c.progress, c.ends);
+
+  /* the same request straight through sg_generate */
+  sg_generate_params gp = sg_generate_default_params(model);
+  gp.prompt = PROMPT;
+  gp.negative_prompt = "blurry";
+  gp.sketch = sketch;
+  gp.steps = 3;
+  gp.seed = 41;
+  gp.n_images = 2;
+  sg_result ref;
+  char err[256];
+  CHECK(sg_generate(model, &gp, &ref, err, sizeof err) == 0, "sg_generate: %s", err);
+  for (int32_t k = 0; k < 2; k++) {
+    uint8_t *png = NULL;
+    size_t len = 0;
+    CHECK(sg_jobs_image(q, id, k, &png, &len) == 0 && png && len > 8, "image %d", k);
+    if (!png) continue;
+    CHECK(!memcmp(png, "\x89PNG\r\n\x1a\n", 8), "PNG signature");
+    char seed[16];
+    snprintf(seed, sizeof seed, "%d", 41 + k);
+    CHECK(has_text(png, len, "prompt", PROMPT) && has_text(png, len, "negative_prompt", "blurry") &&
+              has_text(png, len, "seed", seed) && has_text(png, len, "steps", "3") &&
+              has_text(png, len, "sampler", "ddim") && has_text(png, len, "model", sg_model_get_info(model)->name) &&
+              has_text(png, len, "software", "sketchguide test"),
+          "image %d: text chunks", k);
+    sg_image im;
+    int rc = sg_image_decode(png, len, sg_image_default_params(), &im, err, sizeof err);
+    CHECK(rc == 0, "decode: %s", err);
+    if (rc == 0) {
+      CHECK(im.width == S && im.height == S && im.channels == 3, "decoded %dx%dx%d", im.width, im.height,
+            im.channels);
+      size_t px = (size_t)S * S * 3;
+      int diff = 0;
+      for (size_t i = 0; i < px && im.width == S && im.channels == 3; i++) {
+        int d = abs((int)im.pixels[i] - (int)ref.pixels[(size_t)k * px + i]);
+        if (d > diff) diff = d;
+      }
+      CHECK(diff == 0, "image %d differs from sg_generate's by %d levels", k, diff);
+      sg_image_free(&im);
+    }
+    free(png);
+  }
+  sg_result_free(&ref);
+  uint8_t *png = (uint8_t *)"x";
+  size_t len = 1;
+  CHECK(sg_jobs_image(q, id, 2, &png, &len) == SG_JOBS_ENOIMAGE && !png && !len, "image 2");
+  CHECK(sg_jobs_image(q, id, -1, &png, &len) == SG_JOBS_ENOIMAGE, "image -1");
+  CHECK(sg_jobs_cancel(q, id) == SG_JOBS_EFINISHED, "cancel of a finished job");
+
+  /* watching a finished job: its end at once, no handle */
+  collector c2;
+  collector_init(&c2);
+  sg_job_watch *w2 = (sg_job_watch *)&c2;
+  CHECK(sg_jobs_watch(q, id, collect, &c2, &w2) == 0 && !w2, "watch finished");
+  CHECK(c2.ends == 1 && c2.progress == 0 && c2.end_state == SG_JOB_SUCCEEDED, "finished watch events");
+  sg_jobs_unwatch(w2);
+
+  CHECK(sg_jobs_drain(q, 60) == 0, "drain"); /* the worker is done with the job */
+  sg_jobs_stats s;
+  sg_jobs_stats_get(q, &s);
+  CHECK(s.submitted == 1 && s.succeeded == 1 && s.images == 2 && s.steps == 3 && s.queued == 0 && s.running == 0 &&
+            s.finished_kept == 1 && s.workers == 1 && s.max_queue == 16,
+        "stats");
+  CHECK(s.queue_seconds.count == 1 && s.inference_seconds.count == 1 && s.inference_seconds.sum > 0 &&
+            s.inference_seconds.buckets[SG_JOBS_HIST_BUCKETS - 1] <= 1,
+        "histograms");
+  const double *le = sg_jobs_hist_bounds();
+  for (int i = 1; i < SG_JOBS_HIST_BUCKETS; i++) CHECK(le[i] > le[i - 1], "bounds ascending");
+  sg_jobs_free(q);
+  CHECK(log_lines > 0, "no log lines");
+  collector_destroy(&c);
+  collector_destroy(&c2);
+  free(prompt);
+  free(sketch);
+  printf("result: ok\n");
+}
+
+/* Positions, a full queue, cancel while queued (at once) and while running (at the next step). */
+static void test_queue(void) {
+  sg_jobs_params p = sg_jobs_default_params();
+  p.max_queue = 3;
+  sg_jobs *q = manager(1, p);
+  sg_job_request lr = request(q, LONG_STEPS), sr = request(q, 2);
+  char blocker[SG_JOB_ID_LEN], a[SG_JOB_ID_LEN], b[SG_JOB_ID_LEN], c[SG_JOB_ID_LEN], d[SG_JOB_ID_LEN];
+  submit_ok(q, &lr, blocker);
+  wait_for(q, blocker, 0, 120);
+  submit_ok(q, &sr, a);
+  submit_ok(q, &sr, b);
+  submit_ok(q, &sr, c);
+  CHECK(status_of(q, blocker).queue_position == -1 && status_of(q, blocker).state == SG_JOB_RUNNING, "blocker");
+  CHECK(status_of(q, a).queue_position == 0 && status_of(q, b).queue_position == 1 &&
+            status_of(q, c).queue_position == 2,
+        "positions");
+  char err[256];
+  CHECK(sg_jobs_submit(q, &sr, d, err, sizeof err) == SG_JOBS_EFULL && !d[0], "full queue");
+  sg_jobs_stats s;
+  sg_jobs_stats_get(q, &s);
+  CHECK(s.queued == 3 && s.running == 1 && s.rejected_full == 1 && s.submitted == 4, "stats full");
+
+  collector cb;
+  collector_init(&cb);
+  sg_job_watch *wb;
+  CHECK(sg_jobs_watch(q, b, collect, &cb, &wb) == 0 && wb, "watch b");
+  CHECK(sg_jobs_cancel(q, a) == 0, "cancel a");
+  sg_job_status st = status_of(q, a);
+  CHECK(st.state == SG_JOB_CANCELLED && st.error == SG_JOB_ERR_CANCELLED && st.started == 0 && st.worker == -1,
+        "a cancelled at once (%s)", sg_job_state_name(st.state));
+  CHECK(status_of(q, b).queue_position == 0 && status_of(q, c).queue_position == 1, "positions after cancel");
+  CHECK(sg_jobs_cancel(q, a) == SG_JOBS_EFINISHED, "cancel twice");
+  CHECK(sg_jobs_cancel(q, b) == 0, "cancel b");
+  CHECK(cb.ends == 1 && cb.progress == 0 && cb.end_state == SG_JOB_CANCELLED, "b's end before cancel returned");
+  sg_jobs_unwatch(wb);
+
+  collector cl;
+  collector_init(&cl);
+  sg_job_watch *wl;
+  CHECK(sg_jobs_watch(q, blocker, collect, &cl, &wl) == 0 && wl, "watch blocker");
+  CHECK(sg_jobs_cancel(q, blocker) == 0, "cancel running");
+  CHECK(wait_end(&cl, 60), "no end for the running job");
+  st = status_of(q, blocker);
+  CHECK(st.state == SG_JOB_CANCELLED && st.error == SG_JOB_ERR_CANCELLED && st.step < LONG_STEPS && st.started > 0,
+        "running cancel: %s at %d", sg_job_state_name(st.state), st.step);
+  CHECK(cl.end_state == SG_JOB_CANCELLED && cl.end_error == SG_JOB_ERR_CANCELLED && !cl.after_end, "blocker end");
+  sg_jobs_unwatch(wl);
+  st = wait_for(q, c, 1, 120);
+  CHECK(st.state == SG_JOB_SUCCEEDED, "c after the cancels: %s", sg_job_state_name(st.state));
+  CHECK(sg_jobs_drain(q, 60) == 0, "drain");
+  sg_jobs_stats_get(q, &s);
+  CHECK(s.cancelled == 3 && s.succeeded == 1 && s.queued == 0 && s.running == 0, "stats after");
+  sg_jobs_free(q);
+  collector_destroy(&cb);
+  collector_destroy(&cl);
+  printf("queue: ok\n");
+}
+
+/* A queued job fails at its deadline without running (the timer ends it while the worker is busy); a running one
+ * stops at the next step past its deadline; a deadline already past at submit never runs. */
+static void test_deadlines(void) {
+  sg_jobs *q = manager(1, sg_jobs_default_params());
+  sg_job_request lr = request(q, LONG_STEPS);
+  char blocker[SG_JOB_ID_LEN], d1[SG_JOB_ID_LEN], d2[SG_JOB_ID_LEN], d3[SG_JOB_ID_LEN];
+  submit_ok(q, &lr, blocker);
+  wait_for(q, blocker, 0, 120);
+  sg_job_request r = request(q, 2);
+  r.deadline = sg_jobs_now() + 0.3;
+  submit_ok(q, &r, d1);
+  collector c;
+  collector_init(&c);
+  sg_job_watch *w;
+  CHECK(sg_jobs_watch(q, d1, collect, &c, &w) == 0, "watch");
+  CHECK(wait_end(&c, 30), "queued deadline: no end");
+  CHECK(status_of(q, blocker).state == SG_JOB_RUNNING, "the worker was busy throughout");
+  sg_job_status st = status_of(q, d1);
+  CHECK(st.state == SG_JOB_FAILED && st.error == SG_JOB_ERR_TIMEOUT && st.started == 0 && st.step == 0 &&
+            c.end_error == SG_JOB_ERR_TIMEOUT,
+        "queued deadline: %s/%s", sg_job_state_name(st.state), sg_job_error_name(st.error));
+  sg_jobs_unwatch(w);
+  r.deadline = sg_jobs_now() - 1;
+  submit_ok(q, &r, d3);
+  CHECK(sg_jobs_cancel(q, blocker) == 0, "cancel blocker");
+  st = wait_for(q, d3, 1, 60);
+  CHECK(st.state == SG_JOB_FAILED && st.error == SG_JOB_ERR_TIMEOUT && st.started == 0, "past deadline: %s",
+        sg_job_state_name(st.state));
+
+  lr.deadline = sg_jobs_now() + 1.0;
+  submit_ok(q, &lr, d2);
+  st = wait_for(q, d2, 1, 120);
+  CHECK(st.state == SG_JOB_FAILED && st.error == SG_JOB_ERR_TIMEOUT && st.started > 0 && st.step >= 1 &&
+            st.step < LONG_STEPS && strstr(st.message, "deadline"),
+        "running deadline: %s/%s at step %d: %s", sg_job_state_name(st.state), sg_job_error_name(st.error), st.step,
+        st.message);
+  sg_jobs_stats s;
+  sg_jobs_stats_get(q, &s);
+  CHECK(s.timed_out == 3 && s.failed == 3 && s.cancelled == 1, "stats: %d timed out", (int)s.timed_out);
+  sg_jobs_free(q);
+  collector_destroy(&c);
+  printf("deadlines: ok\n");
+}
+
+/* 404 versus 410: ids never issued or malformed, and ids evicted by count and by age. */
+static void test_expiry(void) {
+  sg_jobs_params p = sg_jobs_default_params();
+  p.keep_finished_count = 1;
+  sg_jobs *q = manager(1, p);
+  sg_job_request r = request(q, 1);
+  char a[SG_JOB_ID_LEN], b[SG_JOB_ID_LEN];
+  submit_ok(q, &r, a);
+  wait_for(q, a, 1, 120);
+  submit_ok(q, &r, b);
+  wait_for(q, b, 1, 120);
+  sg_job_status st;
+  uint8_t *png;
+  size_t len;
+  sg_job_watch *w;
+  collector c;
+  collector_init(&c);
+  CHECK(sg_jobs_status(q, a, &st) == SG_JOBS_EEXPIRED, "a expired");
+  CHECK(sg_jobs_image(q, a, 0, &png, &len) == SG_JOBS_EEXPIRED, "a's image expired");
+  CHECK(sg_jobs_cancel(q, a) == SG_JOBS_EEXPIRED, "cancel expired");
+  CHECK(sg_jobs_watch(q, a, collect, &c, &w) == SG_JOBS_EEXPIRED && !w && !c.ends, "watch expired");
+  CHECK(sg_jobs_status(q, b, &st) == 0 && st.state == SG_JOB_SUCCEEDED, "b kept");
+  CHECK(sg_jobs_image(q, b, 0, &png, &len) == 0, "b's image");
+  free(png);
+  const char *unknown[] = {"0123456789abcdef0123456789abcdef", "", "xyz", "0123456789ABCDEF0123456789ABCDEF",
+                           "0123456789abcdef0123456789abcdef0", "0123456789abcdef0123456789abcde", NULL};
+  for (int i = 0; i < 7; i++) {
+    CHECK(sg_jobs_status(q, unknown[i], &st) == SG_JOBS_ENOTFOUND, "unknown id %d", i);
+    CHECK(sg_jobs_cancel(q, unknown[i]) == SG_JOBS_ENOTFOUND, "cancel unknown id %d", i);
+    CHECK(sg_jobs_image(q, unknown[i], 0, &png, &len) == SG_JOBS_ENOTFOUND, "image of unknown id %d", i);
+  }
+  sg_jobs_free(q);
+
+  /* by age; and a watch keeps a record alive past its eviction */
+  p = sg_jobs_default_params();
+  p.keep_finished_seconds = 0.2;
+  q = manager(1, p);
+  submit_ok(q, &r, a);
+  CHECK(sg_jobs_watch(q, a, collect, &c, &w) == 0, "watch a");
+  wait_for(q, a, 1, 120);
+  sleep_s(0.6);
+  sg_jobs_stats s;
+  sg_jobs_stats_get(q, &s);
+  CHECK(s.finished_kept == 0, "evicted by age (%d kept)", s.finished_kept);
+  CHECK(sg_jobs_status(q, a, &st) == SG_JOBS_EEXPIRED, "a expired by age");
+  CHECK(c.ends == 1 && c.end_state == SG_JOB_SUCCEEDED, "watch of an evicted job");
+  sg_jobs_unwatch(w);
+  sg_jobs_free(q);
+  collector_destroy(&c);
+  printf("expiry: ok\n");
+}
+
+/* One progress event per step and one end event, in order; a watch that ends itself from its callback. */
+static void test_events(void) {
+  sg_jobs *q = manager(1, sg_jobs_default_params());
+  sg_job_request lr = request(q, LONG_STEPS), r = request(q, 5);
+  char blocker[SG_JOB_ID_LEN], t[SG_JOB_ID_LEN];
+  submit_ok(q, &lr, blocker);
+  submit_ok(q, &r, t);
+  collector c1, c2;
+  collector_init(&c1);
+  collector_init(&c2);
+  sg_job_watch *w1, *w2;
+  CHECK(sg_jobs_watch(q, t, collect, &c1, &w1) == 0, "watch 1");
+  CHECK(sg_jobs_watch(q, t, collect, &c2, &w2) == 0, "watch 2");
+  pthread_mutex_lock(&c2.mu);
+  c2.self = w2;
+  c2.unwatch_at = 2;
+  pthread_mutex_unlock(&c2.mu);
+  CHECK(sg_jobs_cancel(q, blocker) == 0, "cancel blocker");
+  CHECK(wait_end(&c1, 120), "no end");
+  sg_jobs_unwatch(w1);
+  CHECK(c1.progress == 5 && c1.ends == 1 && !c1.out_of_order && !c1.after_end && c1.end_step == 5 &&
+            c1.end_state == SG_JOB_SUCCEEDED,
+        "events: %d progress, %d end, %d out of order", c1.progress, c1.ends, c1.out_of_order);
+  CHECK(c2.progress == 2 && c2.ends == 0, "self-unwatched: %d progress, %d end", c2.progress, c2.ends);
+  sg_jobs_free(q);
+  collector_destroy(&c1);
+  collector_destroy(&c2);
+  printf("events: ok\n");
+}
+
+/* Many threads submitting, cancelling, polling, reading images and watching at once. */
+#define STRESS_THREADS 8
+#define STRESS_OPS 20
+
+typedef struct {
+  sg_jobs *q;
+  unsigned seed;
+  char ids[STRESS_OPS][SG_JOB_ID_LEN];
+  int n_ids, full, submitted;
+  int32_t callbacks;
+} stress_arg;
+
+static void count_event(void *user, const sg_job_event *ev) { __atomic_add_fetch((int32_t *)user, 1, __ATOMIC_RELAXED); }
+
+static void *stress_thread(void *arg) {
+  stress_arg *a = arg;
+  for (int op = 0; op < STRESS_OPS; op++) {
+    int kind = rand_r(&a->seed) % 5;
+    const char *any = a->n_ids ? a->ids[rand_r(&a->seed) % a->n_ids] : "00000000000000000000000000000000";
+    if (kind == 0 || a->n_ids == 0) {
+      sg_job_request r = request(a->q, 1 + rand_r(&a->seed) % 2);
+      r.seed = rand_r(&a->seed) % 1000;
+      char err[256];
+      int rc = sg_jobs_submit(a->q, &r, a->ids[a->n_ids], err, sizeof err);
+      if (rc == 0) a->n_ids++, a->submitted++;
+      else if (rc == SG_JOBS_EFULL) a->full++, sleep_s(0.02); /* let the workers catch up */
+      else CHECK(0, "stress submit: %d %s", rc, err);
+    } else if (kind == 1) {
+      int rc = sg_jobs_cancel(a->q, any);
+      CHECK(rc == 0 || rc == SG_JOBS_EFINISHED, "stress cancel: %d", rc);
+    } else if (kind == 2) {
+      sg_job_status st;
+      CHECK(sg_jobs_status(a->q, any, &st) == 0, "stress status");
+    } else if (kind == 3) {
+      uint8_t *png;
+      size_t len;
+      int rc = sg_jobs_image(a->q, any, 0, &png, &len);
+      CHECK(rc == 0 || rc == SG_JOBS_ENOIMAGE, "stress image: %d", rc);
+      if (rc == 0) CHECK(len > 8 && !memcmp(png, "\x89PNG", 4), "stress PNG");
+      free(png);
+    } else {
+      sg_job_watch *w;
+      CHECK(sg_jobs_watch(a->q, any, count_event, &a->callbacks, &w) == 0, "stress watch");
+      sleep_s(0.001 * (rand_r(&a->seed) % 20));
+      sg_jobs_unwatch(w);
+    }
+  }
+  return NULL;
+}
+
+static void test_stress(void) {
+  sg_jobs_params p = sg_jobs_default_params();
+  p.max_queue = 4;
+  sg_jobs *q = manager(2, p);
+  stress_arg args[STRESS_THREADS];
+  pthread_t th[STRESS_THREADS];
+  for (int i = 0; i < STRESS_THREADS; i++) {
+    memset(&args[i], 0, sizeof args[i]);
+    args[i].q = q;
+    args[i].seed = 1234u + (unsigned)i;
+    pthread_create(&th[i], NULL, stress_thread, &args[i]);
+  }
+  int submitted = 0, full = 0, succeeded = 0, cancelled = 0;
+  for (int i = 0; i < STRESS_THREADS; i++) {
+    pthread_join(th[i], NULL);
+    submitted += args[i].submitted;
+    full += args[i].full;
+  }
+  for (int i = 0; i < STRESS_THREADS; i++)
+    for (int k = 0; k < args[i].n_ids; k++) {
+      sg_job_status st = wait_for(q, args[i].ids[k], 1, 300);
+      succeeded += st.state == SG_JOB_SUCCEEDED;
+      cancelled += st.state == SG_JOB_CANCELLED;
+      CHECK(st.state == SG_JOB_SUCCEEDED || st.state == SG_JOB_CANCELLED, "stress job %s: %s", args[i].ids[k],
+            sg_job_state_name(st.state));
+    }
+  CHECK(sg_jobs_drain(q, 60) == 0, "drain after the stress");
+  sg_jobs_stats s;
+  sg_jobs_stats_get(q, &s);
+  CHECK(s.submitted == (uint64_t)submitted && s.rejected_full == (uint64_t)full &&
+            s.succeeded + s.failed + s.cancelled == s.submitted && s.queued == 0 && s.running == 0,
+        "stress stats: %d submitted, %d+%d+%d finished", (int)s.submitted, (int)s.succeeded, (int)s.failed,
+        (int)s.cancelled);
+  printf("stress: %d threads x %d ops: %d submitted (%d succeeded, %d cancelled), %d refused as full\n",
+         STRESS_THREADS, STRESS_OPS, submitted, succeeded, cancelled, full);
+  sg_jobs_free(q);
+}
+
+/* Drain with work in flight (all finish), then a drain that times out (the rest cancelled with SHUTDOWN). */
+static void test_drain(void) {
+  sg_jobs *q = manager(1, sg_jobs_default_params());
+  sg_job_request r = request(q, 2);
+  char ids[3][SG_JOB_ID_LEN], x[SG_JOB_ID_LEN];
+  for (int i = 0; i < 3; i++) submit_ok(q, &r, ids[i]);
+  CHECK(sg_jobs_drain(q, 300) == 0, "drain in time");
+  for (int i = 0; i < 3; i++) CHECK(status_of(q, ids[i]).state == SG_JOB_SUCCEEDED, "drained job %d", i);
+  char err[256];
+  CHECK(sg_jobs_submit(q, &r, x, err, sizeof err) == SG_JOBS_EDRAINING, "submit while draining");
+  sg_jobs_stats s;
+  sg_jobs_stats_get(q, &s);
+  CHECK(s.draining && s.rejected_draining == 1 && s.succeeded == 3, "drain stats");
+  sg_jobs_free(q);
+
+  q = manager(1, sg_jobs_default_params());
+  sg_job_request lr = request(q, LONG_STEPS);
+  char blocker[SG_JOB_ID_LEN];
+  submit_ok(q, &lr, blocker);
+  submit_ok(q, &r, ids[0]);
+  submit_ok(q, &r, ids[1]);
+  wait_for(q, blocker, 0, 120);
+  collector c;
+  collector_init(&c);
+  sg_job_watch *w;
+  CHECK(sg_jobs_watch(q, blocker, collect, &c, &w) == 0, "watch");
+  CHECK(sg_jobs_drain(q, 0.3) == SG_JOBS_ETIMEDOUT, "drain timeout");
+  CHECK(c.ends == 1 && c.end_error == SG_JOB_ERR_SHUTDOWN, "blocker's end delivered before drain returned");
+  sg_jobs_unwatch(w);
+  sg_job_status st = status_of(q, blocker);
+  CHECK(st.state == SG_JOB_CANCELLED && st.error == SG_JOB_ERR_SHUTDOWN && st.step < LONG_STEPS, "blocker: %s/%s",
+        sg_job_state_name(st.state), sg_job_error_name(st.error));
+  for (int i = 0; i < 2; i++) {
+    st = status_of(q, ids[i]);
+    CHECK(st.state == SG_JOB_CANCELLED && st.error == SG_JOB_ERR_SHUTDOWN && st.started == 0, "queued %d: %s", i,
+          sg_job_state_name(st.state));
+  }
+  sg_jobs_stats_get(q, &s);
+  CHECK(s.shutdown == 3 && s.cancelled == 3 && s.queued == 0 && s.running == 0, "drain timeout stats");
+  sg_jobs_free(q);
+  collector_destroy(&c);
+  printf("drain: ok\n");
+}
+
+/* sg_jobs_free with jobs running and queued, and a watch left open. */
+static void test_free_busy(void) {
+  sg_jobs *q = manager(2, sg_jobs_default_params());
+  sg_job_request lr = request(q, LONG_STEPS), r = request(q, 2);
+  char id[SG_JOB_ID_LEN];
+  submit_ok(q, &lr, id);
+  submit_ok(q, &lr, id);
+  for (int i = 0; i < 3; i++) submit_ok(q, &r, id);
+  collector c;
+  collector_init(&c);
+  sg_job_watch *w;
+  CHECK(sg_jobs_watch(q, id, collect, &c, &w) == 0, "watch");
+  sg_jobs_free(q); /* frees w too */
+  CHECK(c.ends == 1 && c.end_error == SG_JOB_ERR_SHUTDOWN, "queued job's end at free");
+  collector_destroy(&c);
+  printf("free: ok\n");
+}
+
+static void expect_invalid(sg_jobs *q, const sg_job_request *r, const char *param) {
+  char id[SG_JOB_ID_LEN], err[256] = "";
+  int rc = sg_jobs_submit(q, r, id, err, sizeof err);
+  CHECK(rc == SG_JOBS_EINVAL && !strncmp(err, param, strlen(param)), "%s: rc %d, %s", param, rc, err);
+}
+
+static void test_invalid(void) {
+  char err[256];
+  sg_model *models[2] = {model, NULL};
+  CHECK(!sg_jobs_new(NULL, 1, sg_jobs_default_params(), err, sizeof err), "no models");
+  CHECK(!sg_jobs_new(models, 0, sg_jobs_default_params(), err, sizeof err) && strstr(err, "workers"), "0 workers");
+  CHECK(!sg_jobs_new(models, 2, sg_jobs_default_params(), err, sizeof err), "NULL model");
+  sg_jobs_params p = sg_jobs_default_params();
+  p.max_queue = -1;
+  CHECK(!sg_jobs_new(models, 1, p, err, sizeof err) && strstr(err, "max_queue"), "max_queue -1");
+  sg_jobs *q = manager(1, sg_jobs_default_params());
+  sg_job_request r = request(q, 2), b;
+  b = r, b.prompt = NULL, expect_invalid(q, &b, "prompt");
+  b = r, b.n_images = 0, expect_invalid(q, &b, "n:");
+  b = r, b.n_images = 65, expect_invalid(q, &b, "n:");
+  b = r, b.steps = 0, expect_invalid(q, &b, "steps");
+  b = r, b.steps = 1001, expect_invalid(q, &b, "steps");
+  b = r, b.cfg = NAN, expect_invalid(q, &b, "cfg");
+  b = r, b.beta = -1, expect_invalid(q, &b, "beta");
+  b = r, b.stop = 2, expect_invalid(q, &b, "stop");
+  b = r, b.stop_step = 3, expect_invalid(q, &b, "stop_step");
+  b = r, b.seed = -1, expect_invalid(q, &b, "seed");
+  b = r, b.sampler = (sg_sampler_kind)99, expect_invalid(q, &b, "sampler");
+  b = r, b.eta = INFINITY, expect_invalid(q, &b, "eta");
+  b = r, b.deadline = -1, expect_invalid(q, &b, "deadline");
+  const char *bad_keys[] = {"two  spaces", "v", "", "v", " lead", "v", "\x01", "v", "ok", NULL};
+  for (int i = 0; i < 5; i++) {
+    b = r;
+    b.extra_text = bad_keys + 2 * i;
+    b.n_extra_text = 1;
+    expect_invalid(q, &b, "extra_text");
+  }
+  b = r, b.n_extra_text = 17, b.extra_text = bad_keys, expect_invalid(q, &b, "extra_text");
+  b = r, b.n_extra_text = 1, b.extra_text = NULL, expect_invalid(q, &b, "extra_text");
+  char id[SG_JOB_ID_LEN];
+  CHECK(sg_jobs_submit(q, NULL, id, err, sizeof err) == SG_JOBS_EINVAL, "NULL request");
+  sg_jobs_stats s;
+  sg_jobs_stats_get(q, &s);
+  CHECK(s.rejected_invalid == 21 && s.submitted == 0, "rejected_invalid %d", (int)s.rejected_invalid);
+  CHECK(sg_jobs_watch(q, "00000000000000000000000000000000", NULL, NULL, NULL) == SG_JOBS_EINVAL, "watch args");
+  sg_jobs_unwatch(NULL);
+  sg_jobs_free(NULL);
+  CHECK(!strcmp(sg_job_state_name(SG_JOB_CANCELLED), "cancelled") &&
+            !strcmp(sg_job_error_name(SG_JOB_ERR_NOMEM), "out_of_memory") &&
+            !strcmp(sg_jobs_strerror(SG_JOBS_EFULL), "queue full"),
+        "names");
+  sg_jobs_free(q);
+  printf("invalid: ok\n");
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    fprintf(stderr, "usage: test_jobs MODEL_DIR\n");
+    return 2;
+  }
+  char err[512];
+  model = sg_model_load(argv[1], sg_model_default_params(), err, sizeof err);
+  if (!model) {
+    fprintf(stderr, "%s\n", err);
+    return 1;
+  }
+  test_invalid();
+  test_result();
+  test_queue();
+  test_deadlines();
+  test_expiry();
+  test_events();
+  test_drain();
+  test_free_busy();
+  test_stress();
+  sg_model_free(model);
+  if (failures) fprintf(stderr, "%d failures\n", failures);
+  return failures ? 1 : 0;
+}
