@@ -3,7 +3,8 @@
 # SD 1.5 (full size, float16, 512x512) with a random LGP, and times `generate --device cuda` and bench_engine.
 # Usage: bash bench/gpu_sd15.sh [OUT_DIR]   (PYTHON=... picks the interpreter whose torch has CUDA;
 #        DEVLIBS=DIR points at extracted Debian -dev packages when the machine lacks jansson/turbojpeg headers;
-#        REDUCED=1 exports the reduced-width layout instead)
+#        REDUCED=1 exports the reduced-width layout instead; VOCAB=FILE the CLIP vocabulary, default
+#        ../shared/clip/bpe_simple_vocab_16e6.txt.gz)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-/tmp/sg-gpu}
@@ -27,8 +28,9 @@ $SG generate --device cuda --prompt "a red star on a plain blue background" --sk
   --seed 1 --steps 50 --output "$OUT/shapes_cuda.png" --quiet
 MODEL="$OUT/sd15"
 t0=$(date +%s)
-if [ -n "${REDUCED:-}" ]; then "$PY" tools/random_model.py --reduced --out "$MODEL" --dtype float16
-else "$PY" tools/random_model.py --out "$MODEL" --dtype float16; fi
+VOCAB=${VOCAB:-../shared/clip/bpe_simple_vocab_16e6.txt.gz}
+if [ -n "${REDUCED:-}" ]; then "$PY" tools/random_model.py --reduced --out "$MODEL" --dtype float16 --vocab "$VOCAB"
+else "$PY" tools/random_model.py --out "$MODEL" --dtype float16 --vocab "$VOCAB"; fi
 echo "exported in $(( $(date +%s) - t0 )) s"
 $SG info --model "$MODEL" --check --device cuda
 $SG generate --model "$MODEL" --device cuda --prompt "a photo of a cat" --sketch docs/examples/star.png \
