@@ -440,6 +440,11 @@ std::vector<std::pair<std::string, at::Tensor>> state_of(const torch::jit::Modul
   return out;
 }
 
+std::vector<int64_t> dims_of(const int64_t *d, int n) {
+  if (n < 0 || n > 8 || (n > 0 && !d)) throw std::invalid_argument("bad dimension list");
+  return std::vector<int64_t>(d, d + n);
+}
+
 void check_state_format(torch::serialize::InputArchive &ar, const char *path) {
   c10::IValue fmt;
   if (!ar.try_read("format", fmt) || !fmt.isString() || fmt.toStringRef() != "sketchguide-train-state 1")
@@ -504,6 +509,13 @@ ts_module *ts_lgp_create(int64_t in_channels, int64_t latent_size, int64_t time_
     lgp.train(true);
     for (auto p : lgp.parameters()) p.requires_grad_(true);
     return new ts_module{lgp, dev, at::kFloat, true};
+  });
+}
+
+ts_tensor *ts_tensor_permute(const ts_tensor *t, const int64_t *dims, int ndim) {
+  return guard<ts_tensor *>(nullptr, [&] {
+    if (!t) throw std::invalid_argument("no tensor");
+    return wrap(t->t.permute(dims_of(dims, ndim)));
   });
 }
 

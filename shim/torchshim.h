@@ -124,6 +124,11 @@ ts_module *ts_lgp_create(int64_t in_channels, int64_t latent_size, int64_t time_
 int ts_lgp_loss(ts_module *lgp, ts_tensor *const *taps, int n_taps, const ts_tensor *t, const ts_tensor *target,
                 double *loss);
 
+/* A view of t with its dimensions permuted (torch's t.permute(dims)); data and strides are shared, so a host
+ * NHWC array uploaded and permuted to NCHW is laid out as torch.from_numpy(nhwc).permute(0, 3, 1, 2) is (modules
+ * may pick other kernels for such channels-last inputs). Returns a new reference or NULL. */
+ts_tensor *ts_tensor_permute(const ts_tensor *t, const int64_t *dims, int ndim);
+
 /* n integers uniform in [low, high) from g, exactly as torch.randint(low, high, (n,), generator=g). Returns 0 or a
  * negative code. */
 int ts_rng_randint(ts_rng *g, int64_t low, int64_t high, int64_t *out, int64_t n);
