@@ -1,7 +1,8 @@
-/* Tests of core/lgp_train on the bundled model (argument 1): a short training run lowers the loss and writes the
- * predictor, its description and the manifest; an interrupted run resumes to the same weights as an
- * uninterrupted one; the directory loader reads pairs as train_lgp.py's load_dir; bad inputs give clear errors.
- * Data: small procedural discs and squares drawn here (no files from outside). */
+/* Tests of core/lgp_train on the bundled model (argument 1): the same per-step losses and held-out figures as the
+ * Python trainer on the pairs in argument 2 (reference from tools/gen_lgp_train_vectors.py, argument 3); a short
+ * training run lowers the loss and writes the predictor, its description and the manifest; an interrupted run
+ * resumes to the same weights as an uninterrupted one; the directory loader reads pairs as train_lgp.py's
+ * load_dir; bad inputs give clear errors. Other data: small procedural discs and squares drawn here. */
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -109,6 +110,52 @@ static double mean(const double *v, int n) {
   double s = 0;
   for (int i = 0; i < n; i++) s += v[i];
   return s / n;
+}
+
+/* The Python trainer's figures on the same pairs and settings: bit for bit on the machine that generated them;
+ * other CPUs may pick other kernels (in both trainers), hence the small tolerance. */
+static void test_python_parity(sg_model *m, const char *model_dir, const char *pairs, const char *ref_path) {
+  json_error_t jerr;
+  json_t *ref = json_load_file(ref_path, 0, &jerr), *par = json_object_get(ref, "params");
+  CHECK(ref, "%s: %s", ref_path, jerr.text);
+  if (!ref) return;
+  char err[1024] = "";
+  sg_lgp_data *d = sg_lgp_data_load_dir(pairs, S, err, sizeof err);
+  CHECK(d && sg_lgp_data_count(d) == json_integer_value(json_object_get(ref, "pairs")), "pairs: %s", err);
+  progress_log log = {0, -1, {0}, 0, 0, 0};
+  sg_lgp_train_params p = sg_lgp_train_default_params();
+  p.steps = (int32_t)json_integer_value(json_object_get(par, "steps"));
+  p.batch = (int32_t)json_integer_value(json_object_get(par, "batch"));
+  p.lr = json_number_value(json_object_get(par, "lr"));
+  p.seed = json_integer_value(json_object_get(par, "seed"));
+  p.time_dim = (int32_t)json_integer_value(json_object_get(par, "time_dim"));
+  p.out = tmp("parity.pt");
+  p.checkpoint = "";
+  p.progress = on_progress;
+  p.progress_user = &log;
+  sg_lgp_train_result r;
+  int rc = d ? sg_lgp_train(m, model_dir, d, d, p, &r, err, sizeof err) : -1;
+  CHECK(rc == 0 && log.n == p.steps, "train: %s", err);
+  double worst = 0;
+  int exact = 1;
+  json_t *losses = json_object_get(ref, "losses"), *held = json_object_get(ref, "held_out_loss");
+  for (int i = 0; rc == 0 && i < log.n; i++) {
+    double want = json_number_value(json_array_get(losses, (size_t)i));
+    exact &= log.loss[i] == want;
+    worst = fmax(worst, fabs(log.loss[i] - want) / want);
+  }
+  for (int k = 0; rc == 0 && k < r.n_held_out; k++) {
+    char key[16];
+    snprintf(key, sizeof key, "%d", r.held_out_t[k]);
+    double want = json_number_value(json_object_get(held, key));
+    exact &= r.held_out_loss[k] == want;
+    worst = fmax(worst, fabs(r.held_out_loss[k] - want) / want);
+  }
+  printf("Python parity (%d steps, held-out at 5 t): %s, largest relative difference %.3g\n", log.n,
+         exact ? "bit for bit" : "not bit for bit", worst);
+  CHECK(rc == 0 && worst <= 1e-3, "losses differ from the Python trainer's by up to %g (relative)", worst);
+  sg_lgp_data_free(d);
+  json_decref(ref);
 }
 
 /* Training lowers the loss and writes the predictor and its description; an interruption resumes exactly. */
@@ -351,19 +398,20 @@ static void test_errors(sg_model *m, const char *model_dir) {
 }
 
 int main(int argc, char **argv) {
-  if (argc != 2) {
-    fprintf(stderr, "usage: %s MODEL_DIR\n", argv[0]);
+  if (argc != 4) {
+    fprintf(stderr, "usage: %s MODEL_DIR PAIRS_DIR REFERENCE.json\n", argv[0]);
     return 2;
   }
   snprintf(tmpdir, sizeof tmpdir, "/tmp/sg_lgp_train_XXXXXX");
   if (!mkdtemp(tmpdir)) return 2;
-  ts_set_threads(2);
+  ts_set_threads(1); /* one thread: the step time stays steady on a busy machine */
   char err[1024] = "";
   sg_model *m = sg_model_load(argv[1], sg_model_default_params(), err, sizeof err);
   CHECK(m, "load %s: %s", argv[1], err);
   if (m) {
     test_errors(m, argv[1]);
     test_load_dir();
+    test_python_parity(m, argv[1], argv[2], argv[3]);
     test_train(m, argv[1]);
     test_manifest(argv[1]);
     sg_model_free(m);
