@@ -548,7 +548,10 @@ static int held_out_loss(trainer *T, const prepared *H, ts_module *lgp, double *
     }
     if (!rc) {
       out[k] = tot / H->n;
-      report(T, SG_LGP_PHASE_HELD_OUT, 0, out[k], EVAL_T[k]);
+      if (report(T, SG_LGP_PHASE_HELD_OUT, 0, out[k], EVAL_T[k])) {
+        sg_set_err(T->err, T->errlen, "cancelled during the held-out report");
+        rc = SG_LGP_ECANCEL;
+      }
     }
   }
   if (!rc && ts_module_set_train(lgp, 1)) rc = torch_fail(T, "training mode");
@@ -820,7 +823,11 @@ int sg_lgp_train(sg_model *m, const char *model_dir, const sg_lgp_data *train, c
   }
 
   /* prepare */
-  report(&T, SG_LGP_PHASE_PREPARE, 0, NAN, 0);
+  if (report(&T, SG_LGP_PHASE_PREPARE, 0, NAN, 0)) {
+    sg_set_err(err, errlen, "cancelled before training");
+    rc = SG_LGP_ECANCEL;
+    goto done;
+  }
   double t_prep = now_s();
   if ((rc = prepare(&T, train, &P)) || (held && held->n && (rc = prepare(&T, held, &H)))) goto done;
   r.prepare_seconds = now_s() - t_prep;

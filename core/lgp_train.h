@@ -107,8 +107,9 @@ typedef struct {
   double seconds;      /* since sg_lgp_train began */
 } sg_lgp_progress;
 
-/* Called from sg_lgp_train's thread; a nonzero return stops training (SG_LGP_ECANCEL) after writing the
- * checkpoint, so that a later call resumes where it stopped. */
+/* Called from sg_lgp_train's thread. A nonzero return stops the call with SG_LGP_ECANCEL: after a step, once the
+ * checkpoint is written (a later call resumes there); before training (PREPARE) or during the held-out report
+ * (HELD_OUT; the last step's checkpoint is on disk), at once. Other phases' returns are ignored. */
 typedef int (*sg_lgp_progress_fn)(void *user, const sg_lgp_progress *p);
 
 typedef struct {

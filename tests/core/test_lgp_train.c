@@ -335,6 +335,11 @@ static void test_load_dir(void) {
   sg_lgp_data_free(d);
 }
 
+static int cancel_at_prepare(void *user, const sg_lgp_progress *p) {
+  (void)user;
+  return p->phase == SG_LGP_PHASE_PREPARE;
+}
+
 static void test_errors(sg_model *m, const char *model_dir) {
   char err[1024] = "";
   CHECK(sg_lgp_data_load_dir("/nonexistent/pairs", S, err, sizeof err) == NULL && strstr(err, "/nonexistent/pairs"),
@@ -393,6 +398,10 @@ static void test_errors(sg_model *m, const char *model_dir) {
   CHECK(sg_lgp_train(m, model_dir, one, NULL, p, NULL, err, sizeof err) == SG_LGP_ERUNTIME &&
             strstr(err, "not-a-state"),
         "a junk checkpoint: %s", err);
+  p.checkpoint = "";
+  p.progress = cancel_at_prepare;
+  CHECK(sg_lgp_train(m, model_dir, one, NULL, p, NULL, err, sizeof err) == SG_LGP_ECANCEL && strstr(err, "cancelled"),
+        "cancel before training: %s", err);
   sg_lgp_data_free(one);
   sg_lgp_data_free(d);
 }
