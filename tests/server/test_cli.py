@@ -139,7 +139,7 @@ def test_info(sg):
 # --- edges -----------------------------------------------------------------------------------------------------
 
 def test_edges_matches_python(sg, tmp_path):
-    img, _, _ = shapes.sample(4321, 64)
+    img = shapes.sample(4321, 64)[0]
     src = tmp_path / "img.png"
     Image.fromarray(img).save(src)
     r = sg("edges", src, tmp_path / "e.png")
