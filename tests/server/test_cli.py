@@ -64,7 +64,7 @@ def test_unknown_command_and_options(sg):
     (["--prompt", "x", "--device", "tpu"], "tpu"),
 ])
 def test_generate_argument_errors(sg, tmp_path, args, needle):
-    r = sg("generate", *args, "--output", tmp_path / "x.png", "--quiet", cwd=ROOT)
+    r = sg("generate", "--output", tmp_path / "x.png", "--quiet", *args, cwd=ROOT)
     assert r.returncode in (1, 2), r
     assert needle in r.stderr, r.stderr
     assert not (tmp_path / "x.png").exists()
