@@ -67,6 +67,19 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return emb
 
 
+
+if hasattr(F, "scaled_dot_product_attention"):
+    def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """softmax(q k^T / sqrt(d)) v over [..., n, d] tensors: PyTorch 2's fused kernels (flash or memory-efficient
+        attention on GPUs), chosen when the exporting torch has them."""
+        return F.scaled_dot_product_attention(q, k, v)
+else:
+    def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """softmax(q k^T / sqrt(d)) v over [..., n, d] tensors, the softmax in float32 (torch 1.x: no fused kernel;
+        the modules exported here then load in libtorch 1.13)."""
+        w = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+        return torch.matmul(w.float().softmax(dim=-1).to(v.dtype), v)
+
 class GroupNorm32(nn.GroupNorm):
     """GroupNorm computed in float32 whatever the input dtype (LDM's normalization())."""
 
@@ -99,7 +112,6 @@ class CrossAttention(nn.Module):
         super().__init__()
         inner = heads * dim_head
         self.heads = heads
-        self.scale = dim_head ** -0.5
         self.to_q = nn.Linear(query_dim, inner, bias=False)
         self.to_k = nn.Linear(context_dim, inner, bias=False)
         self.to_v = nn.Linear(context_dim, inner, bias=False)
@@ -115,9 +127,7 @@ class CrossAttention(nn.Module):
         q = q.reshape(b, n, h, d).transpose(1, 2)
         k = k.reshape(b, k.shape[1], h, d).transpose(1, 2)
         v = v.reshape(b, v.shape[1], h, d).transpose(1, 2)
-        w = torch.matmul(q, k.transpose(-1, -2)) * self.scale
-        w = w.float().softmax(dim=-1).to(v.dtype)
-        o = torch.matmul(w, v).transpose(1, 2).reshape(b, n, h * d)
+        o = attention(q, k, v).transpose(1, 2).reshape(b, n, h * d)
         return self.to_out(o)
 
 
@@ -351,11 +361,10 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm(x)
         b, c, hh, ww = h.shape
-        q = self.q(h).reshape(b, c, hh * ww).transpose(1, 2)
-        k = self.k(h).reshape(b, c, hh * ww)
-        v = self.v(h).reshape(b, c, hh * ww)
-        w = (torch.bmm(q, k) * (c ** -0.5)).float().softmax(dim=2).to(v.dtype)
-        o = torch.bmm(v, w.transpose(1, 2)).reshape(b, c, hh, ww)
+        q = self.q(h).reshape(b, 1, c, hh * ww).transpose(2, 3)
+        k = self.k(h).reshape(b, 1, c, hh * ww).transpose(2, 3)
+        v = self.v(h).reshape(b, 1, c, hh * ww).transpose(2, 3)
+        o = attention(q, k, v).transpose(2, 3).reshape(b, c, hh, ww)
         return x + self.proj_out(o)
 
 
