@@ -55,6 +55,7 @@ void cli_progress_end(cli_progress *p);
 double cli_now(void);
 
 /* Subcommands: each takes its own argc/argv (argv[0] is the subcommand's name) and returns a CLI_* code. */
+int cmd_serve(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);

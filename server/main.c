@@ -1,4 +1,4 @@
-/* sketchguide: the command line (generate, train-lgp, edges, info, tokenize) over the engine in core/. */
+/* sketchguide: the command line (serve, generate, train-lgp, edges, info, tokenize) over the engine in core/. */
 #include <stdio.h>
 #include <string.h>
 
@@ -15,6 +15,7 @@ typedef struct {
 } command;
 
 static const command COMMANDS[] = {
+    {"serve", cmd_serve, "the HTTP service: POST /v1/generate, jobs, events, health and metrics"},
     {"generate", cmd_generate, "prompt + sketch -> PNG images (sketch-guided diffusion)"},
     {"train-lgp", cmd_train_lgp, "train a model's Latent Guidance Predictor on (image, caption) pairs"},
     {"edges", cmd_edges, "image -> edge map, with the detector the LGP trainer uses"},

@@ -1,0 +1,1919 @@
+/* The HTTP API on libmicrohttpd: a route table of small handlers, multipart/JSON parsing, suspend/resume around
+ * jobs, server-sent events, one error table, auth, CORS, request logs and metrics (see http.h).
+ *
+ * Threading model. libmicrohttpd runs params.threads epoll event loops (MHD_USE_EPOLL_INTERNAL_THREAD with
+ * MHD_OPTION_THREAD_POOL_SIZE) with MHD_ALLOW_SUSPEND_RESUME. Thread-per-connection would let a handler block
+ * until its job ends, but it spends a thread on every waiting client and a blocked handler still cannot see the
+ * client go away; with suspend/resume a waiting client costs a socket and a struct. Handlers never run inference:
+ * a synchronous generation submits its job, watches it and suspends its connection; the watch callback (a worker
+ * thread) copies the result and resumes the connection under the request's own mutex, and the resumed handler
+ * answers. An event stream is a callback response whose reader drains a per-request buffer that the watch callback
+ * fills; with nothing to send the reader suspends the connection (returning 0 without suspending would make
+ * libmicrohttpd poll it in a busy loop) and the next event resumes it. libmicrohttpd never times out a suspended
+ * connection (timeouts restart at resume), so neither waiting clients nor streams meet connection_timeout_s; but
+ * it also cannot see a suspended client disconnect, so a watchdog thread peeks at the sockets of suspended
+ * connections every WATCHDOG_MS and resumes those whose peer has gone; the handler then refuses to go on, the
+ * connection closes, and MHD_OPTION_NOTIFY_COMPLETED (with a code other than COMPLETED_OK) cancels the job.
+ *
+ * Locks: h->mu guards the list of requests that wait on jobs; r->mu guards one request's hand-over fields
+ * (suspended, done, gone, the result, the event buffer). Order: h->mu, then r->mu, then libmicrohttpd's own. The
+ * job manager calls our callbacks without its lock, so r->mu is never held while calling into sg_jobs.
+ *
+ * Per-request state is allocated at the first call of the access handler and freed only in on_completed.
+ */
+#include "http.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "errbuf.h"
+#include "image.h"
+#include "sampler.h"
+
+#define WATCHDOG_MS 200
+#define MAX_FIELD_BYTES 256    /* a number or a name */
+#define PP_BUFFER 65536        /* MHD_PostProcessor's buffer; must exceed the boundary and part headers */
+
+/* ---- errors: the one table of kinds and statuses, and the codes of other modules mapped onto it ---- */
+
+typedef enum {
+  E_BAD_REQUEST,
+  E_UNAUTHORIZED,
+  E_NOT_FOUND,
+  E_METHOD,
+  E_CONFLICT,
+  E_GONE,
+  E_TOO_LARGE,
+  E_UNSUPPORTED,
+  E_INVALID,
+  E_QUEUE_FULL,
+  E_INTERNAL,
+  E_UNAVAILABLE,
+  E_TIMEOUT,
+  E_NOT_READY,
+  E_DRAINING,
+  E_CANCELLED,
+} err_kind;
+
+static const struct {
+  int status;
+  const char *code;   /* error.code in the body */
+  const char *reason; /* the rejection reason in /metrics (for refused generation requests) */
+} ERRORS[] = {
+    [E_BAD_REQUEST] = {400, "bad_request", "bad_request"},
+    [E_UNAUTHORIZED] = {401, "unauthorized", "unauthorized"},
+    [E_NOT_FOUND] = {404, "not_found", "not_found"},
+    [E_METHOD] = {405, "method_not_allowed", "method_not_allowed"},
+    [E_CONFLICT] = {409, "conflict", "conflict"},
+    [E_GONE] = {410, "gone", "gone"},
+    [E_TOO_LARGE] = {413, "payload_too_large", "too_large"},
+    [E_UNSUPPORTED] = {415, "unsupported_media_type", "unsupported_media_type"},
+    [E_INVALID] = {422, "invalid_parameter", "invalid"},
+    [E_QUEUE_FULL] = {429, "queue_full", "queue_full"},
+    [E_INTERNAL] = {500, "internal", "internal"},
+    [E_UNAVAILABLE] = {503, "unavailable", "unavailable"},
+    [E_TIMEOUT] = {504, "timeout", "timeout"},
+    [E_NOT_READY] = {503, "not_ready", "not_ready"},
+    [E_DRAINING] = {503, "draining", "draining"},
+    [E_CANCELLED] = {409, "cancelled", "cancelled"},
+};
+
+typedef enum { D_JOBS, D_JOB_ERROR, D_IMAGE } err_domain;
+
+static const struct {
+  err_domain d;
+  int code;
+  err_kind kind;
+} CODE_MAP[] = {
+    {D_JOBS, SG_JOBS_EINVAL, E_INVALID},
+    {D_JOBS, SG_JOBS_EFULL, E_QUEUE_FULL},
+    {D_JOBS, SG_JOBS_EDRAINING, E_DRAINING},
+    {D_JOBS, SG_JOBS_ENOTFOUND, E_NOT_FOUND},
+    {D_JOBS, SG_JOBS_EEXPIRED, E_GONE},
+    {D_JOBS, SG_JOBS_EFINISHED, E_CONFLICT},
+    {D_JOBS, SG_JOBS_ENOIMAGE, E_NOT_FOUND},
+    {D_JOB_ERROR, SG_JOB_ERR_INVALID, E_INVALID},
+    {D_JOB_ERROR, SG_JOB_ERR_TIMEOUT, E_TIMEOUT},
+    {D_JOB_ERROR, SG_JOB_ERR_CANCELLED, E_CANCELLED},
+    {D_JOB_ERROR, SG_JOB_ERR_SHUTDOWN, E_DRAINING},
+    {D_IMAGE, SG_IMAGE_EUNSUPPORTED, E_UNSUPPORTED},
+    {D_IMAGE, SG_IMAGE_ETOOBIG, E_INVALID},
+    {D_IMAGE, SG_IMAGE_ECORRUPT, E_BAD_REQUEST},
+    {D_IMAGE, SG_IMAGE_EINVAL, E_BAD_REQUEST},
+};
+
+/* Returns the kind of a module's error code; anything unlisted (out of memory, runtime, system) is internal. */
+static err_kind kind_of(err_domain d, int code) {
+  for (size_t i = 0; i < sizeof CODE_MAP / sizeof *CODE_MAP; i++)
+    if (CODE_MAP[i].d == d && CODE_MAP[i].code == code) return CODE_MAP[i].kind;
+  return E_INTERNAL;
+}
+
+/* ---- small buffers ---- */
+
+typedef struct {
+  uint8_t *data;
+  size_t len, cap;
+} buf;
+
+/* Appends n bytes (keeping a NUL after them). Returns 0, or -1 when out of memory. */
+static int buf_add(buf *b, const void *p, size_t n) {
+  if (b->len + n + 1 > b->cap) {
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + n + 1) cap *= 2;
+    uint8_t *d = realloc(b->data, cap);
+    if (!d) return -1;
+    b->data = d;
+    b->cap = cap;
+  }
+  if (n) memcpy(b->data + b->len, p, n);
+  b->len += n;
+  b->data[b->len] = 0;
+  return 0;
+}
+
+static void buf_free(buf *b) {
+  free(b->data);
+  memset(b, 0, sizeof *b);
+}
+
+static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/* Returns a new NUL-terminated base64 text of n bytes, or NULL when out of memory. */
+static char *b64_encode(const uint8_t *p, size_t n) {
+  char *out = malloc(4 * ((n + 2) / 3) + 1), *o = out;
+  if (!out) return NULL;
+  for (size_t i = 0; i < n; i += 3) {
+    uint32_t v = (uint32_t)p[i] << 16 | (i + 1 < n ? (uint32_t)p[i + 1] << 8 : 0) | (i + 2 < n ? p[i + 2] : 0);
+    *o++ = B64[v >> 18 & 63];
+    *o++ = B64[v >> 12 & 63];
+    *o++ = i + 1 < n ? B64[v >> 6 & 63] : '=';
+    *o++ = i + 2 < n ? B64[v & 63] : '=';
+  }
+  *o = 0;
+  return out;
+}
+
+/* Decodes base64 (standard or URL alphabet, padding optional, ASCII white space ignored) into *out. Returns 0,
+ * -1 for malformed text, -2 when out of memory. */
+static int b64_decode(const char *s, size_t n, buf *out) {
+  uint32_t acc = 0;
+  int bits = 0, pad = 0;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    int v;
+    if (c >= 'A' && c <= 'Z') v = c - 'A';
+    else if (c >= 'a' && c <= 'z') v = c - 'a' + 26;
+    else if (c >= '0' && c <= '9') v = c - '0' + 52;
+    else if (c == '+' || c == '-') v = 62;
+    else if (c == '/' || c == '_') v = 63;
+    else if (c == '=') {
+      pad++;
+      continue;
+    } else if (c == ' ' || c == '\n' || c == '\r' || c == '\t') continue;
+    else return -1;
+    if (pad) return -1; /* data after padding */
+    acc = acc << 6 | (uint32_t)v;
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      uint8_t byte = (uint8_t)(acc >> bits);
+      if (buf_add(out, &byte, 1)) return -2;
+    }
+  }
+  if (bits >= 6 || pad > 2) return -1;
+  return 0;
+}
+
+/* Returns 1 when s[0..n) is valid UTF-8 without NUL bytes. */
+static int utf8_ok(const uint8_t *s, size_t n) {
+  for (size_t i = 0; i < n;) {
+    uint8_t c = s[i];
+    if (c == 0) return 0;
+    if (c < 0x80) {
+      i++;
+      continue;
+    }
+    int len = c >= 0xf0 && c <= 0xf4 ? 4 : c >= 0xe0 ? 3 : c >= 0xc2 && c < 0xe0 ? 2 : 0;
+    if (!len || c > 0xf4 || i + (size_t)len > n) return 0;
+    uint32_t cp = c & (0x7f >> len);
+    for (int k = 1; k < len; k++) {
+      if ((s[i + k] & 0xc0) != 0x80) return 0;
+      cp = cp << 6 | (s[i + k] & 0x3f);
+    }
+    if ((len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)))
+      return 0;
+    i += (size_t)len;
+  }
+  return 1;
+}
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ---- the server and its requests ---- */
+
+/* Request parameters of POST /v1/generate, in one order for multipart fields and JSON keys. */
+enum {
+  P_PROMPT,
+  P_NEGATIVE,
+  P_SKETCH,
+  P_BETA,
+  P_STOP,
+  P_STOP_STEP,
+  P_STEPS,
+  P_CFG,
+  P_SEED,
+  P_SAMPLER,
+  P_N,
+  P_INVERT,
+  P_TIMEOUT_MS,
+  P_ETA,
+  P_DRY_RUN,
+  P_COUNT
+};
+static const char *const PARAM_NAMES[P_COUNT] = {"prompt", "negative_prompt", "sketch", "beta", "stop",
+                                                 "stop_step", "steps", "cfg", "seed", "sampler", "n", "invert",
+                                                 "timeout_ms", "eta", "dry_run"};
+
+typedef enum { BODY_NONE = 0, BODY_DISCARD, BODY_MULTIPART, BODY_JSON } body_kind;
+typedef enum { PH_NEW = 0, PH_WAIT, PH_STREAM } phase;
+
+typedef struct route route;
+typedef struct req req;
+
+struct sg_http {
+  sg_http_params p;
+  char *host, *token, *cors, *version;
+  char **origins;
+  int32_t n_origins;
+  int any_origin;
+  struct MHD_Daemon *d;
+  int32_t port;
+  sg_metrics *metrics;
+  atomic_int ready, draining, stopping;
+  sg_jobs *jobs;
+  const sg_model_info *model;
+  char devices[512];
+  pthread_mutex_t mu;   /* the waiting list and the watchdog's flag */
+  pthread_cond_t cv;    /* a waiting request ended; the watchdog should stop */
+  req *waiting;
+  int32_t n_waiting;
+  int wd_stop;
+  pthread_t wd;
+  int wd_started;
+  char start_err[256];  /* libmicrohttpd's last message while starting */
+  int starting;
+};
+
+struct req {
+  sg_http *h;
+  struct MHD_Connection *conn;
+  const route *rt;
+  char method[12];
+  char path[160];
+  char id[72];
+  int32_t index;
+  char allow[64];       /* 405: the methods of the path */
+  const char *origin;   /* an allowed Origin (libmicrohttpd's copy), or NULL */
+  double t0;
+  int status;
+  uint64_t bytes;
+  int responded;
+  char job_id[SG_JOB_ID_LEN];
+  int64_t seed;
+  int submit_failed;    /* the job manager refused the job (and counted it) */
+  /* the request body */
+  body_kind body;
+  uint64_t received;
+  int abort_conn;
+  struct MHD_PostProcessor *pp;
+  buf raw;
+  buf vals[P_COUNT];
+  uint8_t present[P_COUNT];
+  int last_param;
+  int has_err;
+  err_kind ekind;
+  char eparam[32];
+  char emsg[256];
+  /* waiting on a job */
+  phase ph;
+  pthread_mutex_t mu;
+  int mu_ok;
+  int registered;
+  req *wprev, *wnext;
+  int fd;
+  int suspended, done, gone;
+  sg_job_watch *watch;
+  int want_json;
+  sg_job_status st;
+  int st_ok;
+  uint8_t *png[SG_JOBS_MAX_IMAGES];
+  size_t png_len[SG_JOBS_MAX_IMAGES];
+  int32_t n_png;
+  int png_failed;
+  /* an event stream */
+  buf ev;
+  size_t ev_off;
+  int ev_end;
+};
+
+typedef enum MHD_Result (*handler_fn)(req *r);
+
+enum { R_OPEN = 1, R_BODY = 2, R_METRICS = 4, R_HEAD = 8 };
+
+struct route {
+  const char *method;
+  const char *pattern; /* "{id}" matches one segment, "{i}" a decimal index */
+  handler_fn fn;
+  int flags;
+};
+
+static void logf_(sg_http *h, sg_jobs_log_level level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void logf_(sg_http *h, sg_jobs_log_level level, const char *fmt, ...) {
+  if (!h->p.log) return;
+  char line[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(line, sizeof line, fmt, ap);
+  va_end(ap);
+  h->p.log(h->p.log_user, level, line);
+}
+
+/* ---- responses ---- */
+
+static const char EXPOSED[] = "X-Job-Id, X-Seed, X-Queue-Time-Ms, X-Inference-Time-Ms, Location, Retry-After";
+
+/* Adds the headers every response gets, queues resp with status, records it for the log and drops our
+ * reference. Returns libmicrohttpd's answer. */
+static enum MHD_Result send_response(req *r, int status, struct MHD_Response *resp, uint64_t bytes) {
+  if (!resp) return MHD_NO;
+  MHD_add_response_header(resp, "Cache-Control", "no-store");
+  if (r->job_id[0]) MHD_add_response_header(resp, "X-Job-Id", r->job_id);
+  if (r->origin) {
+    MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->origin);
+    MHD_add_response_header(resp, "Access-Control-Expose-Headers", EXPOSED);
+  }
+  if (r->h->n_origins || r->h->any_origin) MHD_add_response_header(resp, "Vary", "Origin");
+  enum MHD_Result ret = MHD_queue_response(r->conn, (unsigned)status, resp);
+  MHD_destroy_response(resp);
+  r->responded = 1;
+  r->status = status;
+  r->bytes = bytes;
+  return ret;
+}
+
+/* Queues a JSON body (consumed: decref'ed here). */
+static enum MHD_Result send_json(req *r, int status, json_t *body) {
+  char *text = body ? json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(15)) : NULL;
+  json_decref(body);
+  if (!text) return MHD_NO;
+  size_t n = strlen(text);
+  struct MHD_Response *resp = MHD_create_response_from_buffer(n, text, MHD_RESPMEM_MUST_FREE);
+  if (!resp) {
+    free(text);
+    return MHD_NO;
+  }
+  MHD_add_response_header(resp, "Content-Type", "application/json");
+  return send_response(r, status, resp, n);
+}
+
+/* Seconds a client should wait before retrying a full queue: the mean job time times the jobs ahead, per worker. */
+static int retry_after_s(sg_http *h) {
+  sg_jobs_stats s;
+  if (!h->jobs || sg_jobs_stats_get(h->jobs, &s)) return 1;
+  double mean = s.inference_seconds.count ? s.inference_seconds.sum / (double)s.inference_seconds.count : 1.0;
+  double est = ceil(mean * (s.queued + 1) / (s.workers > 0 ? s.workers : 1));
+  return est < 1 ? 1 : est > 3600 ? 3600 : (int)est;
+}
+
+/* Queues the error body {"error": {"code", "message", "param"}} with kind's status and its extra headers. */
+static enum MHD_Result send_error(req *r, err_kind k, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static enum MHD_Result send_error(req *r, err_kind k, const char *param, const char *fmt, ...) {
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  json_t *e = json_object(), *o = json_object();
+  if (!e || !o) {
+    json_decref(e);
+    json_decref(o);
+    return MHD_NO;
+  }
+  json_object_set_new(e, "code", json_string(ERRORS[k].code));
+  json_object_set_new(e, "message", json_string(msg));
+  json_object_set_new(e, "param", param && *param ? json_string(param) : json_null());
+  json_object_set_new(o, "error", e);
+  char *text = json_dumps(o, JSON_COMPACT);
+  json_decref(o);
+  if (!text) return MHD_NO;
+  size_t n = strlen(text);
+  struct MHD_Response *resp = MHD_create_response_from_buffer(n, text, MHD_RESPMEM_MUST_FREE);
+  if (!resp) {
+    free(text);
+    return MHD_NO;
+  }
+  MHD_add_response_header(resp, "Content-Type", "application/json");
+  int status = ERRORS[k].status;
+  if (status == 401)
+    MHD_add_response_header(resp, "WWW-Authenticate",
+                            MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Authorization")
+                                ? "Bearer realm=\"sketchguide\", error=\"invalid_token\""
+                                : "Bearer realm=\"sketchguide\"");
+  if (status == 405) MHD_add_response_header(resp, "Allow", r->allow);
+  if (status == 429 || status == 503) {
+    char ra[16];
+    snprintf(ra, sizeof ra, "%d", status == 429 ? retry_after_s(r->h) : k == E_NOT_READY ? 5 : 30);
+    MHD_add_response_header(resp, "Retry-After", ra);
+  }
+  if (r->rt && (r->rt->flags & R_BODY) && !r->job_id[0] && !r->submit_failed)
+    sg_metrics_reject(r->h->metrics, ERRORS[k].reason);
+  return send_response(r, status, resp, n);
+}
+
+/* Records the first error met while reading the body; the body is drained and the error sent at its end. */
+static void record_error(req *r, err_kind k, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void record_error(req *r, err_kind k, const char *param, const char *fmt, ...) {
+  if (r->has_err) return;
+  r->has_err = 1;
+  r->ekind = k;
+  snprintf(r->eparam, sizeof r->eparam, "%s", param ? param : "");
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(r->emsg, sizeof r->emsg, fmt, ap);
+  va_end(ap);
+}
+
+static enum MHD_Result send_recorded(req *r) {
+  return send_error(r, r->ekind, r->eparam, "%s", r->emsg);
+}
+
+/* Splits a module message "name: text" into its parameter name (written to param) when name is a request
+ * parameter; returns the message unchanged. */
+static const char *param_of_message(const char *msg, char *param, size_t cap) {
+  param[0] = 0;
+  const char *colon = strchr(msg, ':');
+  if (!colon) return msg;
+  size_t n = (size_t)(colon - msg);
+  for (int i = 0; i < P_COUNT; i++)
+    if (strlen(PARAM_NAMES[i]) == n && !strncmp(msg, PARAM_NAMES[i], n)) {
+      snprintf(param, cap, "%s", PARAM_NAMES[i]);
+      break;
+    }
+  return msg;
+}
+
+/* ---- JSON bodies of jobs ---- */
+
+/* Times and durations to the millisecond (Unix seconds) or microsecond (milliseconds). */
+static json_t *ms3(double v) { return json_real(round(v * 1000.0) / 1000.0); }
+static json_t *num_or_null(double v, int ok) { return ok ? ms3(v) : json_null(); }
+
+/* Returns the status object of a job (GET /v1/jobs/{id}, events), or NULL when out of memory. */
+static json_t *status_json(const sg_job_status *st) {
+  json_t *o = json_object();
+  if (!o) return NULL;
+  char url[128];
+  json_object_set_new(o, "id", json_string(st->id));
+  json_object_set_new(o, "status", json_string(sg_job_state_name(st->state)));
+  json_object_set_new(o, "queue_position", st->queue_position >= 0 ? json_integer(st->queue_position) : json_null());
+  json_t *pr = json_object();
+  json_object_set_new(pr, "step", json_integer(st->step));
+  json_object_set_new(pr, "total", json_integer(st->total));
+  json_object_set_new(o, "progress", pr);
+  json_object_set_new(o, "seed", json_integer(st->seed));
+  json_object_set_new(o, "n", json_integer(st->n_images));
+  json_object_set_new(o, "created_at", ms3(st->created));
+  json_object_set_new(o, "started_at", num_or_null(st->started, st->started > 0));
+  json_object_set_new(o, "finished_at", num_or_null(st->finished, st->finished > 0));
+  json_object_set_new(o, "queue_time_ms", ms3(st->queue_ms));
+  json_object_set_new(o, "inference_time_ms", ms3(st->inference_ms));
+  json_object_set_new(o, "worker", st->worker >= 0 ? json_integer(st->worker) : json_null());
+  if (st->error != SG_JOB_ERR_NONE) {
+    json_t *e = json_object();
+    json_object_set_new(e, "code", json_string(sg_job_error_name(st->error)));
+    json_object_set_new(e, "message", json_string(st->message));
+    json_object_set_new(o, "error", e);
+  } else {
+    json_object_set_new(o, "error", json_null());
+  }
+  json_t *imgs = json_array();
+  for (int32_t i = 0; i < st->n_ready; i++) {
+    json_t *im = json_object();
+    snprintf(url, sizeof url, "/v1/jobs/%s/images/%d", st->id, (int)i);
+    json_object_set_new(im, "index", json_integer(i));
+    json_object_set_new(im, "seed", json_integer(st->seed + i));
+    json_object_set_new(im, "url", json_string(url));
+    json_array_append_new(imgs, im);
+  }
+  json_object_set_new(o, "images", imgs);
+  snprintf(url, sizeof url, "/v1/jobs/%s/events", st->id);
+  json_object_set_new(o, "events_url", json_string(url));
+  if (st->state == SG_JOB_SUCCEEDED) {
+    json_t *t = json_object();
+    const sg_timings *tm = &st->timings;
+    json_object_set_new(t, "text", json_real(round(tm->text * 1e6) / 1e6));
+    json_object_set_new(t, "vae_encode", json_real(round(tm->vae_encode * 1e6) / 1e6));
+    json_object_set_new(t, "unet", json_real(round(tm->unet * 1e6) / 1e6));
+    json_object_set_new(t, "guided_forward", json_real(round(tm->guided_forward * 1e6) / 1e6));
+    json_object_set_new(t, "lgp", json_real(round(tm->lgp * 1e6) / 1e6));
+    json_object_set_new(t, "backward", json_real(round(tm->backward * 1e6) / 1e6));
+    json_object_set_new(t, "sampler", json_real(round(tm->sampler * 1e6) / 1e6));
+    json_object_set_new(t, "vae_decode", json_real(round(tm->vae_decode * 1e6) / 1e6));
+    json_object_set_new(t, "total", json_real(round(tm->total * 1e6) / 1e6));
+    json_object_set_new(o, "timings_s", t);
+    json_object_set_new(o, "guided_steps", json_integer(st->guided_steps));
+  }
+  return o;
+}
+
+/* ---- the waiting list, suspension and the watchdog ---- */
+
+static void reg_add(req *r) {
+  sg_http *h = r->h;
+  const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+  r->fd = ci ? ci->connect_fd : -1;
+  pthread_mutex_lock(&h->mu);
+  r->wnext = h->waiting;
+  if (h->waiting) h->waiting->wprev = r;
+  h->waiting = r;
+  h->n_waiting++;
+  r->registered = 1;
+  pthread_mutex_unlock(&h->mu);
+}
+
+static void reg_remove(req *r) {
+  if (!r->registered) return;
+  sg_http *h = r->h;
+  pthread_mutex_lock(&h->mu);
+  if (r->wprev) r->wprev->wnext = r->wnext;
+  else h->waiting = r->wnext;
+  if (r->wnext) r->wnext->wprev = r->wprev;
+  h->n_waiting--;
+  r->registered = 0;
+  pthread_cond_broadcast(&h->cv);
+  pthread_mutex_unlock(&h->mu);
+}
+
+/* Suspends r's connection unless cond or a stop says otherwise; r->mu held. Returns 1 when suspended. The stop
+ * flag is set before sg_http_stop walks the list, so a request either sees it here or is resumed by that walk. */
+static int suspend_locked(req *r) {
+  if (r->gone || atomic_load(&r->h->stopping)) return 0;
+  MHD_suspend_connection(r->conn);
+  r->suspended = 1;
+  return 1;
+}
+
+/* Resumes r's connection if suspended; r->mu held. Every suspension gets exactly one resume. */
+static void resume_locked(req *r) {
+  if (!r->suspended) return;
+  r->suspended = 0;
+  MHD_resume_connection(r->conn);
+}
+
+/* Returns 1 when the peer of a connected socket has closed it or it failed (without consuming data). */
+static int peer_gone(int fd) {
+  if (fd < 0) return 0;
+  char c;
+  ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+static void *watchdog_main(void *arg) {
+  sg_http *h = arg;
+  pthread_mutex_lock(&h->mu);
+  while (!h->wd_stop) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += WATCHDOG_MS * 1000000L;
+    ts.tv_sec += ts.tv_nsec / 1000000000L;
+    ts.tv_nsec %= 1000000000L;
+    pthread_cond_timedwait(&h->cv, &h->mu, &ts);
+    if (h->wd_stop) break;
+    for (req *r = h->waiting; r; r = r->wnext) {
+      pthread_mutex_lock(&r->mu);
+      if (r->suspended && peer_gone(r->fd)) {
+        r->gone = 1;
+        resume_locked(r);
+      }
+      pthread_mutex_unlock(&r->mu);
+    }
+  }
+  pthread_mutex_unlock(&h->mu);
+  return NULL;
+}
+
+/* ---- a synchronous generation: the watch callback and the answer ---- */
+
+static void on_sync_event(void *user, const sg_job_event *ev) {
+  req *r = user;
+  if (ev->kind != SG_JOB_EVENT_END) return;
+  sg_http *h = r->h;
+  /* copy the result now: a finished job may be evicted before the connection is served again */
+  sg_job_status st;
+  int ok = sg_jobs_status(h->jobs, ev->id, &st) == 0;
+  uint8_t *png[SG_JOBS_MAX_IMAGES] = {0};
+  size_t len[SG_JOBS_MAX_IMAGES] = {0};
+  int32_t n = 0, failed = 0;
+  if (ev->state == SG_JOB_SUCCEEDED)
+    for (; n < ev->n_images && n < SG_JOBS_MAX_IMAGES; n++)
+      if (sg_jobs_image(h->jobs, ev->id, n, &png[n], &len[n])) {
+        failed = 1;
+        break;
+      }
+  if (!ok) { /* evicted already: what the event says */
+    memset(&st, 0, sizeof st);
+    snprintf(st.id, sizeof st.id, "%s", ev->id);
+    st.state = ev->state;
+    st.error = ev->error;
+    snprintf(st.message, sizeof st.message, "%s", ev->message);
+    st.seed = r->seed;
+    st.n_images = ev->n_images;
+  }
+  pthread_mutex_lock(&r->mu);
+  r->st = st;
+  r->st_ok = 1;
+  memcpy(r->png, png, sizeof png);
+  memcpy(r->png_len, len, sizeof len);
+  r->n_png = n;
+  r->png_failed = failed;
+  r->done = 1;
+  resume_locked(r);
+  pthread_mutex_unlock(&r->mu);
+}
+
+static void timing_headers(struct MHD_Response *resp, const sg_job_status *st) {
+  char v[32];
+  snprintf(v, sizeof v, "%lld", (long long)st->seed);
+  MHD_add_response_header(resp, "X-Seed", v);
+  snprintf(v, sizeof v, "%.0f", st->queue_ms);
+  MHD_add_response_header(resp, "X-Queue-Time-Ms", v);
+  snprintf(v, sizeof v, "%.0f", st->inference_ms);
+  MHD_add_response_header(resp, "X-Inference-Time-Ms", v);
+}
+
+/* Answers a synchronous generation whose job ended (r->done). */
+static enum MHD_Result sync_answer(req *r) {
+  const sg_job_status *st = &r->st;
+  if (st->state != SG_JOB_SUCCEEDED) {
+    char param[32];
+    err_kind k = kind_of(D_JOB_ERROR, st->error);
+    const char *msg = param_of_message(st->message[0] ? st->message : sg_job_error_name(st->error), param,
+                                       sizeof param);
+    return send_error(r, k, k == E_INVALID ? param : NULL, "%s", msg);
+  }
+  if (r->png_failed || r->n_png < 1)
+    return send_error(r, E_INTERNAL, NULL, "the job's images could not be read (evicted or out of memory)");
+  if (r->n_png == 1 && !r->want_json) {
+    struct MHD_Response *resp = MHD_create_response_from_buffer(r->png_len[0], r->png[0], MHD_RESPMEM_MUST_FREE);
+    if (!resp) return MHD_NO;
+    size_t n = r->png_len[0];
+    r->png[0] = NULL; /* owned by the response now */
+    MHD_add_response_header(resp, "Content-Type", "image/png");
+    timing_headers(resp, st);
+    return send_response(r, 200, resp, n);
+  }
+  json_t *o = json_object(), *imgs = json_array();
+  if (!o || !imgs) {
+    json_decref(o);
+    json_decref(imgs);
+    return MHD_NO;
+  }
+  json_object_set_new(o, "id", json_string(st->id));
+  json_object_set_new(o, "seed", json_integer(st->seed));
+  for (int32_t i = 0; i < r->n_png; i++) {
+    char *b = b64_encode(r->png[i], r->png_len[i]);
+    if (!b) {
+      json_decref(o);
+      json_decref(imgs);
+      return send_error(r, E_INTERNAL, NULL, "out of memory");
+    }
+    json_t *im = json_object();
+    json_object_set_new(im, "index", json_integer(i));
+    json_object_set_new(im, "seed", json_integer(st->seed + i));
+    json_object_set_new(im, "mime_type", json_string("image/png"));
+    json_object_set_new(im, "data", json_string(b));
+    free(b);
+    json_array_append_new(imgs, im);
+  }
+  json_object_set_new(o, "images", imgs);
+  json_object_set_new(o, "queue_time_ms", ms3(st->queue_ms));
+  json_object_set_new(o, "inference_time_ms", ms3(st->inference_ms));
+  char *text = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(15));
+  json_decref(o);
+  if (!text) return MHD_NO;
+  size_t n = strlen(text);
+  struct MHD_Response *resp = MHD_create_response_from_buffer(n, text, MHD_RESPMEM_MUST_FREE);
+  if (!resp) {
+    free(text);
+    return MHD_NO;
+  }
+  MHD_add_response_header(resp, "Content-Type", "application/json");
+  timing_headers(resp, st);
+  return send_response(r, 200, resp, n);
+}
+
+/* Called when a waiting generation's connection runs again: its job ended, its client left, or a stop. */
+static enum MHD_Result sync_resumed(req *r) {
+  pthread_mutex_lock(&r->mu);
+  int gone = r->gone, done = r->done, again = 0;
+  if (!gone && !done) again = suspend_locked(r);
+  pthread_mutex_unlock(&r->mu);
+  if (again) return MHD_YES;
+  if (gone || !done) return MHD_NO; /* closes the connection; on_completed cancels the job */
+  return sync_answer(r);
+}
+
+/* ---- request parameters ---- */
+
+/* Returns the index of a parameter name, or -1. */
+static int param_index(const char *name) {
+  for (int i = 0; i < P_COUNT; i++)
+    if (!strcmp(name, PARAM_NAMES[i])) return i;
+  return -1;
+}
+
+/* Copies a client-given name into out for a message: printable ASCII only, truncated. */
+static const char *safe_name(const char *s, char *out, size_t cap) {
+  size_t o = 0;
+  for (; s && *s && o + 4 < cap; s++) out[o++] = (*s >= 0x20 && *s < 0x7f && *s != '"') ? *s : '?';
+  if (s && *s) out[o++] = '.', out[o++] = '.', out[o++] = '.';
+  out[o] = 0;
+  return out;
+}
+
+/* Appends a field's bytes to parameter p, within its size limit. */
+static void field_add(req *r, int p, const char *data, size_t size) {
+  size_t limit = p == P_SKETCH                       ? (size_t)r->h->p.max_body_bytes
+                 : (p == P_PROMPT || p == P_NEGATIVE) ? (size_t)r->h->p.max_prompt_bytes
+                                                       : MAX_FIELD_BYTES;
+  if (r->vals[p].len + size > limit) {
+    if (p == P_PROMPT || p == P_NEGATIVE)
+      record_error(r, E_INVALID, PARAM_NAMES[p], "%s: longer than %zu bytes", PARAM_NAMES[p], limit);
+    else
+      record_error(r, p == P_SKETCH ? E_TOO_LARGE : E_BAD_REQUEST, PARAM_NAMES[p], "%s: value too long",
+                   PARAM_NAMES[p]);
+    return;
+  }
+  if (buf_add(&r->vals[p], data, size)) record_error(r, E_INTERNAL, NULL, "out of memory");
+}
+
+/* MHD_PostProcessor's iterator: one call per piece of a part, off counting the part's bytes so far. */
+static enum MHD_Result on_part(void *cls, enum MHD_ValueKind kind, const char *key, const char *filename,
+                               const char *content_type, const char *transfer_encoding, const char *data,
+                               uint64_t off, size_t size) {
+  req *r = cls;
+  if (r->has_err) return MHD_NO;
+  char name[48];
+  int p = key ? param_index(key) : -1;
+  if (p < 0) {
+    record_error(r, E_BAD_REQUEST, NULL, "unknown parameter '%s'", safe_name(key ? key : "", name, sizeof name));
+    return MHD_NO;
+  }
+  /* a part starts at off 0; a piece of the same part continues at off == bytes so far */
+  int continues = p == r->last_param && off == r->vals[p].len && off > 0;
+  int empty_start = p == r->last_param && off == 0 && r->vals[p].len == 0;
+  if (!continues && !empty_start) {
+    if (r->present[p] || off != 0) {
+      record_error(r, E_BAD_REQUEST, PARAM_NAMES[p], "%s: given more than once", PARAM_NAMES[p]);
+      return MHD_NO;
+    }
+    r->present[p] = 1;
+    r->last_param = p;
+  }
+  if (size) field_add(r, p, data, size);
+  return r->has_err ? MHD_NO : MHD_YES;
+}
+
+/* Fills the parameters from the JSON body. Returns 0, or -1 with an error recorded. */
+static int parse_json_body(req *r) {
+  json_error_t je;
+  json_t *root = json_loadb((const char *)r->raw.data, r->raw.len, JSON_REJECT_DUPLICATES, &je);
+  if (!root) {
+    record_error(r, E_BAD_REQUEST, NULL, "malformed JSON (line %d, column %d): %s", je.line, je.column, je.text);
+    return -1;
+  }
+  if (!json_is_object(root)) {
+    json_decref(root);
+    record_error(r, E_BAD_REQUEST, NULL, "the JSON body must be an object");
+    return -1;
+  }
+  const char *key;
+  json_t *v;
+  json_object_foreach(root, key, v) {
+    char name[48];
+    int p = param_index(key);
+    if (p < 0) {
+      record_error(r, E_BAD_REQUEST, NULL, "unknown parameter '%s'", safe_name(key, name, sizeof name));
+      break;
+    }
+    char tmp[64];
+    const char *s = NULL;
+    size_t n = 0;
+    if (json_is_null(v)) continue;
+    if (json_is_string(v)) {
+      s = json_string_value(v);
+      n = json_string_length(v);
+    } else if (json_is_integer(v)) {
+      n = (size_t)snprintf(tmp, sizeof tmp, "%lld", (long long)json_integer_value(v));
+      s = tmp;
+    } else if (json_is_real(v)) {
+      n = (size_t)snprintf(tmp, sizeof tmp, "%.17g", json_real_value(v));
+      s = tmp;
+    } else if (json_is_boolean(v)) {
+      s = json_is_true(v) ? "true" : "false";
+      n = strlen(s);
+    } else {
+      record_error(r, E_BAD_REQUEST, PARAM_NAMES[p], "%s: must be a string or a number", PARAM_NAMES[p]);
+      break;
+    }
+    if (p == P_SKETCH) { /* base64 or a data URL */
+      const char *comma = n > 5 && !strncmp(s, "data:", 5) ? memchr(s, ',', n) : NULL;
+      if (comma) {
+        if (!memmem(s, (size_t)(comma - s), ";base64", 7)) {
+          record_error(r, E_BAD_REQUEST, "sketch", "sketch: a data URL must be base64 (data:image/png;base64,...)");
+          break;
+        }
+        n -= (size_t)(comma + 1 - s);
+        s = comma + 1;
+      }
+      int rc = b64_decode(s, n, &r->vals[p]);
+      if (rc) {
+        record_error(r, rc == -2 ? E_INTERNAL : E_BAD_REQUEST, "sketch",
+                     rc == -2 ? "out of memory" : "sketch: not base64 (or a data URL)");
+        break;
+      }
+      r->present[p] = 1;
+      continue;
+    }
+    r->present[p] = 1;
+    field_add(r, p, s, n);
+    if (r->has_err) break;
+  }
+  json_decref(root);
+  return r->has_err ? -1 : 0;
+}
+
+/* The text of parameter p, NULL when absent. Numbers and names must not contain NUL bytes. */
+static const char *param_text(req *r, int p) {
+  if (!r->present[p]) return NULL;
+  return r->vals[p].data ? (const char *)r->vals[p].data : "";
+}
+
+/* Parses parameter p as a number in [lo, hi] into *out. Returns 0 (absent: *out unchanged), 1, or -1 with an error
+ * recorded: 400 when it is not a number, 422 when out of range (or not whole for an integer). */
+static int param_number(req *r, int p, double lo, double hi, int integer, double *dout, int64_t *iout) {
+  const char *s = param_text(r, p);
+  if (!s) return 0;
+  const char *name = PARAM_NAMES[p];
+  char shown[40];
+  safe_name(s, shown, sizeof shown);
+  if (strlen(s) != r->vals[p].len || !*s) {
+    record_error(r, E_BAD_REQUEST, name, "%s: '%s' is not a number", name, shown);
+    return -1;
+  }
+  char *end;
+  errno = 0;
+  long long iv = strtoll(s, &end, 10);
+  if (integer && !*end && !errno) {
+    if (iv < lo || iv > hi) {
+      record_error(r, E_INVALID, name, "%s: must be between %.0f and %.0f", name, lo, hi);
+      return -1;
+    }
+    *iout = iv;
+    return 1;
+  }
+  errno = 0;
+  double v = strtod(s, &end);
+  if (end == s || *end || !isfinite(v)) {
+    record_error(r, E_BAD_REQUEST, name, "%s: '%s' is not a%s number", name, shown, isfinite(v) ? "" : " finite");
+    return -1;
+  }
+  if (integer && v != floor(v)) {
+    record_error(r, E_INVALID, name, "%s: must be a whole number", name);
+    return -1;
+  }
+  if (!(v >= lo && v <= hi)) {
+    if (integer) record_error(r, E_INVALID, name, "%s: must be between %.0f and %.0f", name, lo, hi);
+    else record_error(r, E_INVALID, name, "%s: must be between %g and %g", name, lo, hi);
+    return -1;
+  }
+  if (integer) *iout = (int64_t)v;
+  else *dout = v;
+  return 1;
+}
+
+/* The parsed request of POST /v1/generate. */
+typedef struct {
+  sg_job_request jr;
+  float *map;
+  int inverted;
+  sg_image_format format;
+  int32_t width, height;
+  int64_t timeout_ms;
+  int dry_run;
+} gen_args;
+
+/* Fills *a from the parameters: values, the sketch decoded and mapped. Returns 0, or -1 with an error recorded. */
+static int gen_parse(req *r, gen_args *a) {
+  sg_http *h = r->h;
+  const sg_http_params *P = &h->p;
+  a->jr = sg_jobs_default_request(h->jobs);
+  a->timeout_ms = P->default_timeout_ms;
+  const char *prompt = param_text(r, P_PROMPT);
+  if (!prompt) {
+    record_error(r, E_BAD_REQUEST, "prompt", "prompt: required");
+    return -1;
+  }
+  if (!r->vals[P_PROMPT].len) {
+    record_error(r, E_INVALID, "prompt", "prompt: must not be empty");
+    return -1;
+  }
+  for (int p = P_PROMPT; p <= P_NEGATIVE; p++)
+    if (r->present[p] && !utf8_ok(r->vals[p].data, r->vals[p].len)) {
+      record_error(r, E_INVALID, PARAM_NAMES[p], "%s: must be UTF-8 text without NUL characters", PARAM_NAMES[p]);
+      return -1;
+    }
+  a->jr.prompt = prompt;
+  a->jr.negative_prompt = param_text(r, P_NEGATIVE);
+  if (!r->present[P_SKETCH]) {
+    record_error(r, E_BAD_REQUEST, "sketch", "sketch: required (a PNG or JPEG file)");
+    return -1;
+  }
+  double d;
+  int64_t i;
+  int rc;
+  int32_t max_steps = P->max_steps;
+  if ((rc = param_number(r, P_STEPS, 1, max_steps, 1, &d, &i)) < 0) return -1;
+  if (rc) a->jr.steps = (int32_t)i;
+  if (a->jr.steps > max_steps) a->jr.steps = max_steps;
+  if ((rc = param_number(r, P_BETA, 0, 100, 0, &d, &i)) < 0) return -1;
+  if (rc) a->jr.beta = d;
+  if (r->present[P_STOP] && r->present[P_STOP_STEP]) {
+    record_error(r, E_INVALID, "stop_step", "stop_step: give stop or stop_step, not both");
+    return -1;
+  }
+  if ((rc = param_number(r, P_STOP, 0, 1, 0, &d, &i)) < 0) return -1;
+  if (rc) a->jr.stop = d;
+  if ((rc = param_number(r, P_STOP_STEP, 0, a->jr.steps, 1, &d, &i)) < 0) return -1;
+  if (rc) a->jr.stop_step = (int32_t)i;
+  if ((rc = param_number(r, P_CFG, 0, 100, 0, &d, &i)) < 0) return -1;
+  if (rc) a->jr.cfg = d;
+  if ((rc = param_number(r, P_ETA, 0, 10, 0, &d, &i)) < 0) return -1;
+  if (rc) a->jr.eta = d;
+  int64_t seed = -1;
+  if (param_number(r, P_SEED, -1, (double)(INT64_MAX - SG_JOBS_MAX_IMAGES), 1, &d, &seed) < 0) return -1;
+  if (seed < 0) {
+    uint32_t v = 0;
+    if (getrandom(&v, sizeof v, 0) != sizeof v) v = (uint32_t)(now_s() * 1e6);
+    seed = v;
+  }
+  a->jr.seed = seed;
+  if ((rc = param_number(r, P_N, 1, P->max_images, 1, &d, &i)) < 0) return -1;
+  if (rc) a->jr.n_images = (int32_t)i;
+  if ((rc = param_number(r, P_TIMEOUT_MS, 1, (double)P->max_timeout_ms, 1, &d, &i)) < 0) return -1;
+  if (rc) a->timeout_ms = i;
+  char shown[40];
+  const char *s = param_text(r, P_SAMPLER);
+  if (s) {
+    int k = strlen(s) == r->vals[P_SAMPLER].len ? sg_sampler_kind_parse(s) : -1;
+    if (k < 0) {
+      record_error(r, E_INVALID, "sampler", "sampler: '%s' is not ddim, ddpm, euler_a or dpmpp_2m",
+                   safe_name(s, shown, sizeof shown));
+      return -1;
+    }
+    a->jr.sampler = (sg_sampler_kind)k;
+  }
+  int inv = SG_INVERT_AUTO;
+  if ((s = param_text(r, P_INVERT))) {
+    inv = strlen(s) == r->vals[P_INVERT].len ? sg_invert_parse(s) : -1;
+    if (inv < 0) {
+      record_error(r, E_INVALID, "invert", "invert: '%s' is not auto, true or false", safe_name(s, shown, sizeof shown));
+      return -1;
+    }
+  }
+  if ((s = param_text(r, P_DRY_RUN))) {
+    int v = strlen(s) == r->vals[P_DRY_RUN].len ? sg_invert_parse(s) : -1; /* the same words: true/false/1/0 */
+    if (v != SG_INVERT_TRUE && v != SG_INVERT_FALSE) {
+      record_error(r, E_INVALID, "dry_run", "dry_run: '%s' is not true or false", safe_name(s, shown, sizeof shown));
+      return -1;
+    }
+    a->dry_run = v == SG_INVERT_TRUE;
+  }
+  /* the sketch: by its magic bytes, its size checked from the header before decoding */
+  buf *sk = &r->vals[P_SKETCH];
+  if (sk->len > 5 && !memcmp(sk->data, "data:", 5)) { /* a data URL in a multipart text field */
+    buf dec = {0};
+    const char *comma = memchr(sk->data, ',', sk->len);
+    int brc = comma && memmem(sk->data, (size_t)((const uint8_t *)comma - sk->data), ";base64", 7)
+                  ? b64_decode(comma + 1, sk->len - (size_t)((const uint8_t *)comma + 1 - sk->data), &dec)
+                  : -1;
+    if (brc) {
+      buf_free(&dec);
+      record_error(r, E_BAD_REQUEST, "sketch", "sketch: a data URL must be base64 (data:image/png;base64,...)");
+      return -1;
+    }
+    buf_free(sk);
+    *sk = dec;
+  }
+  a->format = sg_image_sniff(sk->data, sk->len);
+  sg_image_params ip = sg_image_default_params();
+  ip.max_pixels = P->max_image_pixels;
+  sg_image im;
+  char err[256];
+  if ((rc = sg_image_decode(sk->data, sk->len, ip, &im, err, sizeof err))) {
+    err_kind k = kind_of(D_IMAGE, rc);
+    record_error(r, k, "sketch", "sketch: %s", k == E_UNSUPPORTED ? "not a PNG or JPEG image (by its content)" : err);
+    return -1;
+  }
+  a->width = im.width;
+  a->height = im.height;
+  int32_t size = h->model->image_size;
+  a->map = malloc(sizeof(float) * (size_t)size * (size_t)size);
+  rc = a->map ? sg_sketch_map(&im, size, (sg_invert)inv, a->map, &a->inverted, err, sizeof err) : SG_IMAGE_ENOMEM;
+  sg_image_free(&im);
+  if (rc) {
+    record_error(r, kind_of(D_IMAGE, rc), "sketch", "sketch: %s", a->map ? err : "out of memory");
+    return -1;
+  }
+  a->jr.sketch = a->map;
+  return 0;
+}
+
+static json_t *dry_run_json(const gen_args *a, int32_t size) {
+  json_t *o = json_object(), *p = json_object(), *s = json_object();
+  const sg_job_request *j = &a->jr;
+  json_object_set_new(p, "prompt", json_string(j->prompt));
+  json_object_set_new(p, "negative_prompt", json_string(j->negative_prompt ? j->negative_prompt : ""));
+  json_object_set_new(p, "steps", json_integer(j->steps));
+  json_object_set_new(p, "beta", json_real(j->beta));
+  json_object_set_new(p, "stop", json_real(j->stop));
+  json_object_set_new(p, "stop_step", j->stop_step >= 0 ? json_integer(j->stop_step) : json_null());
+  json_object_set_new(p, "guided_steps", json_integer(sg_generate_guided_steps(j->steps, j->stop, j->stop_step)));
+  json_object_set_new(p, "cfg", json_real(j->cfg));
+  json_object_set_new(p, "eta", json_real(j->eta));
+  json_object_set_new(p, "seed", json_integer(j->seed));
+  json_object_set_new(p, "sampler", json_string(sg_sampler_kind_name(j->sampler)));
+  json_object_set_new(p, "n", json_integer(j->n_images));
+  json_object_set_new(p, "timeout_ms", json_integer(a->timeout_ms));
+  int64_t ink = 0;
+  for (int32_t k = 0; k < size * size; k++) ink += a->map[k] > 0.5f;
+  json_object_set_new(s, "format", json_string(sg_image_format_name(a->format)));
+  json_object_set_new(s, "width", json_integer(a->width));
+  json_object_set_new(s, "height", json_integer(a->height));
+  json_object_set_new(s, "inverted", json_boolean(a->inverted));
+  json_object_set_new(s, "stroke_pixels", json_integer(ink));
+  json_object_set_new(s, "map_size", json_integer(size));
+  json_object_set_new(o, "valid", json_true());
+  json_object_set_new(o, "params", p);
+  json_object_set_new(o, "sketch", s);
+  return o;
+}
+
+/* Whether a header's comma-separated list holds token (case-insensitive, parameters after ';' ignored). */
+static int header_has(const char *v, const char *token) {
+  size_t n = strlen(token);
+  for (const char *p = v; p && *p;) {
+    while (*p == ' ' || *p == '\t' || *p == ',') p++;
+    if (!strncasecmp(p, token, n) && (p[n] == 0 || p[n] == ',' || p[n] == ';' || p[n] == ' ' || p[n] == '='))
+      return 1;
+    p = strchr(p, ',');
+  }
+  return 0;
+}
+
+/* ---- handlers ---- */
+
+static int work_refused(req *r, enum MHD_Result *ret) {
+  if (atomic_load(&r->h->draining)) {
+    *ret = send_error(r, E_DRAINING, NULL, "the service is shutting down");
+    return 1;
+  }
+  if (!atomic_load(&r->h->ready)) {
+    *ret = send_error(r, E_NOT_READY, NULL, "the model is still loading");
+    return 1;
+  }
+  return 0;
+}
+
+static enum MHD_Result h_generate(req *r) {
+  sg_http *h = r->h;
+  if (r->ph == PH_WAIT) return sync_resumed(r);
+  if (r->pp) {
+    enum MHD_Result ok = MHD_destroy_post_processor(r->pp);
+    r->pp = NULL;
+    if (ok != MHD_YES) record_error(r, E_BAD_REQUEST, NULL, "malformed or truncated multipart/form-data body");
+  } else if (r->body == BODY_JSON && !r->has_err) {
+    parse_json_body(r);
+  }
+  if (r->has_err) return send_recorded(r);
+  enum MHD_Result ret;
+  if (work_refused(r, &ret)) return ret;
+  gen_args a;
+  memset(&a, 0, sizeof a);
+  if (gen_parse(r, &a)) {
+    free(a.map);
+    return send_recorded(r);
+  }
+  if (a.dry_run) {
+    json_t *o = dry_run_json(&a, h->model->image_size);
+    free(a.map);
+    return send_json(r, 200, o);
+  }
+  char version[96];
+  snprintf(version, sizeof version, "sketchguide %s", h->version);
+  const char *extra[2] = {"software", version};
+  a.jr.extra_text = extra;
+  a.jr.n_extra_text = 1;
+  a.jr.deadline = sg_jobs_now() + (double)a.timeout_ms / 1000.0;
+  char err[256] = "";
+  int rc = sg_jobs_submit(h->jobs, &a.jr, r->job_id, err, sizeof err);
+  free(a.map);
+  if (rc) {
+    char param[32];
+    err_kind k = kind_of(D_JOBS, rc);
+    param_of_message(err, param, sizeof param);
+    r->submit_failed = 1;
+    return send_error(r, k, k == E_INVALID ? param : NULL, "%s", err[0] ? err : sg_jobs_strerror(rc));
+  }
+  r->seed = a.jr.seed;
+  const char *prefer = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Prefer");
+  int async = prefer && header_has(prefer, "respond-async");
+  logf_(h, SG_JOBS_LOG_DEBUG, "%s: job %s (%s, %d steps, %d images, seed %lld) prompt \"%s\"", __func__, r->job_id,
+        async ? "async" : "sync", (int)a.jr.steps, (int)a.jr.n_images, (long long)a.jr.seed, a.jr.prompt);
+  if (async) {
+    char url[96], ev[112], seed[32];
+    snprintf(url, sizeof url, "/v1/jobs/%s", r->job_id);
+    snprintf(ev, sizeof ev, "/v1/jobs/%s/events", r->job_id);
+    snprintf(seed, sizeof seed, "%lld", (long long)a.jr.seed);
+    json_t *o = json_object();
+    json_object_set_new(o, "id", json_string(r->job_id));
+    json_object_set_new(o, "status", json_string("queued"));
+    json_object_set_new(o, "seed", json_integer(a.jr.seed));
+    json_object_set_new(o, "url", json_string(url));
+    json_object_set_new(o, "events_url", json_string(ev));
+    char *text = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    if (!text) return MHD_NO;
+    size_t n = strlen(text);
+    struct MHD_Response *resp = MHD_create_response_from_buffer(n, text, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+      free(text);
+      return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Content-Type", "application/json");
+    MHD_add_response_header(resp, "Location", url);
+    MHD_add_response_header(resp, "Preference-Applied", "respond-async");
+    MHD_add_response_header(resp, "X-Seed", seed);
+    return send_response(r, 202, resp, n);
+  }
+  const char *accept = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Accept");
+  r->want_json = accept && header_has(accept, "application/json") && !header_has(accept, "image/png");
+  r->ph = PH_WAIT;
+  reg_add(r);
+  rc = sg_jobs_watch(h->jobs, r->job_id, on_sync_event, r, &r->watch);
+  if (rc) { /* evicted within the instant: only with tiny keep settings */
+    r->ph = PH_NEW;
+    return send_error(r, E_INTERNAL, NULL, "the job ended and was evicted before it could be watched");
+  }
+  pthread_mutex_lock(&r->mu);
+  int suspended = !r->done && suspend_locked(r);
+  int done = r->done;
+  pthread_mutex_unlock(&r->mu);
+  if (suspended) return MHD_YES;
+  if (!done) { /* stopping: give the job back */
+    sg_jobs_cancel(h->jobs, r->job_id);
+    return send_error(r, E_DRAINING, NULL, "the service is shutting down");
+  }
+  return sync_answer(r);
+}
+
+static enum MHD_Result h_healthz(req *r) {
+  json_t *o = json_object();
+  json_object_set_new(o, "status", json_string("ok"));
+  return send_json(r, 200, o);
+}
+
+static enum MHD_Result h_readyz(req *r) {
+  if (atomic_load(&r->h->draining)) return send_error(r, E_DRAINING, NULL, "the service is shutting down");
+  if (!atomic_load(&r->h->ready)) return send_error(r, E_NOT_READY, NULL, "the model is still loading");
+  json_t *o = json_object();
+  json_object_set_new(o, "status", json_string("ready"));
+  return send_json(r, 200, o);
+}
+
+static enum MHD_Result h_metrics(req *r) {
+  sg_http *h = r->h;
+  sg_jobs_stats js;
+  int ready = atomic_load(&h->ready);
+  sg_metrics_state st = {ready, atomic_load(&h->draining), -1, NULL};
+  if (ready && sg_jobs_stats_get(h->jobs, &js) == 0) st.jobs = &js;
+  const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+  if (di) st.connections = (int32_t)di->num_connections;
+  char *text = sg_metrics_render(h->metrics, &st);
+  if (!text) return send_error(r, E_INTERNAL, NULL, "out of memory");
+  size_t n = strlen(text);
+  struct MHD_Response *resp = MHD_create_response_from_buffer(n, text, MHD_RESPMEM_MUST_FREE);
+  if (!resp) {
+    free(text);
+    return MHD_NO;
+  }
+  MHD_add_response_header(resp, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
+  return send_response(r, 200, resp, n);
+}
+
+static enum MHD_Result h_info(req *r) {
+  sg_http *h = r->h;
+  const sg_http_params *P = &h->p;
+  json_t *o = json_object(), *lim = json_object(), *def = json_object(), *samplers = json_array();
+  json_object_set_new(o, "service", json_string("sketchguide"));
+  json_object_set_new(o, "version", json_string(h->version));
+  json_object_set_new(o, "ready", json_boolean(atomic_load(&h->ready) && !atomic_load(&h->draining)));
+  json_object_set_new(o, "auth", json_boolean(h->token != NULL));
+  if (atomic_load(&h->ready)) {
+    const sg_model_info *m = h->model;
+    sg_jobs_stats js;
+    sg_jobs_stats_get(h->jobs, &js);
+    json_t *mo = json_object();
+    json_object_set_new(mo, "name", json_string(m->name));
+    json_object_set_new(mo, "image_size", json_integer(m->image_size));
+    json_object_set_new(mo, "has_lgp", json_boolean(m->has_lgp));
+    json_object_set_new(mo, "dtype", json_string(m->dtype));
+    json_object_set_new(mo, "devices", json_string(h->devices));
+    json_object_set_new(mo, "workers", json_integer(js.workers));
+    json_object_set_new(o, "model", mo);
+    sg_job_request d = sg_jobs_default_request(h->jobs);
+    json_object_set_new(def, "steps", json_integer(d.steps < P->max_steps ? d.steps : P->max_steps));
+    json_object_set_new(def, "cfg", json_real(d.cfg));
+    json_object_set_new(def, "beta", json_real(d.beta));
+    json_object_set_new(def, "stop", json_real(d.stop));
+    json_object_set_new(def, "eta", json_real(d.eta));
+    json_object_set_new(def, "sampler", json_string(sg_sampler_kind_name(d.sampler)));
+  } else {
+    json_object_set_new(o, "model", json_null());
+  }
+  json_object_set_new(def, "n", json_integer(1));
+  json_object_set_new(def, "invert", json_string("auto"));
+  json_object_set_new(def, "seed", json_string("random"));
+  json_object_set_new(def, "timeout_ms", json_integer(P->default_timeout_ms));
+  json_object_set_new(o, "defaults", def);
+  json_object_set_new(lim, "max_body_bytes", json_integer(P->max_body_bytes));
+  json_object_set_new(lim, "max_image_pixels", json_integer(P->max_image_pixels));
+  json_object_set_new(lim, "max_steps", json_integer(P->max_steps));
+  json_object_set_new(lim, "max_images", json_integer(P->max_images));
+  json_object_set_new(lim, "max_prompt_bytes", json_integer(P->max_prompt_bytes));
+  json_object_set_new(lim, "max_timeout_ms", json_integer(P->max_timeout_ms));
+  json_object_set_new(lim, "max_connections", json_integer(P->max_connections));
+  if (atomic_load(&h->ready)) {
+    sg_jobs_stats js;
+    sg_jobs_stats_get(h->jobs, &js);
+    json_object_set_new(lim, "max_queue", json_integer(js.max_queue));
+  }
+  json_object_set_new(o, "limits", lim);
+  for (int k = 0; k < 4; k++) json_array_append_new(samplers, json_string(sg_sampler_kind_name((sg_sampler_kind)k)));
+  json_object_set_new(o, "samplers", samplers);
+  return send_json(r, 200, o);
+}
+
+/* Looks the path's job up; on failure sends 404 or 410 and returns 1. */
+static int job_missing(req *r, int rc, enum MHD_Result *ret) {
+  if (!rc) return 0;
+  char id[48];
+  safe_name(r->id, id, sizeof id);
+  *ret = rc == SG_JOBS_EEXPIRED ? send_error(r, E_GONE, NULL, "job %s has expired (finished jobs are kept a while)", id)
+                                : send_error(r, E_NOT_FOUND, NULL, "no job %s", id);
+  return 1;
+}
+
+static int not_ready(req *r, enum MHD_Result *ret) {
+  if (atomic_load(&r->h->ready)) return 0;
+  *ret = send_error(r, E_NOT_READY, NULL, "the model is still loading");
+  return 1;
+}
+
+static enum MHD_Result h_job_get(req *r) {
+  enum MHD_Result ret;
+  if (not_ready(r, &ret)) return ret;
+  sg_job_status st;
+  if (job_missing(r, sg_jobs_status(r->h->jobs, r->id, &st), &ret)) return ret;
+  memcpy(r->job_id, st.id, sizeof r->job_id);
+  return send_json(r, 200, status_json(&st));
+}
+
+static enum MHD_Result h_job_delete(req *r) {
+  enum MHD_Result ret;
+  if (not_ready(r, &ret)) return ret;
+  int rc = sg_jobs_cancel(r->h->jobs, r->id);
+  if (rc == SG_JOBS_EFINISHED) return send_error(r, E_CONFLICT, NULL, "the job has already finished");
+  if (job_missing(r, rc, &ret)) return ret;
+  sg_job_status st;
+  if (job_missing(r, sg_jobs_status(r->h->jobs, r->id, &st), &ret)) return ret;
+  memcpy(r->job_id, st.id, sizeof r->job_id);
+  /* a running job stops at its next step: accepted, not done */
+  return send_json(r, st.state == SG_JOB_RUNNING ? 202 : 200, status_json(&st));
+}
+
+static enum MHD_Result h_job_image(req *r) {
+  enum MHD_Result ret;
+  if (not_ready(r, &ret)) return ret;
+  uint8_t *png = NULL;
+  size_t len = 0;
+  int rc = sg_jobs_image(r->h->jobs, r->id, r->index, &png, &len);
+  if (rc == SG_JOBS_ENOIMAGE) {
+    sg_job_status st;
+    if (job_missing(r, sg_jobs_status(r->h->jobs, r->id, &st), &ret)) return ret;
+    if (st.state == SG_JOB_QUEUED || st.state == SG_JOB_RUNNING)
+      return send_error(r, E_CONFLICT, NULL, "the job is %s; its images are not ready", sg_job_state_name(st.state));
+    return send_error(r, E_NOT_FOUND, NULL, "the job (%s) has no image %d", sg_job_state_name(st.state),
+                      (int)r->index);
+  }
+  if (rc == SG_JOBS_ENOMEM) return send_error(r, E_INTERNAL, NULL, "out of memory");
+  if (job_missing(r, rc, &ret)) return ret;
+  snprintf(r->job_id, sizeof r->job_id, "%s", r->id);
+  struct MHD_Response *resp = MHD_create_response_from_buffer(len, png, MHD_RESPMEM_MUST_FREE);
+  if (!resp) {
+    free(png);
+    return MHD_NO;
+  }
+  MHD_add_response_header(resp, "Content-Type", "image/png");
+  return send_response(r, 200, resp, len);
+}
+
+/* ---- server-sent events ---- */
+
+/* Appends one event to the stream's buffer; r->mu held. */
+static void stream_push_locked(req *r, const char *event, json_t *data) {
+  char *text = data ? json_dumps(data, JSON_COMPACT | JSON_REAL_PRECISION(15)) : NULL;
+  if (!text) {
+    r->gone = 1; /* out of memory: end the stream rather than lose events silently */
+    return;
+  }
+  char headl[64];
+  int n = snprintf(headl, sizeof headl, "event: %s\ndata: ", event);
+  if (buf_add(&r->ev, headl, (size_t)n) || buf_add(&r->ev, text, strlen(text)) || buf_add(&r->ev, "\n\n", 2))
+    r->gone = 1;
+  free(text);
+}
+
+static void on_stream_event(void *user, const sg_job_event *ev) {
+  req *r = user;
+  json_t *o = json_object();
+  if (o) {
+    json_object_set_new(o, "id", json_string(ev->id));
+    json_object_set_new(o, "status", json_string(sg_job_state_name(ev->state)));
+    json_object_set_new(o, "step", json_integer(ev->step));
+    json_object_set_new(o, "total", json_integer(ev->total));
+    if (ev->kind == SG_JOB_EVENT_END) {
+      if (ev->error != SG_JOB_ERR_NONE) {
+        json_t *e = json_object();
+        json_object_set_new(e, "code", json_string(sg_job_error_name(ev->error)));
+        json_object_set_new(e, "message", json_string(ev->message));
+        json_object_set_new(o, "error", e);
+      } else {
+        json_object_set_new(o, "error", json_null());
+      }
+      json_t *imgs = json_array();
+      for (int32_t i = 0; i < ev->n_images; i++) {
+        char url[128];
+        snprintf(url, sizeof url, "/v1/jobs/%s/images/%d", ev->id, (int)i);
+        json_array_append_new(imgs, json_string(url));
+      }
+      json_object_set_new(o, "images", imgs);
+    }
+  }
+  pthread_mutex_lock(&r->mu);
+  stream_push_locked(r, ev->kind == SG_JOB_EVENT_END ? "end" : "progress", o);
+  if (ev->kind == SG_JOB_EVENT_END) r->ev_end = 1;
+  resume_locked(r);
+  pthread_mutex_unlock(&r->mu);
+  json_decref(o);
+}
+
+/* libmicrohttpd's content reader of an event stream: what is buffered, the end, or a suspension until more. */
+static ssize_t stream_read(void *cls, uint64_t pos, char *out, size_t max) {
+  req *r = cls;
+  ssize_t ret;
+  pthread_mutex_lock(&r->mu);
+  if (r->ev.len > r->ev_off) {
+    size_t n = r->ev.len - r->ev_off < max ? r->ev.len - r->ev_off : max;
+    memcpy(out, r->ev.data + r->ev_off, n);
+    r->ev_off += n;
+    if (r->ev_off == r->ev.len) r->ev.len = r->ev_off = 0;
+    r->bytes += n;
+    ret = (ssize_t)n;
+  } else if (r->gone) {
+    ret = MHD_CONTENT_READER_END_WITH_ERROR;
+  } else if (r->ev_end) {
+    ret = MHD_CONTENT_READER_END_OF_STREAM;
+  } else {
+    ret = suspend_locked(r) ? 0 : MHD_CONTENT_READER_END_WITH_ERROR;
+  }
+  pthread_mutex_unlock(&r->mu);
+  return ret;
+}
+
+static enum MHD_Result h_job_events(req *r) {
+  enum MHD_Result ret;
+  if (not_ready(r, &ret)) return ret;
+  sg_http *h = r->h;
+  sg_job_status st;
+  if (job_missing(r, sg_jobs_status(h->jobs, r->id, &st), &ret)) return ret;
+  json_t *o = status_json(&st);
+  pthread_mutex_lock(&r->mu);
+  stream_push_locked(r, "status", o);
+  pthread_mutex_unlock(&r->mu);
+  json_decref(o);
+  r->ph = PH_STREAM;
+  reg_add(r);
+  if (job_missing(r, sg_jobs_watch(h->jobs, r->id, on_stream_event, r, &r->watch), &ret)) return ret;
+  struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, r, NULL);
+  if (!resp) return MHD_NO;
+  MHD_add_response_header(resp, "Content-Type", "text/event-stream");
+  MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+  snprintf(r->job_id, sizeof r->job_id, "%s", st.id);
+  return send_response(r, 200, resp, 0);
+}
+
+/* ---- routing ---- */
+
+static const route ROUTES[] = {
+    {"GET", "/healthz", h_healthz, R_OPEN | R_HEAD},
+    {"GET", "/readyz", h_readyz, R_OPEN | R_HEAD},
+    {"GET", "/metrics", h_metrics, R_METRICS | R_HEAD},
+    {"GET", "/v1/info", h_info, R_HEAD},
+    {"POST", "/v1/generate", h_generate, R_BODY},
+    {"GET", "/v1/jobs/{id}", h_job_get, R_HEAD},
+    {"DELETE", "/v1/jobs/{id}", h_job_delete, 0},
+    {"GET", "/v1/jobs/{id}/images/{i}", h_job_image, R_HEAD},
+    {"GET", "/v1/jobs/{id}/events", h_job_events, 0},
+};
+#define N_ROUTES (sizeof ROUTES / sizeof *ROUTES)
+
+/* Matches url against pattern, filling r->id and r->index. Returns 1 on a match. */
+static int path_match(const char *pattern, const char *url, req *r) {
+  const char *p = pattern, *u = url;
+  while (*p && *u) {
+    if (*p == '{') {
+      const char *pe = strchr(p, '}');
+      const char *ue = strchr(u, '/');
+      size_t n = ue ? (size_t)(ue - u) : strlen(u);
+      if (n == 0 || !pe) return 0;
+      if (!strncmp(p, "{id}", 4)) {
+        if (n >= sizeof r->id) return 0;
+        memcpy(r->id, u, n);
+        r->id[n] = 0;
+      } else {
+        if (n > 6) return 0;
+        int32_t v = 0;
+        for (size_t k = 0; k < n; k++) {
+          if (u[k] < '0' || u[k] > '9') return 0;
+          v = v * 10 + (u[k] - '0');
+        }
+        r->index = v;
+      }
+      p = pe + 1;
+      u += n;
+      continue;
+    }
+    if (*p != *u) return 0;
+    p++;
+    u++;
+  }
+  return !*p && !*u;
+}
+
+/* Finds the route of (method, url); on no match sets *path_known when another method has the path and writes
+ * those methods to r->allow. */
+static const route *route_find(req *r, const char *method, const char *url, int *path_known) {
+  const route *found = NULL;
+  char allow[64] = "";
+  *path_known = 0;
+  for (size_t i = 0; i < N_ROUTES; i++) {
+    if (!path_match(ROUTES[i].pattern, url, r)) continue;
+    *path_known = 1;
+    size_t n = strlen(allow);
+    snprintf(allow + n, sizeof allow - n, "%s%s%s", n ? ", " : "", ROUTES[i].method,
+             ROUTES[i].flags & R_HEAD ? ", HEAD" : "");
+    if (!found && (!strcmp(method, ROUTES[i].method) || (!strcmp(method, "HEAD") && (ROUTES[i].flags & R_HEAD))))
+      found = &ROUTES[i];
+  }
+  size_t n = strlen(allow);
+  snprintf(allow + n, sizeof allow - n, "%sOPTIONS", n ? ", " : "");
+  snprintf(r->allow, sizeof r->allow, "%s", allow);
+  if (found) path_match(found->pattern, url, r); /* its own parameters */
+  return found;
+}
+
+/* Returns libmicrohttpd's copy of the request's Origin when CORS allows it, else NULL. */
+static const char *allowed_origin(sg_http *h, struct MHD_Connection *c) {
+  if (!h->n_origins && !h->any_origin) return NULL;
+  const char *o = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Origin");
+  if (!o || !*o) return NULL;
+  if (h->any_origin) return o;
+  for (int32_t i = 0; i < h->n_origins; i++)
+    if (!strcasecmp(o, h->origins[i])) return o;
+  return NULL;
+}
+
+/* Compares a presented token with the configured one in time that depends only on their lengths. */
+static int token_equal(const char *given, const char *want) {
+  size_t gn = strlen(given), wn = strlen(want);
+  volatile unsigned char d = gn != wn;
+  for (size_t i = 0; i < wn; i++) d |= (unsigned char)(want[i] ^ (i < gn ? given[i] : 0));
+  return d == 0;
+}
+
+static int authorized(sg_http *h, struct MHD_Connection *c) {
+  const char *a = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+  if (!a || strncasecmp(a, "Bearer ", 7)) return 0;
+  a += 7;
+  while (*a == ' ') a++;
+  return token_equal(a, h->token);
+}
+
+static enum MHD_Result options_answer(req *r) {
+  struct MHD_Response *resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+  if (!resp) return MHD_NO;
+  MHD_add_response_header(resp, "Allow", r->allow);
+  if (r->origin) {
+    MHD_add_response_header(resp, "Access-Control-Allow-Methods", r->allow);
+    MHD_add_response_header(resp, "Access-Control-Allow-Headers", "Authorization, Content-Type, Prefer, Accept");
+    MHD_add_response_header(resp, "Access-Control-Max-Age", "600");
+  }
+  return send_response(r, 204, resp, 0);
+}
+
+/* The first call of a request: route, auth, early refusals (answered before the body, which is then skipped),
+ * and the body's parser. */
+static enum MHD_Result first_call(req *r, const char *url, const char *method) {
+  sg_http *h = r->h;
+  struct MHD_Connection *c = r->conn;
+  r->origin = allowed_origin(h, c);
+  int known = 0;
+  if (!strcmp(method, "OPTIONS")) {
+    route_find(r, "OPTIONS", url, &known);
+    if (!known) return send_error(r, E_NOT_FOUND, NULL, "no such route");
+    return options_answer(r);
+  }
+  r->rt = route_find(r, method, url, &known);
+  if (!r->rt) {
+    if (known) return send_error(r, E_METHOD, NULL, "%s is not allowed here (allowed: %s)", r->method, r->allow);
+    return send_error(r, E_NOT_FOUND, NULL, "no such route");
+  }
+  int needs_token = h->token && !(r->rt->flags & R_OPEN) && (!(r->rt->flags & R_METRICS) || h->p.metrics_require_token);
+  if (needs_token && !authorized(h, c)) return send_error(r, E_UNAUTHORIZED, NULL, "a valid bearer token is required");
+  const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+  if (cl) {
+    char *end;
+    errno = 0;
+    unsigned long long n = strtoull(cl, &end, 10);
+    if (!errno && end != cl && n > (unsigned long long)h->p.max_body_bytes)
+      return send_error(r, E_TOO_LARGE, NULL, "the body (%llu bytes) is over the limit of %lld bytes", n,
+                        (long long)h->p.max_body_bytes);
+  }
+  if (!(r->rt->flags & R_BODY)) {
+    r->body = BODY_DISCARD;
+    return MHD_YES;
+  }
+  enum MHD_Result ret;
+  if (work_refused(r, &ret)) return ret;
+  const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+  if (ct && !strncasecmp(ct, "multipart/form-data", 19)) {
+    r->body = BODY_MULTIPART;
+    r->pp = MHD_create_post_processor(c, PP_BUFFER, on_part, r);
+    if (!r->pp) return send_error(r, E_BAD_REQUEST, NULL, "multipart/form-data needs a boundary parameter");
+    return MHD_YES;
+  }
+  if (ct && !strncasecmp(ct, "application/json", 16)) {
+    r->body = BODY_JSON;
+    return MHD_YES;
+  }
+  return send_error(r, E_UNSUPPORTED, NULL, "the body must be multipart/form-data or application/json");
+}
+
+/* One piece of the body: counted against the limit, then parsed (multipart), kept (JSON) or dropped. */
+static void body_chunk(req *r, const char *data, size_t n) {
+  uint64_t limit = (uint64_t)r->h->p.max_body_bytes;
+  r->received += n;
+  if (r->received > limit) {
+    record_error(r, E_TOO_LARGE, NULL, "the body is over the limit of %llu bytes", (unsigned long long)limit);
+    if (r->received > 2 * limit) r->abort_conn = 1; /* stop draining an endless chunked body */
+    return;
+  }
+  if (r->has_err) return;
+  if (r->body == BODY_MULTIPART && r->pp) {
+    if (MHD_post_process(r->pp, data, n) != MHD_YES)
+      record_error(r, E_BAD_REQUEST, NULL, "malformed multipart/form-data body");
+  } else if (r->body == BODY_JSON) {
+    if (buf_add(&r->raw, data, n)) record_error(r, E_INTERNAL, NULL, "out of memory");
+  }
+}
+
+static req *req_new(sg_http *h, struct MHD_Connection *c, const char *url, const char *method) {
+  req *r = calloc(1, sizeof *r);
+  if (!r) return NULL;
+  if (pthread_mutex_init(&r->mu, NULL)) {
+    free(r);
+    return NULL;
+  }
+  r->mu_ok = 1;
+  r->h = h;
+  r->conn = c;
+  r->t0 = now_s();
+  r->fd = -1;
+  r->last_param = -1;
+  static const char *const known[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"};
+  snprintf(r->method, sizeof r->method, "OTHER");
+  for (size_t i = 0; i < sizeof known / sizeof *known; i++)
+    if (!strcmp(method, known[i])) snprintf(r->method, sizeof r->method, "%s", known[i]);
+  safe_name(url, r->path, sizeof r->path);
+  return r;
+}
+
+static void req_free(req *r) {
+  if (r->pp) MHD_destroy_post_processor(r->pp);
+  buf_free(&r->raw);
+  for (int i = 0; i < P_COUNT; i++) buf_free(&r->vals[i]);
+  for (int32_t i = 0; i < r->n_png; i++) free(r->png[i]);
+  buf_free(&r->ev);
+  if (r->mu_ok) pthread_mutex_destroy(&r->mu);
+  free(r);
+}
+
+static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                                 const char *version, const char *upload, size_t *upload_size, void **con_cls) {
+  sg_http *h = cls;
+  req *r = *con_cls;
+  if (!r) {
+    if (!(r = req_new(h, c, url, method))) return MHD_NO;
+    *con_cls = r;
+    return first_call(r, url, method);
+  }
+  if (r->responded) { /* answered early: the body is being skipped */
+    *upload_size = 0;
+    return MHD_YES;
+  }
+  if (*upload_size) {
+    body_chunk(r, upload, *upload_size);
+    *upload_size = 0;
+    return r->abort_conn ? MHD_NO : MHD_YES;
+  }
+  if (r->has_err && r->ph == PH_NEW) return send_recorded(r);
+  return r->rt->fn(r);
+}
+
+/* The one place where a request's state is freed: after its response was sent, or its connection failed. */
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe) {
+  sg_http *h = cls;
+  req *r = *con_cls;
+  if (!r) return;
+  *con_cls = NULL;
+  if (r->watch) {
+    sg_jobs_unwatch(r->watch); /* no callback runs after this: nobody resumes a closed connection */
+    r->watch = NULL;
+  }
+  int cancelled = 0;
+  pthread_mutex_lock(&r->mu);
+  int unfinished = r->ph == PH_WAIT && r->job_id[0] && !r->done;
+  pthread_mutex_unlock(&r->mu);
+  if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && unfinished)
+    cancelled = sg_jobs_cancel(h->jobs, r->job_id) == 0;
+  reg_remove(r);
+  double ms = (now_s() - r->t0) * 1000.0;
+  int status = r->responded ? r->status : 499; /* 499: the client went away before an answer */
+  static const char *const why[] = {"", " (connection failed)", " (timed out)", " (server stopped)",
+                                    " (read failed)", " (client left)"};
+  logf_(h, SG_JOBS_LOG_INFO, "%s %s %d %llu B %.1f ms%s%s%s%s", r->method, r->path, status,
+        (unsigned long long)r->bytes, ms, r->job_id[0] ? " job=" : "", r->job_id,
+        toe < sizeof why / sizeof *why ? why[toe] : " (aborted)", cancelled ? "; job cancelled" : "");
+  sg_metrics_request(h->metrics, r->method, r->rt ? r->rt->pattern : "other", status, ms / 1000.0);
+  req_free(r);
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap) {
+  sg_http *h = cls;
+  char line[512];
+  vsnprintf(line, sizeof line, fmt, ap);
+  size_t n = strlen(line);
+  while (n && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = 0;
+  if (h->starting) snprintf(h->start_err, sizeof h->start_err, "%s", line);
+  logf_(h, SG_JOBS_LOG_DEBUG, "libmicrohttpd: %s", line);
+}
+
+/* ---- public ---- */
+
+sg_http_params sg_http_default_params(void) {
+  sg_http_params p;
+  memset(&p, 0, sizeof p);
+  p.host = "127.0.0.1";
+  p.port = 8080;
+  p.threads = 2;
+  p.max_connections = 256;
+  p.connection_timeout_s = 30;
+  p.max_body_bytes = 16 * 1024 * 1024;
+  p.max_image_pixels = 4096 * 4096;
+  p.max_steps = 150;
+  p.max_images = 4;
+  p.max_prompt_bytes = 2000;
+  p.default_timeout_ms = 300000;
+  p.max_timeout_ms = 3600000;
+  p.version = "unknown";
+  return p;
+}
+
+static char *dup_or_null(const char *s) { return s && *s ? strdup(s) : NULL; }
+
+static void destroy(sg_http *h) {
+  if (h->origins) {
+    for (int32_t i = 0; i < h->n_origins; i++) free(h->origins[i]);
+    free(h->origins);
+  }
+  if (h->token) {
+    memset(h->token, 0, strlen(h->token));
+    free(h->token);
+  }
+  free(h->host);
+  free(h->cors);
+  free(h->version);
+  pthread_cond_destroy(&h->cv);
+  pthread_mutex_destroy(&h->mu);
+  free(h);
+}
+
+sg_http *sg_http_start(sg_http_params p, sg_metrics *metrics, char *err, size_t errlen) {
+  if (err && errlen) *err = 0;
+  if (!metrics || p.port < 0 || p.port > 65535 || p.threads < 1 || p.threads > 64 || p.max_connections < 1 ||
+      p.max_body_bytes < 1 || p.max_image_pixels < 1 || p.max_steps < 1 || p.max_images < 1 ||
+      p.max_images > SG_JOBS_MAX_IMAGES || p.max_prompt_bytes < 1 || p.default_timeout_ms < 1 ||
+      p.max_timeout_ms < p.default_timeout_ms || p.connection_timeout_s < 0) {
+    sg_set_err(err, errlen, "http: bad parameters");
+    return NULL;
+  }
+  if (p.threads > p.max_connections) p.threads = p.max_connections; /* each loop needs a share of the limit */
+  sg_http *h = calloc(1, sizeof *h);
+  if (!h) {
+    sg_set_err(err, errlen, "out of memory");
+    return NULL;
+  }
+  if (pthread_mutex_init(&h->mu, NULL)) {
+    free(h);
+    sg_set_err(err, errlen, "out of memory");
+    return NULL;
+  }
+  pthread_cond_init(&h->cv, NULL);
+  h->p = p;
+  h->metrics = metrics;
+  h->host = strdup(p.host ? p.host : "127.0.0.1");
+  h->token = dup_or_null(p.token);
+  h->cors = dup_or_null(p.cors_origins);
+  h->version = strdup(p.version ? p.version : "unknown");
+  int oom = !h->host || !h->version || (p.token && *p.token && !h->token) || (p.cors_origins && *p.cors_origins && !h->cors);
+  for (const char *s = h->cors; s && *s && !oom;) { /* the origin list */
+    const char *e = strchr(s, ',');
+    size_t n = e ? (size_t)(e - s) : strlen(s);
+    while (n && *s == ' ') s++, n--;
+    while (n && s[n - 1] == ' ') n--;
+    if (n == 1 && *s == '*') {
+      h->any_origin = 1;
+    } else if (n) {
+      char **o = realloc(h->origins, sizeof *o * (size_t)(h->n_origins + 1));
+      if (!o || !(o[h->n_origins] = strndup(s, n))) {
+        if (o) h->origins = o;
+        oom = 1;
+        break;
+      }
+      h->origins = o;
+      h->n_origins++;
+    }
+    if (!e) break;
+    s = e + 1;
+  }
+  p.host = h->host;
+  h->p.host = h->host;
+  h->p.token = h->token;
+  h->p.cors_origins = h->cors;
+  h->p.version = h->version;
+  if (oom) {
+    destroy(h);
+    sg_set_err(err, errlen, "out of memory");
+    return NULL;
+  }
+  /* the address */
+  struct addrinfo hints, *ai = NULL;
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  char port[16];
+  snprintf(port, sizeof port, "%d", (int)p.port);
+  int gai = getaddrinfo(h->host, port, &hints, &ai);
+  if (gai || !ai) {
+    sg_set_err(err, errlen, "host: cannot resolve '%s': %s", h->host, gai ? gai_strerror(gai) : "no address");
+    if (ai) freeaddrinfo(ai);
+    destroy(h);
+    return NULL;
+  }
+  struct sockaddr_storage sa;
+  memset(&sa, 0, sizeof sa);
+  memcpy(&sa, ai->ai_addr, ai->ai_addrlen < sizeof sa ? ai->ai_addrlen : sizeof sa);
+  int v6 = ai->ai_family == AF_INET6;
+  freeaddrinfo(ai);
+  unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG |
+                   (v6 ? MHD_USE_IPv6 : 0);
+  h->starting = 1;
+  struct MHD_OptionItem pool[] = {
+      {p.threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, (intptr_t)p.threads, NULL},
+      {MHD_OPTION_END, 0, NULL},
+  };
+  h->d = MHD_start_daemon(flags, (uint16_t)p.port, NULL, NULL, on_access, h,    //
+                          MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h,               //
+                          MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,         //
+                          MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,         //
+                          MHD_OPTION_CONNECTION_LIMIT, (unsigned)p.max_connections, //
+                          MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)p.connection_timeout_s, //
+                          MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,      //
+                          MHD_OPTION_ARRAY, pool,                               //
+                          MHD_OPTION_END);
+  h->starting = 0;
+  if (!h->d) {
+    sg_set_err(err, errlen, "cannot listen on %s port %d%s%s", h->host, (int)p.port, h->start_err[0] ? ": " : "",
+               h->start_err);
+    destroy(h);
+    return NULL;
+  }
+  const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
+  h->port = di && di->port ? di->port : p.port;
+  if (pthread_create(&h->wd, NULL, watchdog_main, h)) {
+    MHD_stop_daemon(h->d);
+    destroy(h);
+    sg_set_err(err, errlen, "cannot start the watchdog thread");
+    return NULL;
+  }
+  h->wd_started = 1;
+  logf_(h, SG_JOBS_LOG_DEBUG, "%s: %d event-loop thread(s), at most %d connections, auth %s, CORS %s", __func__,
+        (int)p.threads, (int)p.max_connections, h->token ? "on" : "off", h->cors ? h->cors : "off");
+  return h;
+}
+
+int32_t sg_http_port(const sg_http *h) { return h ? h->port : -1; }
+
+void sg_http_attach(sg_http *h, sg_jobs *jobs, const sg_model_info *model, const char *devices) {
+  if (!h || !jobs || !model) return;
+  h->jobs = jobs;
+  h->model = model;
+  snprintf(h->devices, sizeof h->devices, "%s", devices ? devices : "");
+  atomic_store(&h->ready, 1); /* sequentially consistent: jobs and model are visible to whoever sees ready */
+}
+
+void sg_http_drain(sg_http *h) {
+  if (h) atomic_store(&h->draining, 1);
+}
+
+void sg_http_stop(sg_http *h, double grace_s) {
+  if (!h) return;
+  atomic_store(&h->draining, 1);
+  pthread_mutex_lock(&h->mu);
+  double end = now_s() + (grace_s > 0 ? grace_s : 0);
+  while (h->n_waiting > 0 && now_s() < end) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += 50 * 1000000L;
+    ts.tv_sec += ts.tv_nsec / 1000000000L;
+    ts.tv_nsec %= 1000000000L;
+    pthread_cond_timedwait(&h->cv, &h->mu, &ts);
+  }
+  if (h->n_waiting > 0) logf_(h, SG_JOBS_LOG_WARN, "%s: closing %d waiting request(s)", __func__, (int)h->n_waiting);
+  atomic_store(&h->stopping, 1);
+  for (req *r = h->waiting; r; r = r->wnext) { /* libmicrohttpd must not be stopped with suspended connections */
+    pthread_mutex_lock(&r->mu);
+    r->gone = 1;
+    resume_locked(r);
+    pthread_mutex_unlock(&r->mu);
+  }
+  h->wd_stop = 1;
+  pthread_cond_broadcast(&h->cv);
+  pthread_mutex_unlock(&h->mu);
+  if (h->wd_started) pthread_join(h->wd, NULL);
+  MHD_stop_daemon(h->d);
+  destroy(h);
+}
