@@ -324,23 +324,13 @@ int sg_generate(sg_model *m, const sg_generate_params *p, sg_result *out, char *
       goto done;
     }
     if (i < guided) {
-      /* alpha = beta ||z_t - z_prev|| / ||g||, per image */
-      for (int32_t k = 0; k < g.n; k++) {
-        const float *zk = g.z + k * g.len, *pk = g.tmp + k * g.len, *gk = g.grad + k * g.len;
-        double move = 0, gn = 0;
-        for (size_t j = 0; j < g.len; j++) {
-          double d = (double)zk[j] - pk[j];
-          move += d * d;
-          gn += (double)gk[j] * gk[j];
-        }
-        if (gn > 0) {
-          float alpha = (float)(p->beta * sqrt(move) / sqrt(gn));
-          float *dst = g.tmp + k * g.len;
-          for (size_t j = 0; j < g.len; j++) dst[j] -= alpha * gk[j];
-        }
-      }
+      /* alpha = beta ||z_t - z_prev|| / ||g||, per image (one beta per call here) */
+      float betas[MAX_IMAGES];
+      for (int32_t k = 0; k < g.n; k++) betas[k] = (float)p->beta;
+      if (ts_guidance_move(g.tmp, g.z, g.grad, betas, g.n, (int64_t)g.len)) goto runtime;
     }
     memcpy(g.z, g.tmp, tot * sizeof(float));
+    if (p->trace) memcpy(p->trace + (size_t)i * tot, g.z, tot * sizeof(float));
     tm->sampler += now_s() - s1;
     if (p->progress && p->progress(p->progress_user, i + 1, p->steps)) {
       rc = SG_GENERATE_ECANCEL;

@@ -47,6 +47,7 @@ typedef struct {
   void *progress_user;
   const volatile int *cancel;  /* checked between steps when not NULL */
   int profile;                 /* 1: wait for the device at each boundary so that the timings are exact on a GPU */
+  float *trace;                /* NULL, or steps x n_images x latent floats that get the latents after each step */
 } sg_generate_params;
 
 /* Where a call's wall-clock time went, in seconds. */

@@ -168,6 +168,32 @@ static void test_model(const char *dir) {
   json_decref(man);
 }
 
+/* The guidance move: per image, z_prev -= beta ||z - z_prev|| / ||g|| g; a zero gradient moves nothing. */
+static void test_guidance_move(void) {
+  enum { N = 3, L = 37 };
+  float z[N * L], zp[N * L], g[N * L], want[N * L], beta[N] = {1.6f, 0.5f, 2.0f};
+  for (int i = 0; i < N * L; i++) {
+    z[i] = sinf(0.37f * i);
+    zp[i] = z[i] + 0.01f * cosf(1.3f * i);
+    g[i] = i / L == 2 ? 0.0f : cosf(0.11f * i * i);
+  }
+  for (int k = 0; k < N; k++) {
+    double move = 0, gn = 0;
+    for (int j = 0; j < L; j++) {
+      double d = (double)z[k * L + j] - zp[k * L + j];
+      move += d * d;
+      gn += (double)g[k * L + j] * g[k * L + j];
+    }
+    double alpha = gn > 0 ? beta[k] * sqrt(move) / sqrt(gn) : 0;
+    for (int j = 0; j < L; j++) want[k * L + j] = (float)(zp[k * L + j] - alpha * g[k * L + j]);
+  }
+  CHECK(ts_guidance_move(zp, z, g, beta, N, L) == 0, "guidance move: %s", ts_last_error());
+  double worst = 0;
+  for (int i = 0; i < N * L; i++) worst = fmax(worst, fabs(zp[i] - want[i]));
+  CHECK(worst < 1e-6, "guidance move differs by %g", worst);
+  CHECK(ts_guidance_move(NULL, z, g, beta, N, L) == TS_ERROR, "guidance move without output");
+}
+
 int main(int argc, char **argv) {
   if (argc != 3) {
     fprintf(stderr, "usage: %s MODEL_DIR RANDN.json\n", argv[0]);
@@ -175,6 +201,7 @@ int main(int argc, char **argv) {
   }
   CHECK(ts_set_threads(2) == 0, "threads");
   test_randn(argv[2]);
+  test_guidance_move();
   FILE *f = fopen(in_dir(argv[1], "lgp.pt"), "rb");
   if (!f) {
     printf("%s has no LGP: model tests skipped\n", argv[1]);
