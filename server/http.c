@@ -1349,7 +1349,8 @@ static enum MHD_Result h_job_image(req *r) {
   }
   if (rc == SG_JOBS_ENOMEM) return send_error(r, E_INTERNAL, NULL, "out of memory");
   if (job_missing(r, rc, &ret)) return ret;
-  snprintf(r->job_id, sizeof r->job_id, "%s", r->id);
+  memcpy(r->job_id, r->id, SG_JOB_ID_LEN - 1); /* an image was found: r->id is a whole job id */
+  r->job_id[SG_JOB_ID_LEN - 1] = 0;
   struct MHD_Response *resp = MHD_create_response_from_buffer(len, png, MHD_RESPMEM_MUST_FREE);
   if (!resp) {
     free(png);

@@ -1,0 +1,876 @@
+"""The HTTP service through the real binary (`sketchguide serve` on port 0 with the bundled model): generation
+(sync PNG, several images as JSON, async with polling, images and events), cancellation (queued, running, client
+disconnect), every error status, limits, auth, CORS, settings, shutdown, concurrent clients, a multipart body split
+at every byte, and hostile input. Nothing here measures time: waits are polls with generous deadlines."""
+import base64
+import http.client
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+
+STAR = os.path.join(ROOT, "docs", "examples", "star.png")
+PROMPT = "a red star on a plain blue background"
+BOUNDARY = "sgTestBoundary0123456789"
+LONG = 150  # steps of a job that keeps a worker busy until it is cancelled
+
+
+def binary():
+    exe = os.environ.get("SKETCHGUIDE_BIN", os.path.join(ROOT, "build", "server", "sketchguide"))
+    if not os.path.exists(exe):
+        pytest.skip("no sketchguide binary at %s" % exe)
+    return exe
+
+
+def clean_env(**extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SKETCHGUIDE_") or k in ("SKETCHGUIDE_BIN",)}
+    env["OPENBLAS_NUM_THREADS"] = "1"
+    env.update(extra)
+    return env
+
+
+def wait_for(cond, timeout=60.0, what="condition"):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for " + what)
+
+
+class Server:
+    """A `sketchguide serve` process on a free port; its stderr goes to a file (self.log())."""
+
+    def __init__(self, *args, env=None):
+        self.errf = tempfile.TemporaryFile()
+        cmd = [binary(), "serve", "--port", "0", "--threads", "1", "--warmup-steps", "1"] + [str(a) for a in args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.errf, env=env or clean_env(), text=True)
+        line = self.proc.stdout.readline()
+        m = re.match(r"listening on http://(\S+):(\d+)$", line.strip())
+        if not m:
+            self.proc.kill()
+            raise AssertionError("no 'listening on' line: %r; log: %s" % (line, self.log()))
+        self.port = int(m.group(2))
+        line = self.proc.stdout.readline()
+        if not line.startswith("ready"):
+            self.proc.kill()
+            raise AssertionError("not ready: %r; log: %s" % (line, self.log()))
+
+    def log(self):
+        self.errf.seek(0)
+        return self.errf.read().decode("utf-8", "replace")
+
+    def request(self, method, path, body=None, headers=None, timeout=120):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            c.request(method, path, body=body, headers=headers or {})
+            r = c.getresponse()
+            data = r.read()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+        finally:
+            c.close()
+
+    def json(self, method, path, body=None, headers=None):
+        st, h, data = self.request(method, path, body, headers)
+        return st, h, json.loads(data) if data else None
+
+    def generate(self, fields=None, files=None, headers=None, **kw):
+        body, ctype = multipart(fields if fields is not None else default_fields(**kw), files)
+        hd = {"Content-Type": ctype}
+        hd.update(headers or {})
+        return self.request("POST", "/v1/generate", body, hd)
+
+    def submit_async(self, **kw):
+        st, h, data = self.generate(headers={"Prefer": "respond-async"}, **kw)
+        assert st == 202, data
+        return json.loads(data)["id"]
+
+    def status(self, job):
+        st, _, o = self.json("GET", "/v1/jobs/" + job)
+        assert st == 200, o
+        return o
+
+    def wait_state(self, job, states, timeout=120):
+        return wait_for(lambda: (lambda o: o if o["status"] in states else None)(self.status(job)), timeout,
+                        "job %s in %s" % (job, states))
+
+    def metrics(self):
+        st, _, data = self.request("GET", "/metrics")
+        assert st == 200
+        out = {}
+        for line in data.decode().splitlines():
+            if line and not line.startswith("#"):
+                k, v = line.rsplit(" ", 1)
+                out[k] = float(v)
+        return out
+
+    def stop(self, sig=signal.SIGTERM, timeout=120):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+        self.errf.close()
+
+
+def default_fields(steps=2, seed=7, **kw):
+    f = [("prompt", PROMPT), ("steps", steps), ("seed", seed)]
+    f += list(kw.items())
+    return f
+
+
+def star_bytes():
+    with open(STAR, "rb") as fh:
+        return fh.read()
+
+
+def multipart(fields, files=None, boundary=BOUNDARY):
+    """fields: (name, value) pairs; files: (name, filename, bytes) triples; the sketch defaults to the star."""
+    if files is None:
+        files = [("sketch", "star.png", star_bytes())]
+    out = io.BytesIO()
+    for k, v in fields:
+        v = v if isinstance(v, bytes) else str(v).encode()
+        out.write(b"--%s\r\nContent-Disposition: form-data; name=\"%s\"\r\n\r\n%s\r\n" % (boundary.encode(),
+                                                                                        k.encode(), v))
+    for k, fn, data in files:
+        out.write(b"--%s\r\nContent-Disposition: form-data; name=\"%s\"; filename=\"%s\"\r\n"
+                  b"Content-Type: application/octet-stream\r\n\r\n%s\r\n" % (boundary.encode(), k.encode(),
+                                                                            fn.encode(), data))
+    out.write(b"--%s--\r\n" % boundary.encode())
+    return out.getvalue(), "multipart/form-data; boundary=" + boundary
+
+
+def raw_exchange(port, pieces, pause=0.0, timeout=60):
+    """Sends pieces of one request on a fresh socket (pausing between them) and reads until the server closes."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        for i, p in enumerate(pieces):
+            if i and pause:
+                time.sleep(pause)
+            s.sendall(p)
+        chunks = []
+        while True:
+            try:
+                d = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not d:
+                break
+            chunks.append(d)
+        return b"".join(chunks)
+    finally:
+        s.close()
+
+
+def parse_raw(resp):
+    head, _, body = resp.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for l in lines[1:]:
+        k, _, v = l.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    if headers.get("transfer-encoding") == "chunked":
+        out, rest = b"", body
+        while rest:
+            size, _, rest = rest.partition(b"\r\n")
+            n = int(size, 16)
+            if n == 0:
+                break
+            out, rest = out + rest[:n], rest[n + 2:]
+        body = out
+    return status, headers, body
+
+
+def request_head(path, ctype, length, extra=""):
+    return ("POST %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: %s\r\n"
+            "Content-Length: %d\r\n%s\r\n" % (path, ctype, length, extra)).encode()
+
+
+def error_of(data):
+    e = json.loads(data)["error"]
+    assert set(e) == {"code", "message", "param"}
+    return e
+
+
+def png_info(data):
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    return im
+
+
+@pytest.fixture(scope="module")
+def srv():
+    s = Server()
+    yield s
+    assert s.stop() == 0
+    s.close()
+
+
+def cancel_all(s, ids):
+    for j in ids:
+        s.request("DELETE", "/v1/jobs/" + j)
+    for j in ids:
+        s.wait_state(j, ("succeeded", "failed", "cancelled"))
+
+
+# --- settings ---------------------------------------------------------------------------------------------------
+
+def test_defaults_match_config_file_and_docs():
+    r = subprocess.run([binary(), "serve", "--print-config"], capture_output=True, text=True, env=clean_env())
+    assert r.returncode == 0, r.stderr
+    printed = json.loads(r.stdout)
+    with open(os.path.join(ROOT, "config", "sketchguide.json")) as fh:
+        assert json.load(fh) == printed
+    with open(os.path.join(ROOT, "docs", "config.md")) as fh:
+        doc = fh.read()
+    for key in printed:
+        assert "`%s`" % key in doc, key
+
+
+def test_settings_precedence_and_errors(tmp_path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"port": 1234, "max_queue": 3, "log_level": "debug", "cors_origins": ["http://a.x"]}))
+
+    def pc(*args, **env):
+        return subprocess.run([binary(), "serve", "--print-config"] + list(args), capture_output=True, text=True,
+                              env=clean_env(**env))
+
+    o = json.loads(pc("--config", str(cfg)).stdout)
+    assert (o["port"], o["max_queue"], o["log_level"], o["cors_origins"]) == (1234, 3, "debug", ["http://a.x"])
+    o = json.loads(pc("--config", str(cfg), SKETCHGUIDE_PORT="2000").stdout)
+    assert o["port"] == 2000 and o["max_queue"] == 3
+    o = json.loads(pc("--config=" + str(cfg), "--port", "3000", "--max-queue=5", SKETCHGUIDE_PORT="2000").stdout)
+    assert o["port"] == 3000 and o["max_queue"] == 5
+    o = json.loads(pc(SKETCHGUIDE_CONFIG=str(cfg)).stdout)
+    assert o["port"] == 1234
+    assert "s3cret" not in pc(SKETCHGUIDE_TOKEN="s3cret").stdout
+    bad = [
+        (["--port", "x"], {}, "--port: 'x' is not an integer"),
+        (["--port", "70000"], {}, "--port: 70000 is out of range"),
+        (["--max-queue"], {}, "--max-queue needs a value"),
+        (["--frobnicate", "1"], {}, "unknown option '--frobnicate'"),
+        (["--log-level", "loud"], {}, "--log-level: 'loud'"),
+        (["--devices", "gpu"], {}, "devices:"),
+        (["--default-timeout-ms", "10", "--max-timeout-ms", "5"], {}, "default_timeout_ms"),
+        ([], {"SKETCHGUIDE_MAX_STEPS": "many"}, "SKETCHGUIDE_MAX_STEPS: 'many' is not an integer"),
+        ([], {"SKETCHGUIDE_TOKEN": "has space"}, "SKETCHGUIDE_TOKEN"),
+        (["--config", str(tmp_path / "missing.json")], {}, "missing.json"),
+    ]
+    for args, env, needle in bad:
+        r = pc(*args, **env)
+        assert r.returncode == 2 and needle in r.stderr, (args, env, r.stderr)
+    for content, needle in [('{"port": "80"}', "port: must be an integer"), ('{"nope": 1}', "unknown setting 'nope'"),
+                            ('{"port": 1,', "line"), ('[1]', "JSON object"), ('{"port": 1, "port": 2}', "line")]:
+        cfg.write_text(content)
+        r = pc("--config", str(cfg))
+        assert r.returncode == 2 and needle in r.stderr, (content, r.stderr)
+
+
+def test_bad_model_fails_cleanly():
+    r = subprocess.run([binary(), "serve", "--port", "0", "--model", "/nonexistent"], capture_output=True, text=True,
+                       env=clean_env(), timeout=120)
+    assert r.returncode == 1 and "listening on" in r.stdout and "/nonexistent" in r.stderr
+
+
+# --- health, readiness, info, metrics ---------------------------------------------------------------------------
+
+def test_health_ready_info_metrics(srv):
+    st, h, o = srv.json("GET", "/healthz")
+    assert st == 200 and o == {"status": "ok"} and h["content-type"] == "application/json"
+    st, _, o = srv.json("GET", "/readyz")
+    assert st == 200 and o["status"] == "ready"
+    st, _, body = srv.request("HEAD", "/healthz")
+    assert st == 200 and body == b""
+    st, _, o = srv.json("GET", "/v1/info")
+    assert st == 200 and o["ready"] is True and o["auth"] is False
+    assert o["model"]["name"] == "shapes" and o["model"]["image_size"] == 64 and o["model"]["has_lgp"] is True
+    assert o["model"]["workers"] == 1 and o["model"]["devices"] == "cpu"
+    assert o["defaults"]["steps"] == 50 and o["defaults"]["sampler"] == "ddim"
+    assert o["limits"]["max_images"] == 4 and o["limits"]["max_queue"] == 16 and "ddpm" in o["samplers"]
+    srv.generate(steps=2)
+    st, h, data = srv.request("GET", "/metrics")
+    assert st == 200 and h["content-type"].startswith("text/plain; version=0.0.4")
+    text = data.decode()
+    for name in ["sketchguide_http_requests_total", "sketchguide_http_request_duration_seconds_bucket",
+                 "sketchguide_queue_depth", "sketchguide_job_queue_seconds_bucket",
+                 "sketchguide_job_inference_seconds_bucket", "sketchguide_requests_rejected_total",
+                 "sketchguide_images_generated_total", "sketchguide_steps_total", "sketchguide_ready 1"]:
+        assert name in text, name
+    for line in text.splitlines():  # the exposition format: comments, or name{labels} value
+        assert line.startswith("# HELP ") or line.startswith("# TYPE ") or \
+            re.match(r'^[a-z_]+(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? [0-9.e+-]+$', line), line
+    m = srv.metrics()
+    assert m['sketchguide_http_requests_total{method="POST",route="/v1/generate",code="200"}'] >= 1
+    assert m['sketchguide_http_requests_total{method="GET",route="/healthz",code="200"}'] >= 1
+    assert m["sketchguide_images_generated_total"] >= 1 and m["sketchguide_steps_total"] >= 2
+    assert m['sketchguide_job_inference_seconds_bucket{le="+Inf"}'] >= 1
+
+
+# --- generation -------------------------------------------------------------------------------------------------
+
+def test_sync_png(srv):
+    st, h, data = srv.generate(steps=3, seed=11)
+    assert st == 200, data
+    assert h["content-type"] == "image/png" and h["x-seed"] == "11" and re.fullmatch(r"[0-9a-f]{32}", h["x-job-id"])
+    assert int(h["x-queue-time-ms"]) >= 0 and int(h["x-inference-time-ms"]) >= 0
+    im = png_info(data)
+    assert im.size == (64, 64) and im.text["prompt"] == PROMPT and im.text["seed"] == "11"
+    assert im.text["steps"] == "3" and im.text["software"].startswith("sketchguide")
+    o = srv.status(h["x-job-id"])
+    assert o["status"] == "succeeded" and o["seed"] == 11 and o["progress"] == {"step": 3, "total": 3}
+    assert o["images"][0]["url"] == "/v1/jobs/%s/images/0" % h["x-job-id"]
+    st, _, again = srv.request("GET", o["images"][0]["url"])
+    assert st == 200 and again == data
+    st, h2, data2 = srv.generate(steps=3, seed=11)  # same seed, same image
+    assert st == 200 and data2 == data and h2["x-job-id"] != h["x-job-id"]
+
+
+def test_random_seed_is_reported(srv):
+    st, h, data = srv.generate(fields=[("prompt", PROMPT), ("steps", 2), ("seed", -1)])
+    assert st == 200 and int(h["x-seed"]) >= 0 and png_info(data).text["seed"] == h["x-seed"]
+
+
+def test_json_body_base64_and_data_url(srv):
+    st, _, ref = srv.generate(steps=2, seed=5, beta=1.2, invert="auto")
+    assert st == 200
+    b64 = base64.b64encode(star_bytes()).decode()
+    for sketch in [b64, "data:image/png;base64," + b64]:
+        body = json.dumps({"prompt": PROMPT, "steps": 2, "seed": 5, "beta": 1.2, "invert": "auto", "sketch": sketch})
+        st, h, data = srv.request("POST", "/v1/generate", body, {"Content-Type": "application/json"})
+        assert st == 200 and h["content-type"] == "image/png" and data == ref
+
+
+def test_several_images_json(srv):
+    st, h, data = srv.generate(steps=2, seed=100, n=3)
+    assert st == 200 and h["content-type"] == "application/json"
+    o = json.loads(data)
+    assert o["id"] == h["x-job-id"] and o["seed"] == 100 and len(o["images"]) == 3
+    for i, im in enumerate(o["images"]):
+        assert im["seed"] == 100 + i and im["index"] == i and im["mime_type"] == "image/png"
+        assert png_info(base64.b64decode(im["data"])).text["seed"] == str(100 + i)
+    st, h, data = srv.generate(steps=2, seed=100, headers={"Accept": "application/json"})  # one image, as JSON
+    assert st == 200 and h["content-type"] == "application/json" and len(json.loads(data)["images"]) == 1
+
+
+def test_async_poll_image_and_events(srv):
+    st, h, data = srv.generate(steps=4, seed=9, headers={"Prefer": "respond-async"})
+    assert st == 202, data
+    o = json.loads(data)
+    assert h["location"] == "/v1/jobs/" + o["id"] and o["status"] == "queued" and o["seed"] == 9
+    assert h["preference-applied"] == "respond-async" and h["x-job-id"] == o["id"]
+    done = srv.wait_state(o["id"], ("succeeded",))
+    assert done["progress"] == {"step": 4, "total": 4} and done["queue_position"] is None
+    assert done["finished_at"] >= done["started_at"] >= done["created_at"] > 0 and done["error"] is None
+    st, h, img = srv.request("GET", done["images"][0]["url"])
+    assert st == 200 and h["content-type"] == "image/png" and png_info(img).text["seed"] == "9"
+    st, _, data = srv.request("GET", "/v1/jobs/%s/images/1" % o["id"])
+    assert st == 404 and error_of(data)["code"] == "not_found"
+    # a finished job's stream: its status, then the end
+    st, h, data = srv.request("GET", "/v1/jobs/%s/events" % o["id"])
+    assert st == 200 and h["content-type"] == "text/event-stream"
+    events = parse_sse(data)
+    assert [e for e, _ in events] == ["status", "end"] and events[1][1]["status"] == "succeeded"
+
+
+def parse_sse(data):
+    out = []
+    for block in data.decode().split("\n\n"):
+        if not block.strip():
+            continue
+        ev = dict(line.split(": ", 1) for line in block.split("\n"))
+        out.append((ev["event"], json.loads(ev["data"])))
+    return out
+
+
+def test_events_one_per_step_and_one_end(srv):
+    blocker = srv.submit_async(steps=LONG)
+    srv.wait_state(blocker, ("running",))
+    job = srv.submit_async(steps=5)
+    assert srv.status(job)["queue_position"] == 0
+    c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=120)
+    c.request("GET", "/v1/jobs/%s/events" % job)
+    r = c.getresponse()  # the headers come once the stream watches the job
+    assert r.status == 200
+    st, _, _ = srv.request("DELETE", "/v1/jobs/" + blocker)
+    assert st in (200, 202)
+    data = r.read()
+    c.close()
+    events = parse_sse(data)
+    kinds = [e for e, _ in events]
+    assert kinds == ["status"] + ["progress"] * 5 + ["end"], kinds
+    assert [d["step"] for e, d in events if e == "progress"] == [1, 2, 3, 4, 5]
+    assert events[-1][1]["status"] == "succeeded" and events[-1][1]["images"] == ["/v1/jobs/%s/images/0" % job]
+    assert srv.status(blocker)["status"] == "cancelled"
+
+
+# --- cancellation -----------------------------------------------------------------------------------------------
+
+def test_cancel_queued_and_running(srv):
+    running = srv.submit_async(steps=LONG)
+    srv.wait_state(running, ("running",))
+    queued = srv.submit_async(steps=LONG)
+    o = srv.status(queued)
+    assert o["status"] == "queued" and o["queue_position"] == 0
+    st, _, o = srv.json("DELETE", "/v1/jobs/" + queued)
+    assert st == 200 and o["status"] == "cancelled" and o["error"]["code"] == "cancelled"
+    st, _, o = srv.json("DELETE", "/v1/jobs/" + running)
+    assert st in (200, 202)  # 202: it stops at its next step
+    o = srv.wait_state(running, ("cancelled",))
+    assert o["error"]["code"] == "cancelled" and 0 < o["progress"]["step"] < LONG
+    st, _, o = srv.json("DELETE", "/v1/jobs/" + running)
+    assert st == 409 and o["error"]["code"] == "conflict"
+    st, _, data = srv.request("GET", "/v1/jobs/%s/images/0" % running)
+    assert st == 404
+
+
+def test_client_disconnect_cancels_queued_and_running(srv):
+    body, ctype = multipart(default_fields(steps=LONG))
+    req = request_head("/v1/generate", ctype, len(body)) + body
+    before = srv.metrics()['sketchguide_jobs_finished_total{state="cancelled"}']
+    # running: the worker is free, the job starts, the client leaves
+    s = socket.create_connection(("127.0.0.1", srv.port))
+    s.sendall(req)
+    wait_for(lambda: srv.metrics()["sketchguide_jobs_running"] == 1, what="the job to run")
+    s.close()
+    wait_for(lambda: srv.metrics()['sketchguide_jobs_finished_total{state="cancelled"}'] == before + 1,
+             what="the running job to be cancelled")
+    # queued: behind a busy worker
+    blocker = srv.submit_async(steps=LONG)
+    srv.wait_state(blocker, ("running",))
+    s = socket.create_connection(("127.0.0.1", srv.port))
+    s.sendall(req)
+    wait_for(lambda: srv.metrics()["sketchguide_queue_depth"] == 1, what="the job to queue")
+    s.close()
+    wait_for(lambda: srv.metrics()['sketchguide_jobs_finished_total{state="cancelled"}'] == before + 2,
+             what="the queued job to be cancelled")
+    assert srv.metrics()["sketchguide_queue_depth"] == 0
+    assert srv.status(blocker)["status"] == "running"
+    cancel_all(srv, [blocker])
+    assert "job cancelled" in srv.log()
+
+
+def test_event_stream_client_leaving_does_not_cancel(srv):
+    job = srv.submit_async(steps=LONG)
+    srv.wait_state(job, ("running",))
+    s = socket.create_connection(("127.0.0.1", srv.port))
+    s.sendall(b"GET /v1/jobs/%s/events HTTP/1.1\r\nHost: x\r\n\r\n" % job.encode())
+    assert b"event: status" in s.recv(4096)
+    s.close()
+    time.sleep(0.5)
+    assert srv.status(job)["status"] == "running"
+    cancel_all(srv, [job])
+
+
+# --- errors -----------------------------------------------------------------------------------------------------
+
+def test_404_405_410():
+    s = Server("--keep-finished-count", "1")
+    try:
+        st, _, data = s.request("GET", "/v1/jobs/" + "0" * 32)
+        assert st == 404 and error_of(data)["code"] == "not_found"
+        st, _, data = s.request("GET", "/v1/jobs/not-an-id")
+        assert st == 404
+        st, _, data = s.request("GET", "/nowhere")
+        assert st == 404 and error_of(data)["code"] == "not_found"
+        st, h, data = s.request("PUT", "/v1/generate", b"x", {"Content-Type": "application/json"})
+        assert st == 405 and "POST" in h["allow"] and error_of(data)["code"] == "method_not_allowed"
+        st, h, data = s.request("POST", "/healthz")
+        assert st == 405 and h["allow"].startswith("GET")
+        st, h, _ = s.request("OPTIONS", "/v1/jobs/" + "0" * 32)
+        assert st == 204 and "DELETE" in h["allow"]
+        first = s.submit_async(steps=1)
+        s.wait_state(first, ("succeeded",))
+        second = s.submit_async(steps=1)
+        s.wait_state(second, ("succeeded",))
+        for path in ["/v1/jobs/" + first, "/v1/jobs/%s/images/0" % first, "/v1/jobs/%s/events" % first]:
+            st, _, data = s.request("GET", path)
+            assert st == 410 and error_of(data)["code"] == "gone", path
+        st, _, _ = s.request("DELETE", "/v1/jobs/" + first)
+        assert st == 410
+        assert s.status(second)["status"] == "succeeded"
+    finally:
+        assert s.stop() == 0
+        s.close()
+
+
+def test_400_malformed(srv):
+    body, ctype = multipart(default_fields())
+    cases = [
+        # wrong boundary in the header: no part is found, so no prompt either
+        (body, "multipart/form-data; boundary=other", "prompt"),
+        (body, "multipart/form-data", None),
+        (body[:len(body) // 2], ctype, None),  # truncated
+        (multipart(default_fields(), files=[])[0], ctype, "sketch"),  # missing sketch
+        (multipart([("steps", 2)])[0], ctype, "prompt"),  # missing prompt
+        (multipart(default_fields() + [("prompt", "again")])[0], ctype, "prompt"),  # twice
+        (multipart(default_fields() + [("colour", "red")])[0], ctype, None),  # unknown
+        (multipart(default_fields(steps="abc"))[0], ctype, "steps"),
+        (multipart(default_fields(steps="NaN"))[0], ctype, "steps"),
+        (multipart(default_fields(beta="inf"))[0], ctype, "beta"),
+        (multipart(default_fields(cfg=""))[0], ctype, "cfg"),
+        (b"{not json", "application/json", None),
+        (b"[1, 2]", "application/json", None),
+        (json.dumps({"prompt": PROMPT, "sketch": "!!!"}).encode(), "application/json", "sketch"),
+        (json.dumps({"prompt": PROMPT, "sketch": {"a": 1}}).encode(), "application/json", "sketch"),
+        (json.dumps({"prompt": PROMPT}).encode(), "application/json", "sketch"),
+        (json.dumps({"prompt": PROMPT, "sketch": "AAAA", "what": 1}).encode(), "application/json", None),
+        (b'{"prompt": "x", "prompt": "y"}', "application/json", None),
+        (json.dumps({"prompt": PROMPT, "steps": 99999999999999999999999}).encode(), "application/json", None),
+        (json.dumps({"prompt": PROMPT, "sketch": base64.b64encode(star_bytes()[:200]).decode()}).encode(),
+         "application/json", "sketch"),  # a truncated PNG
+    ]
+    for b, ct, param in cases:
+        st, _, data = srv.request("POST", "/v1/generate", b, {"Content-Type": ct})
+        assert st == 400, (ct, b[:80], st, data)
+        e = error_of(data)
+        assert e["code"] == "bad_request" and e["param"] == param, (b[:80], e)
+
+
+def test_401_with_token(tmp_path):
+    tok = tmp_path / "token"
+    tok.write_text("s3cret-Token_1\n")
+    s = Server("--token-file", str(tok))
+    try:
+        for hdr in [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic czNjcmV0"},
+                    {"Authorization": "Bearer s3cret-Token_"}, {"Authorization": "Bearer s3cret-Token_12"}]:
+            st, h, data = s.generate(headers=hdr)
+            assert st == 401 and h["www-authenticate"].startswith("Bearer") and error_of(data)["code"] == "unauthorized"
+            st, _, _ = s.request("GET", "/v1/info", headers=hdr)
+            assert st == 401
+        st, _, _ = s.generate(headers={"Authorization": "Bearer s3cret-Token_1"})
+        assert st == 200
+        st, _, o = s.json("GET", "/v1/info", headers={"Authorization": "bearer s3cret-Token_1"})
+        assert st == 200 and o["auth"] is True
+        for path in ["/healthz", "/readyz", "/metrics"]:  # open for probes and scrapers
+            assert s.request("GET", path)[0] == 200, path
+        st, _, _ = s.request("GET", "/v1/jobs/" + "0" * 32)
+        assert st == 401  # no job ids probed without the token
+    finally:
+        assert s.stop() == 0
+        log = s.log()
+        s.close()
+    assert "s3cret" not in log and PROMPT not in log
+
+
+def test_401_token_from_environment():
+    s = Server("--metrics-require-token", "true", env=clean_env(SKETCHGUIDE_TOKEN="envtok"))
+    try:
+        assert s.request("GET", "/metrics")[0] == 401
+        assert s.request("GET", "/metrics", headers={"Authorization": "Bearer envtok"})[0] == 200
+        assert s.request("GET", "/healthz")[0] == 200
+    finally:
+        assert s.stop() == 0
+        s.close()
+
+
+def test_413():
+    s = Server("--max-body-bytes", "65536")
+    try:
+        # refused from Content-Length before any body byte is sent
+        resp = raw_exchange(s.port, [request_head("/v1/generate", "multipart/form-data; boundary=x", 10 ** 9)])
+        st, _, body = parse_raw(resp)
+        assert st == 413 and error_of(body)["code"] == "payload_too_large"
+        # a chunked body (no Content-Length) over the limit, refused when the limit is passed
+        body, ctype = multipart(default_fields(), files=[("sketch", "big.png", os.urandom(70000))])
+        chunked = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 4096]), body[i:i + 4096])
+                           for i in range(0, len(body), 4096)) + b"0\r\n\r\n"
+        head = ("POST /v1/generate HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: %s\r\n"
+                "Transfer-Encoding: chunked\r\n\r\n" % ctype).encode()
+        st, _, body = parse_raw(raw_exchange(s.port, [head, chunked]))
+        assert st == 413
+        assert s.generate()[0] == 200  # under the limit
+        assert s.metrics()['sketchguide_requests_rejected_total{reason="too_large"}'] >= 2
+    finally:
+        assert s.stop() == 0
+        s.close()
+
+
+def test_415(srv):
+    gif = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;"
+    for data in [gif, b"just text", b"", b"\x89PNX\r\n\x1a\n" + b"0" * 40]:
+        st, _, body = srv.generate(files=[("sketch", "star.png", data)])  # the file name says PNG: ignored
+        assert st == 415, (data, body)
+        e = error_of(body)
+        assert e["code"] == "unsupported_media_type" and e["param"] == "sketch"
+    png_as_gif = srv.generate(files=[("sketch", "x.gif", star_bytes())])
+    assert png_as_gif[0] == 200
+    for ct in ["text/plain", "application/x-www-form-urlencoded", None]:
+        st, _, body = srv.request("POST", "/v1/generate", b"prompt=x", {"Content-Type": ct} if ct else {})
+        assert st == 415 and error_of(body)["param"] is None
+
+
+def test_422_names_the_parameter(srv):
+    cases = [
+        (dict(steps=0), "steps"), (dict(steps=151), "steps"), (dict(steps="1e99"), "steps"),
+        (dict(steps=2.5), "steps"), (dict(seed="1e99"), "seed"), (dict(seed=-2), "seed"),
+        (dict(n=0), "n"), (dict(n=5), "n"), (dict(beta=-1), "beta"), (dict(beta=101), "beta"),
+        (dict(stop=1.5), "stop"), (dict(cfg=1000), "cfg"), (dict(eta=-0.1), "eta"),
+        (dict(sampler="plms"), "sampler"), (dict(invert="maybe"), "invert"), (dict(timeout_ms=0), "timeout_ms"),
+        (dict(timeout_ms=10 ** 12), "timeout_ms"), (dict(stop=0.5, stop_step=1), "stop_step"),
+        (dict(stop_step=9), "stop_step"), (dict(dry_run="perhaps"), "dry_run"),
+    ]
+    for kw, param in cases:
+        st, _, data = srv.generate(**kw)
+        assert st == 422, (kw, data)
+        e = error_of(data)
+        assert e["code"] == "invalid_parameter" and e["param"] == param and param in e["message"], (kw, e)
+    for fields, param in [([("prompt", "x" * 2001), ("steps", 2)], "prompt"), ([("prompt", "")], "prompt"),
+                          ([("prompt", b"\xff\xfe bad utf-8")], "prompt"),
+                          ([("prompt", "ok"), ("negative_prompt", "y" * 2001)], "negative_prompt")]:
+        st, _, data = srv.generate(fields=fields)
+        assert st == 422 and error_of(data)["param"] == param, (fields[0][1][:10], data)
+    body = json.dumps({"prompt": PROMPT, "sketch": base64.b64encode(star_bytes()).decode(), "steps": 1e99})
+    st, _, data = srv.request("POST", "/v1/generate", body, {"Content-Type": "application/json"})
+    assert st == 422 and error_of(data)["param"] == "steps"
+
+
+def test_422_sketch_over_the_pixel_limit():
+    s = Server("--max-image-pixels", "1000")
+    try:
+        st, _, data = s.generate()  # the star is 64 x 64 = 4096 pixels
+        assert st == 422 and error_of(data)["param"] == "sketch", data
+    finally:
+        assert s.stop() == 0
+        s.close()
+
+
+def test_429_queue_full():
+    s = Server("--max-queue", "1")
+    try:
+        running = s.submit_async(steps=LONG)
+        s.wait_state(running, ("running",))
+        queued = s.submit_async(steps=LONG)
+        st, h, data = s.generate(headers={"Prefer": "respond-async"})
+        assert st == 429 and int(h["retry-after"]) >= 1 and error_of(data)["code"] == "queue_full"
+        st, h, data = s.generate()  # sync requests too
+        assert st == 429
+        assert s.metrics()['sketchguide_requests_rejected_total{reason="queue_full"}'] == 2
+        cancel_all(s, [queued, running])
+        assert s.generate()[0] == 200
+    finally:
+        assert s.stop() == 0
+        s.close()
+
+
+def test_504_deadline(srv):
+    # queued behind a busy worker past its deadline
+    blocker = srv.submit_async(steps=LONG)
+    srv.wait_state(blocker, ("running",))
+    st, h, data = srv.generate(steps=2, timeout_ms=300)
+    assert st == 504 and error_of(data)["code"] == "timeout" and h["x-job-id"]
+    assert srv.status(h["x-job-id"])["error"]["code"] == "timeout"
+    cancel_all(srv, [blocker])
+    # running past its deadline: stopped at a step
+    st, h, data = srv.generate(steps=LONG, timeout_ms=400)
+    assert st == 504
+    o = srv.status(h["x-job-id"])
+    assert o["status"] == "failed" and o["error"]["code"] == "timeout"
+
+
+def test_dry_run(srv):
+    body, ctype = multipart(default_fields(dry_run="true", steps=10, stop_step=3))
+    st, _, o = srv.json("POST", "/v1/generate", body, {"Content-Type": ctype})
+    assert st == 200 and o["valid"] is True
+    assert o["params"]["steps"] == 10 and o["params"]["guided_steps"] == 3 and o["params"]["seed"] == 7
+    sk = o["sketch"]
+    w, h = Image.open(STAR).size
+    assert (sk["format"], sk["width"], sk["height"], sk["map_size"]) == ("png", w, h, 64)
+    assert isinstance(sk["inverted"], bool) and 0 < sk["stroke_pixels"] < 64 * 64
+    assert srv.metrics()["sketchguide_queue_depth"] == 0
+
+
+# --- concurrency and shutdown -----------------------------------------------------------------------------------
+
+def test_concurrent_clients(srv):
+    results = [None] * 6
+
+    def one(i):
+        results[i] = srv.generate(steps=2, seed=i)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for i in range(6):  # status and health stay served meanwhile
+        assert srv.request("GET", "/healthz")[0] == 200
+    for t in threads:
+        t.join(300)
+    assert all(r[0] == 200 for r in results), [r[0] for r in results]
+    assert len({r[1]["x-job-id"] for r in results}) == 6
+    assert [png_info(r[2]).text["seed"] for r in results] == [str(i) for i in range(6)]
+
+
+def test_sigterm_drains_and_exits_0():
+    s = Server()
+    try:
+        results = {}
+        long_job = s.submit_async(steps=LONG)
+        s.wait_state(long_job, ("running",))
+
+        def one(i):
+            results[i] = s.generate(steps=3, seed=i)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        wait_for(lambda: s.metrics()["sketchguide_queue_depth"] == 3, what="three queued jobs")
+        s.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: s.request("GET", "/readyz")[0] == 503, what="readiness to turn 503")
+        st, h, data = s.generate()
+        assert st == 503 and error_of(data)["code"] == "draining" and "retry-after" in h
+        assert s.status(long_job)["status"] == "running"  # status is still served while draining
+        st, _, _ = s.request("DELETE", "/v1/jobs/" + long_job)
+        assert st in (200, 202)
+        for t in threads:
+            t.join(300)
+        assert sorted(results) == [0, 1, 2] and all(r[0] == 200 for r in results.values()), results
+        assert s.proc.wait(120) == 0
+        assert "draining" in s.log() and "stopped" in s.log()
+    finally:
+        s.close()
+
+
+def test_sigint_with_short_drain_cancels_and_answers():
+    s = Server("--drain-seconds", "0.2")
+    try:
+        result = {}
+        t = threading.Thread(target=lambda: result.update(r=s.generate(steps=LONG)))
+        t.start()
+        wait_for(lambda: s.metrics()["sketchguide_jobs_running"] == 1, what="the job to run")
+        s.proc.send_signal(signal.SIGINT)
+        t.join(120)
+        st, _, data = result["r"]
+        assert st == 503 and error_of(data)["code"] == "draining"
+        assert s.proc.wait(120) == 0
+    finally:
+        s.close()
+
+
+# --- CORS -------------------------------------------------------------------------------------------------------
+
+def test_cors(srv):
+    st, h, _ = srv.request("GET", "/v1/info", headers={"Origin": "http://evil.example"})
+    assert st == 200 and "access-control-allow-origin" not in h  # off by default
+    s = Server("--cors-origins", "http://a.example,http://b.example:8080")
+    try:
+        st, h, _ = s.request("OPTIONS", "/v1/generate", headers={
+            "Origin": "http://b.example:8080", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type"})
+        assert st == 204 and h["access-control-allow-origin"] == "http://b.example:8080"
+        assert "POST" in h["access-control-allow-methods"] and "Content-Type" in h["access-control-allow-headers"]
+        st, h, _ = s.generate(headers={"Origin": "http://a.example"})
+        assert st == 200 and h["access-control-allow-origin"] == "http://a.example"
+        assert "X-Job-Id" in h["access-control-expose-headers"] and h["vary"] == "Origin"
+        st, h, _ = s.request("GET", "/v1/info", headers={"Origin": "http://c.example"})
+        assert st == 200 and "access-control-allow-origin" not in h
+        st, h, _ = s.request("OPTIONS", "/v1/generate", headers={"Origin": "http://c.example"})
+        assert st == 204 and "access-control-allow-origin" not in h
+    finally:
+        assert s.stop() == 0
+        s.close()
+
+
+# --- streaming parser and hostile input -------------------------------------------------------------------------
+
+def tiny_png():
+    im = Image.new("L", (12, 12), 255)
+    for k in range(12):
+        im.putpixel((k, k), 0)
+        im.putpixel((k, 6), 0)
+    b = io.BytesIO()
+    im.save(b, "PNG")
+    return b.getvalue()
+
+
+def test_multipart_split_at_every_byte(srv):
+    body, ctype = multipart([("prompt", "a star"), ("steps", 3), ("seed", 42), ("dry_run", "true"),
+                             ("negative_prompt", "blurry")], files=[("sketch", "s.png", tiny_png())])
+    head = request_head("/v1/generate", ctype, len(body))
+    st, _, ref = parse_raw(raw_exchange(srv.port, [head + body]))
+    assert st == 200, ref
+    ref = json.loads(ref)
+    assert ref["params"]["prompt"] == "a star" and ref["params"]["seed"] == 42 and ref["sketch"]["width"] == 12
+    assert len(body) >= 300
+    for k in range(1, len(body)):
+        resp = raw_exchange(srv.port, [head + body[:k], body[k:]], pause=0.002)
+        st, _, data = parse_raw(resp)
+        assert st == 200 and json.loads(data) == ref, (k, data[:200])
+    # every byte on its own
+    st, _, data = parse_raw(raw_exchange(srv.port, [head] + [body[i:i + 1] for i in range(len(body))], pause=0.0005))
+    assert st == 200 and json.loads(data) == ref
+
+
+def test_hostile_input(srv):
+    port = srv.port
+    body, ctype = multipart(default_fields())
+    # a huge header
+    st, _, _ = parse_raw(raw_exchange(port, [b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100000 +
+                                             b"\r\n\r\n"]))
+    assert st in (400, 413, 431)
+    # a garbage request line, a bad Content-Length, binary noise
+    for junk in [b"\x00\x01\x02garbage\r\n\r\n", b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+                 b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+                 os.urandom(3000), b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n"]:
+        try:
+            resp = raw_exchange(port, [junk], timeout=5)
+        except TimeoutError:  # libmicrohttpd waits for more of a NUL-garbled line; the idle timeout ends it
+            resp = b""
+        assert resp == b"" or resp.startswith(b"HTTP/1.1 4"), resp[:100]
+    # boundaries that lie, parts without names, nested junk
+    bad_bodies = [
+        body.replace(b"--" + BOUNDARY.encode() + b"--", b""),  # no closing boundary
+        body.replace(b'name="', b'nom="'),  # parts without names
+        b"--" + BOUNDARY.encode() + b"\r\n\r\n\r\n" * 50,
+        b"\r\n".join([b"--" + BOUNDARY.encode()] * 500),
+        os.urandom(5000),
+    ]
+    for b in bad_bodies:
+        st, _, data = srv.request("POST", "/v1/generate", b, {"Content-Type": ctype})
+        assert st == 400 and error_of(data)["code"] == "bad_request", (b[:60], data)
+    # absurd numbers as JSON
+    for v in ["1e99", "-1e99", "1e-400", "123456789012345678901234567890"]:
+        b = ('{"prompt": "x", "sketch": "%s", "steps": %s}' % (base64.b64encode(star_bytes()).decode(), v)).encode()
+        st, _, data = srv.request("POST", "/v1/generate", b, {"Content-Type": "application/json"})
+        assert st in (400, 422), (v, data)
+    # a client that sends half a body and goes away
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(request_head("/v1/generate", ctype, len(body)) + body[:len(body) // 2])
+    s.close()
+    # the server is alive and answers normally
+    assert srv.request("GET", "/healthz")[0] == 200
+    assert srv.generate(steps=2)[0] == 200
+    assert srv.proc.poll() is None
+
+
+def test_request_log_lines(srv):
+    marker = "zebra-unicorn-prompt-%d" % os.getpid()
+    st, h, _ = srv.generate(fields=[("prompt", marker), ("steps", 2), ("seed", 1)])
+    assert st == 200
+    # the line is written once the response has gone out, maybe just after the client read it
+    line = wait_for(lambda: [l for l in srv.log().splitlines() if h["x-job-id"] in l and "POST /v1/generate" in l],
+                    what="the request's log line")
+    assert marker not in srv.log()  # prompts only at debug level
+    assert len(line) == 1 and re.search(r" info  POST /v1/generate 200 \d+ B [0-9.]+ ms job=[0-9a-f]{32}$", line[0])
