@@ -105,7 +105,7 @@ typedef enum { SG_JOBS_LOG_DEBUG = 0, SG_JOBS_LOG_INFO, SG_JOBS_LOG_WARN, SG_JOB
 typedef void (*sg_jobs_log_fn)(void *user, sg_jobs_log_level level, const char *msg);
 
 typedef struct {
-  int32_t max_queue;             /* jobs waiting (not running) at most; 16. A submit beyond it gets EFULL */
+  int32_t max_queue;             /* jobs that may wait for a busy worker; 16. Beyond it, submit gets EFULL */
   int32_t keep_finished_count;   /* finished jobs kept; 256 (0 evicts a job as soon as it finishes) */
   double keep_finished_seconds;  /* how long a finished job is kept; 600 */
   int32_t expired_ids_kept;      /* evicted ids remembered for EEXPIRED; 4096 */

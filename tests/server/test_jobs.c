@@ -17,6 +17,7 @@
 #define LONG_STEPS 1000 /* a job that runs until it is cancelled */
 
 static sg_model *model;
+static double slow = 1; /* SG_TEST_SLOW: a factor on every wait, for runs under valgrind */
 
 static void sleep_s(double s) {
   struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
@@ -47,6 +48,7 @@ static sg_job_status status_of(sg_jobs *q, const char *id) {
 
 /* Polls until the job is running (final = 0) or finished (final = 1); returns its status. */
 static sg_job_status wait_for(sg_jobs *q, const char *id, int final, double timeout) {
+  timeout *= slow;
   double end = sg_jobs_now() + timeout;
   sg_job_status st;
   memset(&st, 0, sizeof st);
@@ -104,7 +106,7 @@ static void collect(void *user, const sg_job_event *ev) {
 }
 
 static int wait_end(collector *c, double timeout) {
-  double end = sg_jobs_now() + timeout;
+  double end = sg_jobs_now() + timeout * slow;
   pthread_mutex_lock(&c->mu);
   while (!c->ends && sg_jobs_now() < end) {
     pthread_mutex_unlock(&c->mu);
@@ -248,7 +250,7 @@ static void test_result(void) {
   CHECK(c2.ends == 1 && c2.progress == 0 && c2.end_state == SG_JOB_SUCCEEDED, "finished watch events");
   sg_jobs_unwatch(w2);
 
-  CHECK(sg_jobs_drain(q, 60) == 0, "drain"); /* the worker is done with the job */
+  CHECK(sg_jobs_drain(q, 60 * slow) == 0, "drain"); /* the worker is done with the job */
   sg_jobs_stats s;
   sg_jobs_stats_get(q, &s);
   CHECK(s.submitted == 1 && s.succeeded == 1 && s.images == 2 && s.steps == 3 && s.queued == 0 && s.running == 0 &&
@@ -317,7 +319,7 @@ static void test_queue(void) {
   sg_jobs_unwatch(wl);
   st = wait_for(q, c, 1, 120);
   CHECK(st.state == SG_JOB_SUCCEEDED, "c after the cancels: %s", sg_job_state_name(st.state));
-  CHECK(sg_jobs_drain(q, 60) == 0, "drain");
+  CHECK(sg_jobs_drain(q, 60 * slow) == 0, "drain");
   sg_jobs_stats_get(q, &s);
   CHECK(s.cancelled == 3 && s.succeeded == 1 && s.queued == 0 && s.running == 0, "stats after");
   sg_jobs_free(q);
@@ -355,6 +357,7 @@ static void test_deadlines(void) {
   CHECK(st.state == SG_JOB_FAILED && st.error == SG_JOB_ERR_TIMEOUT && st.started == 0, "past deadline: %s",
         sg_job_state_name(st.state));
 
+  wait_for(q, blocker, 1, 60); /* the worker is free: the next job starts before its deadline */
   lr.deadline = sg_jobs_now() + 1.0;
   submit_ok(q, &lr, d2);
   st = wait_for(q, d2, 1, 120);
@@ -528,7 +531,7 @@ static void test_stress(void) {
       CHECK(st.state == SG_JOB_SUCCEEDED || st.state == SG_JOB_CANCELLED, "stress job %s: %s", args[i].ids[k],
             sg_job_state_name(st.state));
     }
-  CHECK(sg_jobs_drain(q, 60) == 0, "drain after the stress");
+  CHECK(sg_jobs_drain(q, 60 * slow) == 0, "drain after the stress");
   sg_jobs_stats s;
   sg_jobs_stats_get(q, &s);
   CHECK(s.submitted == (uint64_t)submitted && s.rejected_full == (uint64_t)full &&
@@ -546,7 +549,7 @@ static void test_drain(void) {
   sg_job_request r = request(q, 2);
   char ids[3][SG_JOB_ID_LEN], x[SG_JOB_ID_LEN];
   for (int i = 0; i < 3; i++) submit_ok(q, &r, ids[i]);
-  CHECK(sg_jobs_drain(q, 300) == 0, "drain in time");
+  CHECK(sg_jobs_drain(q, 300 * slow) == 0, "drain in time");
   for (int i = 0; i < 3; i++) CHECK(status_of(q, ids[i]).state == SG_JOB_SUCCEEDED, "drained job %d", i);
   char err[256];
   CHECK(sg_jobs_submit(q, &r, x, err, sizeof err) == SG_JOBS_EDRAINING, "submit while draining");
@@ -662,6 +665,8 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: test_jobs MODEL_DIR\n");
     return 2;
   }
+  const char *env = getenv("SG_TEST_SLOW");
+  if (env && atof(env) >= 1) slow = atof(env);
   char err[512];
   model = sg_model_load(argv[1], sg_model_default_params(), err, sizeof err);
   if (!model) {
