@@ -485,6 +485,82 @@ def test_event_stream_client_leaving_does_not_cancel(srv):
     cancel_all(srv, [job])
 
 
+def test_sync_client_of_a_cancelled_job_gets_409():
+    s = Server("--log-level", "debug")
+    try:
+        blocker = s.submit_async(steps=LONG)
+        s.wait_state(blocker, ("running",))
+        result = {}
+        t = threading.Thread(target=lambda: result.update(r=s.generate(steps=2)))
+        t.start()
+        # the debug log names the job of a waiting synchronous request (and, at debug only, its prompt)
+        m = wait_for(lambda: re.search(r"h_generate: job ([0-9a-f]{32}) \(sync, .*prompt \"%s\"" % PROMPT, s.log()),
+                     what="the sync job in the debug log")
+        st, _, o = s.json("DELETE", "/v1/jobs/" + m.group(1))
+        assert st == 200 and o["status"] == "cancelled"
+        t.join(120)
+        st, h, data = result["r"]
+        assert st == 409 and error_of(data)["code"] == "cancelled" and h["x-job-id"] == m.group(1)
+        cancel_all(s, [blocker])
+    finally:
+        assert s.stop() == 0
+        s.close()
+
+
+def test_idle_timeout_spares_waiting_requests_and_streams():
+    s = Server("--connection-timeout-s", "1")
+    try:
+        blocker = s.submit_async(steps=LONG)
+        s.wait_state(blocker, ("running",))
+        queued = s.submit_async(steps=2)
+        result = {}
+        t = threading.Thread(target=lambda: result.update(r=s.generate(steps=2)))
+        t.start()
+        wait_for(lambda: s.metrics()["sketchguide_queue_depth"] == 2, what="two queued jobs")
+        c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=120)
+        c.request("GET", "/v1/jobs/%s/events" % queued)
+        r = c.getresponse()
+        assert r.status == 200
+        idle = socket.create_connection(("127.0.0.1", s.port))
+        idle.settimeout(60)
+        assert idle.recv(1) == b""  # an idle connection is closed by the timeout...
+        time.sleep(1.5)  # ...while the stream and the waiting request, suspended, outlive it
+        st, _, _ = s.request("DELETE", "/v1/jobs/" + blocker)
+        assert st in (200, 202)
+        t.join(120)
+        assert result["r"][0] == 200
+        events = parse_sse(r.read())
+        assert events[0][0] == "status" and events[-1][0] == "end" and events[-1][1]["status"] == "succeeded"
+        c.close()
+    finally:
+        assert s.stop() == 0
+        s.close()
+
+
+def test_connection_limit():
+    s = Server("--max-connections", "2", "--http-threads", "1")
+    try:
+        held = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(2)]
+        for h in held:  # both are served, and stay open (keep-alive)
+            h.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert h.recv(4096).startswith(b"HTTP/1.1 200")
+        extra = socket.create_connection(("127.0.0.1", s.port))
+        extra.settimeout(1.0)
+        extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        try:
+            got = extra.recv(4096)  # closed at once, or left waiting in the listen queue
+        except (TimeoutError, ConnectionResetError):
+            got = b""
+        assert got == b"", got
+        for h in held:
+            h.close()
+        assert wait_for(lambda: s.request("GET", "/healthz")[0] == 200, what="a free slot")
+        extra.close()
+    finally:
+        assert s.stop() == 0
+        s.close()
+
+
 # --- errors -----------------------------------------------------------------------------------------------------
 
 def test_404_405_410():
