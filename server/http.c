@@ -1850,7 +1850,6 @@ sg_http *sg_http_start(sg_http_params p, sg_metrics *metrics, char *err, size_t 
                           MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,         //
                           MHD_OPTION_CONNECTION_LIMIT, (unsigned)p.max_connections, //
                           MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)p.connection_timeout_s, //
-                          MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,      //
                           MHD_OPTION_ARRAY, pool,                               //
                           MHD_OPTION_END);
   h->starting = 0;
