@@ -981,15 +981,15 @@ int sg_jobs_image(sg_jobs *q, const char *id, int32_t i, uint8_t **png, size_t *
   }
   j->refs++; /* a succeeded record's images never change: copy them without the lock */
   pthread_mutex_unlock(&q->mu);
-  const blob *b = &j->images[i];
-  uint8_t *copy = malloc(b->len ? b->len : 1);
-  if (copy) memcpy(copy, b->data, b->len);
+  size_t n = j->images[i].len;
+  uint8_t *copy = malloc(n ? n : 1);
+  if (copy) memcpy(copy, j->images[i].data, n);
   pthread_mutex_lock(&q->mu);
-  unref_locked(q, j);
+  unref_locked(q, j); /* may free j */
   pthread_mutex_unlock(&q->mu);
   if (!copy) return SG_JOBS_ENOMEM;
   *png = copy;
-  *len = b->len;
+  *len = n;
   return 0;
 }
 

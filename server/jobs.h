@@ -33,7 +33,8 @@
  *
  * Threads: every call except sg_jobs_free may come from any number of threads at once. The internal lock is never
  * held while a model runs, while PNGs are encoded, or while a watch callback runs, so callbacks may call any
- * sg_jobs_* function (sg_jobs_unwatch of their own handle included) except sg_jobs_drain and sg_jobs_free.
+ * sg_jobs_* function except sg_jobs_drain, sg_jobs_free and sg_jobs_unwatch of another watch (which waits for that
+ * watch's callback); sg_jobs_unwatch of their own handle is fine.
  */
 #ifndef SG_JOBS_H
 #define SG_JOBS_H
