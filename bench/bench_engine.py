@@ -57,8 +57,8 @@ def main() -> int:
         Image.fromarray((255 - shapes.sketch(p, "wobbly", 0, size)).astype(np.uint8)).save(sketch)
     c_cmd = [os.path.join(a.build, "bench", "bench_engine"), a.model, sketch, a.prompt, str(a.steps), str(a.runs),
              str(a.threads), a.device]
-    py_cmd = ["/usr/bin/python3", os.path.join(ROOT, "bench", "bench_reference.py"), a.model, "--runs", str(a.runs),
-              "--steps", str(a.steps), "--threads", str(a.threads), "--sketch", sketch, "--prompt", a.prompt, "--json"]
+    py_cmd = [sys.executable, os.path.join(ROOT, "bench", "bench_reference.py"), a.model, "--runs", str(a.runs),
+              "--steps", str(a.steps), "--threads", str(a.threads), "--sketch", sketch, "--prompt", a.prompt, "--json", "--device", a.device]
     best = {}
     for r in range(a.rounds):
         for name, cmd in (("c", c_cmd), ("python", py_cmd)):

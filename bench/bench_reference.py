@@ -41,9 +41,10 @@ def main() -> int:
     ap.add_argument("--sketch", help="sketch file (default: a procedural star)")
     ap.add_argument("--prompt", default="a red star on a plain blue background")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    model = ref.Model(a.model)
+    model = ref.Model(a.model, a.device)
     d = model.manifest["defaults"]
     p = dict(shapes.sample_params(1), shape="star")
     if a.sketch:
@@ -53,8 +54,10 @@ def main() -> int:
     prompt = a.prompt
 
     def run(beta, tg):
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
         z = ref.sample(model, prompt, tg, beta=beta, stop=d["stop"], steps=a.steps, cfg=d["cfg"], seed=0)
-        model.decode(z)
+        model.decode(z)  # returns host pixels, so the GPU has finished
 
     run(0.0, None)  # warm-up
     u = best_of(a.runs, lambda: run(0.0, None))

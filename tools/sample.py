@@ -133,7 +133,7 @@ def sample(model: Model, prompt: Union[str, List[str]], target: Optional[torch.T
     ts = timesteps(abar.numel(), steps)
     k = abar.numel() // steps
     gens = [torch.Generator().manual_seed(s) for s in seeds]
-    z = torch.stack([torch.randn(model.latent_shape, generator=g) for g in gens])
+    z = torch.stack([torch.randn(model.latent_shape, generator=g) for g in gens]).to(model.device)
     ctx_c = model.encode_text(prompts)
     ctx_u = model.encode_text([negative]).expand(n, -1, -1)
     n_guided = guided_steps(steps, stop, stop_step) if (target is not None and beta != 0) else 0
@@ -165,7 +165,7 @@ def sample(model: Model, prompt: Union[str, List[str]], target: Optional[torch.T
             z_prev = (math.sqrt(a_p) * b / (1 - a_t)) * x0 + (math.sqrt(1 - b) * (1 - a_p) / (1 - a_t)) * z
             sigma = math.sqrt((1 - a_p) / (1 - a_t) * b) if i < steps - 1 else 0.0
         if sigma > 0:
-            z_prev = z_prev + sigma * torch.stack([torch.randn(model.latent_shape, generator=g) for g in gens])
+            z_prev = z_prev + sigma * torch.stack([torch.randn(model.latent_shape, generator=g) for g in gens]).to(model.device)
         if guided:
             pred = model.lgp(list(outs[1:]), tt).float()
             loss = (pred - target).pow(2).sum()
