@@ -8,7 +8,11 @@ PACKAGES=(
   python3-torch python3-numpy python3-pil python3-pytest
   libtorch-dev libopenblas0-pthread
   libmicrohttpd-dev libjansson-dev libturbojpeg0-dev libpng-dev zlib1g-dev
+  python3-yaml python3-jsonschema
 )
+# node and npm for the checks of openapi.yaml (redocly, Prism); Debian 12's nodejs 18 is enough. A node installed
+# another way (NodeSource, nvm) is used as it is: Debian's npm package would conflict with it.
+command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || PACKAGES+=(nodejs npm)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -20,6 +24,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# The API checks' tools at the versions of package-lock.json, into node_modules/ (again only when the lock changes).
+# No install scripts: none of these packages needs one. Debian's npm 9.2 warns that @redocly wants npm >= 9.5 to
+# install it (EBADENGINE); it installs and runs fine on node 18 (its node requirement, >= 18.17, is met).
+if ! cmp -s package-lock.json node_modules/.setup-package-lock.json; then
+  npm ci --ignore-scripts --no-audit --no-fund
+  cp package-lock.json node_modules/.setup-package-lock.json
 fi
 
 if [ -f build/build.ninja ]; then
