@@ -119,6 +119,7 @@ class Contract:
             rx = "^" + re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(tpl)) + "$"
             self.paths.append((tpl, re.compile(rx), item))
         self.seen = set()
+        self.exchanges = {"prism": 0, "direct": 0}
 
     def pointer(self, ref):
         assert ref.startswith("#/"), ref
@@ -395,7 +396,6 @@ class Client:
         self.server_port = server_port
         self.prism_port = prism_port
         self.problems = []
-        self.count = {"prism": 0, "direct": 0}
 
     def request(self, method, path, body=None, headers=None, valid=True, via=None, auth=True, timeout=300):
         """One exchange. valid: True (the request satisfies the spec), False (it must violate it), None (either:
@@ -420,7 +420,7 @@ class Client:
             status = r.status
         finally:
             conn.close()
-        self.count[via] += 1
+        self.c.exchanges[via] += 1
         self.record(method, path, status, hd, data, binary_ok=via == "direct")
         what = "%s %s (%s)" % (method, path, via)
         if via == "prism":
@@ -483,7 +483,7 @@ class Client:
         for line in lines[1:]:
             k, _, v = line.partition(":")
             hd[k.strip().lower()] = v.strip()
-        self.count["direct"] += 1
+        self.c.exchanges["direct"] += 1
         self.record(method, path, status, hd, body)
         return status, hd, body
 
@@ -622,6 +622,8 @@ def test_service_routes(live):
     assert cl.request("HEAD", "/v1/info", headers=AUTH)[0] == 200
     st, hd, data = cl.request("GET", "/metrics", headers=AUTH)
     assert st == 200 and b"sketchguide_ready 1" in data
+    named = re.findall(r"sketchguide_\w+", cl.c.spec["paths"]["/metrics"]["get"]["description"])
+    assert len(named) >= 5 and not [n for n in named if n.encode() not in data], named  # the description's metrics
     assert cl.request("HEAD", "/metrics", headers=AUTH)[0] == 200
     for path in ["/v1/generate", "/v1/jobs/" + NO_JOB, "/v1/jobs/%s/images/0" % NO_JOB, "/v1/jobs/%s/events" % NO_JOB,
                  "/healthz", "/readyz", "/v1/info", "/metrics"]:
@@ -877,6 +879,9 @@ def test_every_listed_response_was_produced(contract):
     assert not missing, "listed in openapi.yaml but never produced: %s" % missing
     extra = sorted(k for k in UNPRODUCED if k in contract.seen or k not in contract.listed())
     assert not extra, "UNPRODUCED is out of date: %s" % extra
+    print("%d exchanges (%d through Prism), %d of %d listed responses produced" % (
+        sum(contract.exchanges.values()), contract.exchanges["prism"], len(contract.listed() & contract.seen),
+        len(contract.listed())))
 
 
 def test_the_checks_see_a_drifted_spec(tmp_path, contract):
