@@ -113,19 +113,23 @@ static sg_tokenizer *load_tokenizer(const char *dir, json_t *tk, int32_t context
   return tok;
 }
 
-sg_tokenizer *sg_model_load_tokenizer(const char *dir, char *err, size_t errlen) {
-  char path[4096];
+/* Parses dir/model.json (its path into path, cap bytes). Returns the JSON root, or NULL with a message. */
+static json_t *load_manifest(const char *dir, char *path, size_t cap, char *err, size_t errlen) {
   if (!dir) {
     sg_set_err(err, errlen, "no model directory");
     return NULL;
   }
-  snprintf(path, sizeof path, "%s/model.json", dir);
+  snprintf(path, cap, "%s/model.json", dir);
   json_error_t jerr;
   json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
-  if (!root) {
-    sg_set_err(err, errlen, "%s: %s (line %d)", path, jerr.text, jerr.line);
-    return NULL;
-  }
+  if (!root) sg_set_err(err, errlen, "%s: %s (line %d)", path, jerr.text, jerr.line);
+  return root;
+}
+
+sg_tokenizer *sg_model_load_tokenizer(const char *dir, char *err, size_t errlen) {
+  char path[4096];
+  json_t *root = load_manifest(dir, path, sizeof path, err, errlen);
+  if (!root) return NULL;
   json_t *tk = json_object_get(root, "tokenizer");
   sg_tokenizer *tok = NULL;
   if (!json_is_object(tk)) sg_set_err(err, errlen, "%s: no tokenizer section", path);
@@ -136,17 +140,8 @@ sg_tokenizer *sg_model_load_tokenizer(const char *dir, char *err, size_t errlen)
 
 sg_model *sg_model_load(const char *dir, sg_model_params params, char *err, size_t errlen) {
   char path[4096];
-  if (!dir) {
-    sg_set_err(err, errlen, "no model directory");
-    return NULL;
-  }
-  snprintf(path, sizeof path, "%s/model.json", dir);
-  json_error_t jerr;
-  json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
-  if (!root) {
-    sg_set_err(err, errlen, "%s: %s (line %d)", path, jerr.text, jerr.line);
-    return NULL;
-  }
+  json_t *root = load_manifest(dir, path, sizeof path, err, errlen);
+  if (!root) return NULL;
   sg_model *m = calloc(1, sizeof *m);
   if (!m) {
     sg_set_err(err, errlen, "out of memory");

@@ -378,19 +378,27 @@ static enum MHD_Result send_response(req *r, int status, struct MHD_Response *re
   return ret;
 }
 
-/* Queues a JSON body (consumed: decref'ed here). */
-static enum MHD_Result send_json(req *r, int status, json_t *body) {
+/* A response holding body as compact JSON with its Content-Type (body is consumed: decref'ed here); *n gets its
+ * length. Returns NULL when out of memory. */
+static struct MHD_Response *json_response(json_t *body, size_t *n) {
   char *text = body ? json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(15)) : NULL;
   json_decref(body);
-  if (!text) return MHD_NO;
-  size_t n = strlen(text);
-  struct MHD_Response *resp = MHD_create_response_from_buffer(n, text, MHD_RESPMEM_MUST_FREE);
+  if (!text) return NULL;
+  *n = strlen(text);
+  struct MHD_Response *resp = MHD_create_response_from_buffer(*n, text, MHD_RESPMEM_MUST_FREE);
   if (!resp) {
     free(text);
-    return MHD_NO;
+    return NULL;
   }
   MHD_add_response_header(resp, "Content-Type", "application/json");
-  return send_response(r, status, resp, n);
+  return resp;
+}
+
+/* Queues a JSON body (consumed: decref'ed here). */
+static enum MHD_Result send_json(req *r, int status, json_t *body) {
+  size_t n = 0;
+  struct MHD_Response *resp = json_response(body, &n);
+  return resp ? send_response(r, status, resp, n) : MHD_NO;
 }
 
 /* Seconds a client should wait before retrying a full queue: the mean job time times the jobs ahead, per worker. */
@@ -421,16 +429,9 @@ static enum MHD_Result send_error(req *r, err_kind k, const char *param, const c
   json_object_set_new(e, "message", json_string(msg));
   json_object_set_new(e, "param", param && *param ? json_string(param) : json_null());
   json_object_set_new(o, "error", e);
-  char *text = json_dumps(o, JSON_COMPACT);
-  json_decref(o);
-  if (!text) return MHD_NO;
-  size_t n = strlen(text);
-  struct MHD_Response *resp = MHD_create_response_from_buffer(n, text, MHD_RESPMEM_MUST_FREE);
-  if (!resp) {
-    free(text);
-    return MHD_NO;
-  }
-  MHD_add_response_header(resp, "Content-Type", "application/json");
+  size_t n = 0;
+  struct MHD_Response *resp = json_response(o, &n);
+  if (!resp) return MHD_NO;
   int status = ERRORS[k].status;
   if (status == 401)
     MHD_add_response_header(resp, "WWW-Authenticate",
@@ -717,16 +718,9 @@ static enum MHD_Result sync_answer(req *r) {
   json_object_set_new(o, "images", imgs);
   json_object_set_new(o, "queue_time_ms", ms3(st->queue_ms));
   json_object_set_new(o, "inference_time_ms", ms3(st->inference_ms));
-  char *text = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(15));
-  json_decref(o);
-  if (!text) return MHD_NO;
-  size_t n = strlen(text);
-  struct MHD_Response *resp = MHD_create_response_from_buffer(n, text, MHD_RESPMEM_MUST_FREE);
-  if (!resp) {
-    free(text);
-    return MHD_NO;
-  }
-  MHD_add_response_header(resp, "Content-Type", "application/json");
+  size_t n = 0;
+  struct MHD_Response *resp = json_response(o, &n);
+  if (!resp) return MHD_NO;
   timing_headers(resp, st);
   return send_response(r, 200, resp, n);
 }
@@ -1170,16 +1164,9 @@ static enum MHD_Result h_generate(req *r) {
     json_object_set_new(o, "seed", json_integer(a.jr.seed));
     json_object_set_new(o, "url", json_string(url));
     json_object_set_new(o, "events_url", json_string(ev));
-    char *text = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    if (!text) return MHD_NO;
-    size_t n = strlen(text);
-    struct MHD_Response *resp = MHD_create_response_from_buffer(n, text, MHD_RESPMEM_MUST_FREE);
-    if (!resp) {
-      free(text);
-      return MHD_NO;
-    }
-    MHD_add_response_header(resp, "Content-Type", "application/json");
+    size_t n = 0;
+    struct MHD_Response *resp = json_response(o, &n);
+    if (!resp) return MHD_NO;
     MHD_add_response_header(resp, "Location", url);
     MHD_add_response_header(resp, "Preference-Applied", "respond-async");
     MHD_add_response_header(resp, "X-Seed", seed);
