@@ -12,6 +12,8 @@
 #include <strings.h>
 
 #include "errbuf.h"
+#include "http.h"
+#include "jobs.h"
 
 typedef enum { T_I32, T_I64, T_F64, T_BOOL, T_STR, T_LIST, T_LEVEL } kind;
 
@@ -72,25 +74,28 @@ static int nullable(const setting *s) { return !strcmp(s->key.name, "model") || 
 static const char *const LEVELS[] = {"debug", "info", "warn", "error"};
 
 sg_config sg_config_default_params(void) {
+  /* the HTTP layer's and the job manager's own defaults, so that each number lives in one place */
+  sg_http_params h = sg_http_default_params();
+  sg_jobs_params j = sg_jobs_default_params();
   sg_config c;
   memset(&c, 0, sizeof c);
-  snprintf(c.host, sizeof c.host, "127.0.0.1");
-  c.port = 8080;
+  snprintf(c.host, sizeof c.host, "%s", h.host);
+  c.port = h.port;
   snprintf(c.devices, sizeof c.devices, "cpu");
   c.threads = 0;
-  c.http_threads = 2;
-  c.max_connections = 256;
-  c.connection_timeout_s = 30;
-  c.max_queue = 16;
-  c.max_body_bytes = 16 * 1024 * 1024;
-  c.max_image_pixels = 4096 * 4096;
-  c.max_steps = 150;
-  c.max_images = 4;
-  c.max_prompt_bytes = 2000;
-  c.default_timeout_ms = 300000;
-  c.max_timeout_ms = 3600000;
-  c.keep_finished_count = 256;
-  c.keep_finished_seconds = 600;
+  c.http_threads = h.threads;
+  c.max_connections = h.max_connections;
+  c.connection_timeout_s = h.connection_timeout_s;
+  c.max_queue = j.max_queue;
+  c.max_body_bytes = h.max_body_bytes;
+  c.max_image_pixels = h.max_image_pixels;
+  c.max_steps = h.max_steps;
+  c.max_images = h.max_images;
+  c.max_prompt_bytes = h.max_prompt_bytes;
+  c.default_timeout_ms = h.default_timeout_ms;
+  c.max_timeout_ms = h.max_timeout_ms;
+  c.keep_finished_count = j.keep_finished_count;
+  c.keep_finished_seconds = j.keep_finished_seconds;
   c.drain_seconds = 30;
   c.metrics_require_token = 0;
   c.log_level = SG_CONFIG_LOG_INFO;

@@ -37,6 +37,10 @@ static void test_case(sg_model *m, json_t *c, size_t idx) {
   int calls = 0;
   p.progress = count_steps;
   p.progress_user = &calls;
+  const sg_model_info *mi = sg_model_get_info(m);
+  size_t per_step = (size_t)p.n_images * mi->latent_channels * mi->latent_size * mi->latent_size;
+  float *trace = malloc((size_t)p.steps * per_step * sizeof *trace);
+  p.trace = trace;
   sg_result r;
   char err[512];
   int rc = sg_generate(m, &p, &r, err, sizeof err);
@@ -58,9 +62,15 @@ static void test_case(sg_model *m, json_t *c, size_t idx) {
     CHECK(dl <= 1e-3, "case %zu: latents differ by %g", idx, dl);
     CHECK(dp <= 1, "case %zu: pixels differ by %d levels", idx, dp);
     CHECK(calls == p.steps, "case %zu: %d progress calls", idx, calls);
+    /* the trace's last step is the result; its first differs from it */
+    CHECK(r.latent_len * r.n == per_step, "case %zu: trace size", idx);
+    CHECK(!memcmp(trace + (size_t)(p.steps - 1) * per_step, r.latents, per_step * sizeof *trace),
+          "case %zu: the trace's last step is not the result", idx);
+    CHECK(p.steps == 1 || memcmp(trace, r.latents, per_step * sizeof *trace), "case %zu: trace not filled", idx);
     sg_result_free(&r);
   }
   free(sketch);
+  free(trace);
 }
 
 static int cancel_at_3(void *user, int32_t step, int32_t total) { return step >= 3; }
