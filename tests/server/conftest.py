@@ -11,12 +11,18 @@ SHARED = os.environ.get("SKETCHGUIDE_SHARED", os.path.join(os.path.dirname(ROOT)
 BUNDLED = os.path.join(ROOT, "models", "shapes")
 
 
-@pytest.fixture(scope="session")
-def sg():
-    """Runs the binary: sg(*args, input=None) -> CompletedProcess (text mode, never raises on a non-zero exit)."""
+def binary() -> str:
+    """The binary under test: $SKETCHGUIDE_BIN (set by meson), else build/server/sketchguide; skips without one."""
     exe = os.environ.get("SKETCHGUIDE_BIN", os.path.join(ROOT, "build", "server", "sketchguide"))
     if not os.path.exists(exe):
         pytest.skip("no sketchguide binary at %s" % exe)
+    return exe
+
+
+@pytest.fixture(scope="session")
+def sg():
+    """Runs the binary: sg(*args, input=None) -> CompletedProcess (text mode, never raises on a non-zero exit)."""
+    exe = binary()
 
     def run(*args, input=None, env=None, text=True, cwd=None):
         e = dict(os.environ, OPENBLAS_NUM_THREADS="1")

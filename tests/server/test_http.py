@@ -18,19 +18,12 @@ import time
 import pytest
 from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, binary
 
 STAR = os.path.join(ROOT, "docs", "examples", "star.png")
 PROMPT = "a red star on a plain blue background"
 BOUNDARY = "sgTestBoundary0123456789"
 LONG = 150  # steps of a job that keeps a worker busy until it is cancelled
-
-
-def binary():
-    exe = os.environ.get("SKETCHGUIDE_BIN", os.path.join(ROOT, "build", "server", "sketchguide"))
-    if not os.path.exists(exe):
-        pytest.skip("no sketchguide binary at %s" % exe)
-    return exe
 
 
 def clean_env(**extra):

@@ -36,7 +36,7 @@ try:
 except ImportError as e:  # Debian: python3-jsonschema python3-yaml (setup.sh installs them)
     raise ImportError("test_openapi needs PyYAML and jsonschema (Debian: python3-yaml python3-jsonschema): %s" % e)
 
-from conftest import ROOT
+from conftest import ROOT, binary
 
 SPEC_PATH = os.path.join(ROOT, "openapi.yaml")
 PRISM = os.path.join(ROOT, "node_modules", "@stoplight", "prism-cli", "dist", "index.js")
@@ -311,13 +311,6 @@ class Contract:
 
 # --- processes ----------------------------------------------------------------------------------------------------
 
-def sketchguide():
-    exe = os.environ.get("SKETCHGUIDE_BIN", os.path.join(ROOT, "build", "server", "sketchguide"))
-    if not os.path.exists(exe):
-        pytest.skip("no sketchguide binary at %s" % exe)
-    return exe
-
-
 def server_env(**extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKETCHGUIDE_")}
     env["OPENBLAS_NUM_THREADS"] = "1"
@@ -363,7 +356,7 @@ class Proc:
 
 
 def start_server(*args, env=None, wait_ready=True):
-    cmd = [sketchguide(), "serve", "--port", "0", "--threads", "1"] + [str(a) for a in args]
+    cmd = [binary(), "serve", "--port", "0", "--threads", "1"] + [str(a) for a in args]
     p = Proc(cmd, env=env or server_env())
     m = p.wait_line(r"^listening on http://\S+:(\d+)$")
     p.port = int(m.group(1))
