@@ -9,8 +9,12 @@ PACKAGES=(
   libtorch-dev libopenblas0-pthread
   libmicrohttpd-dev libjansson-dev libturbojpeg0-dev libpng-dev zlib1g-dev
   python3-yaml python3-jsonschema
+  chromium fonts-dejavu-core nginx
 )
-# node and npm for the checks of openapi.yaml (redocly, Prism); Debian 12's nodejs 18 is enough. A node installed
+# chromium: the browser test of the sketch pad (tests/web, driven by playwright-core); nginx: the load-balanced
+# deployment test (tests/deploy). Neither runs as a service: the tests start their own.
+# node and npm for the checks of openapi.yaml (redocly, Prism), the browser test (playwright-core) and the Kubernetes
+# manifests' validation (kubernetes-models); Debian 12's nodejs 18 is enough. A node installed
 # another way (NodeSource, nvm) is used as it is: Debian's npm package would conflict with it.
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || PACKAGES+=(nodejs npm)
 
@@ -26,7 +30,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-# The API checks' tools at the versions of package-lock.json, into node_modules/ (again only when the lock changes).
+# The JavaScript test tools at the versions of package-lock.json, into node_modules/ (again only when the lock changes).
 # No install scripts: none of these packages needs one. Debian's npm 9.2 warns that @redocly wants npm >= 9.5 to
 # install it (EBADENGINE); it installs and runs fine on node 18 (its node requirement, >= 18.17, is met).
 if ! cmp -s package-lock.json node_modules/.setup-package-lock.json; then
