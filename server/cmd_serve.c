@@ -195,6 +195,7 @@ int cmd_serve(int argc, char **argv) {
   hp.cors_origins = c.cors_origins;
   hp.token = c.token;
   hp.metrics_require_token = c.metrics_require_token;
+  hp.ui = c.ui;
   hp.version = SG_VERSION;
   hp.log = log_line;
   hp.log_user = &lg;

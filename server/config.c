@@ -60,6 +60,7 @@ static const setting SETTINGS[] = {
      F(token_file), 0, 0},
     {{"metrics_require_token", "whether /metrics needs the token (/healthz and /readyz never do)"}, T_BOOL,
      F(metrics_require_token), 0, 0},
+    {{"ui", "serve the browser sketch pad at / (false: / answers 404; the API is unchanged)"}, T_BOOL, F(ui), 0, 0},
     {{"log_level", "debug, info, warn or error (prompts are logged at debug only)"}, T_LEVEL, F(log_level), 0, 0},
     {{"warmup_steps", "steps of the warm-up generation on each worker before ready (0: none)"}, T_I32,
      F(warmup_steps), 0, 100},
@@ -97,7 +98,8 @@ sg_config sg_config_default_params(void) {
   c.keep_finished_count = j.keep_finished_count;
   c.keep_finished_seconds = j.keep_finished_seconds;
   c.drain_seconds = 30;
-  c.metrics_require_token = 0;
+  c.metrics_require_token = h.metrics_require_token;
+  c.ui = h.ui;
   c.log_level = SG_CONFIG_LOG_INFO;
   c.warmup_steps = 2;
   return c;

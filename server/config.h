@@ -65,6 +65,7 @@ typedef struct {
   char cors_origins[4096];       /* "" = CORS off; comma-separated origins, or "*" */
   char token_file[4096];         /* "" = none */
   int metrics_require_token;     /* 0: /metrics stays open like /healthz and /readyz */
+  int ui;                        /* 1: the sketch pad at / (sg_http_params.ui) */
   int32_t log_level;             /* SG_CONFIG_LOG_INFO */
   int32_t warmup_steps;          /* 2; 0 = no warm-up generation */
   char token[1024];              /* set by load_env (SKETCHGUIDE_TOKEN) or finish (token_file); "" = no auth */

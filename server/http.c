@@ -43,6 +43,7 @@
 #include "errbuf.h"
 #include "image.h"
 #include "sampler.h"
+#include "web_assets.h"
 
 #define WATCHDOG_MS 200
 #define MAX_FIELD_BYTES 256    /* a number or a name */
@@ -339,7 +340,7 @@ enum { R_OPEN = 1, R_BODY = 2, R_METRICS = 4, R_HEAD = 8 };
 
 struct route {
   const char *method;
-  const char *pattern; /* "{id}" matches one segment, "{i}" a decimal index */
+  const char *pattern; /* "{id}" and "{name}" match one segment, "{i}" a decimal index */
   handler_fn fn;
   int flags;
 };
@@ -363,7 +364,7 @@ static const char EXPOSED[] = "X-Job-Id, X-Seed, X-Queue-Time-Ms, X-Inference-Ti
  * reference. Returns libmicrohttpd's answer. */
 static enum MHD_Result send_response(req *r, int status, struct MHD_Response *resp, uint64_t bytes) {
   if (!resp) return MHD_NO;
-  MHD_add_response_header(resp, "Cache-Control", "no-store");
+  if (!MHD_get_response_header(resp, "Cache-Control")) MHD_add_response_header(resp, "Cache-Control", "no-store");
   if (r->job_id[0]) MHD_add_response_header(resp, "X-Job-Id", r->job_id);
   if (r->origin) {
     MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->origin);
@@ -1440,9 +1441,58 @@ static enum MHD_Result h_job_events(req *r) {
   return send_response(r, 200, resp, 0);
 }
 
+/* ---- the sketch pad ---- */
+
+/* The page's policy: its own scripts, styles and images only (results are shown through blob: URLs), no framing. */
+static const char UI_CSP[] = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+                             "connect-src 'self'; manifest-src 'self'; base-uri 'none'; form-action 'none'; "
+                             "frame-ancestors 'none'";
+
+/* Whether an If-None-Match value (a list of entity tags, or "*") names etag; weak tags compare equal too. */
+static int etag_matches(const char *inm, const char *etag) {
+  size_t n = strlen(etag);
+  for (const char *p = inm; *p;) {
+    while (*p == ' ' || *p == ',' || *p == '\t') p++;
+    if (*p == '*') return 1;
+    if (!strncmp(p, "W/", 2)) p += 2;
+    if (!strncmp(p, etag, n) && (p[n] == 0 || p[n] == ',' || p[n] == ' ' || p[n] == '\t')) return 1;
+    while (*p && *p != ',') p++;
+  }
+  return 0;
+}
+
+/* GET / and /ui/{name}: the embedded files of server/web/, revalidated by entity tag (304 when unchanged). */
+static enum MHD_Result h_ui(req *r) {
+  sg_http *h = r->h;
+  if (!h->p.ui) return send_error(r, E_NOT_FOUND, NULL, "the sketch pad is turned off (setting ui)");
+  const char *name = !strcmp(r->rt->pattern, "/") ? "index.html" : r->id;
+  const sg_web_asset *a = NULL;
+  for (size_t i = 0; i < SG_WEB_N_ASSETS && !a; i++)
+    if (!strcmp(SG_WEB_ASSETS[i].name, name)) a = &SG_WEB_ASSETS[i];
+  char shown[80];
+  if (!a) return send_error(r, E_NOT_FOUND, NULL, "no such file: %s", safe_name(name, shown, sizeof shown));
+  const char *inm = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_IF_NONE_MATCH);
+  int fresh = inm && etag_matches(inm, a->etag);
+  struct MHD_Response *resp = fresh ? MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT)
+                                    : MHD_create_response_from_buffer(a->len, (void *)a->data, MHD_RESPMEM_PERSISTENT);
+  if (!resp) return MHD_NO;
+  if (!fresh) MHD_add_response_header(resp, "Content-Type", a->content_type);
+  MHD_add_response_header(resp, "ETag", a->etag);
+  MHD_add_response_header(resp, "Cache-Control", "no-cache"); /* cached, but revalidated: a new build shows at once */
+  MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+  MHD_add_response_header(resp, "Referrer-Policy", "no-referrer");
+  if (!strncmp(a->content_type, "text/html", 9)) {
+    MHD_add_response_header(resp, "Content-Security-Policy", UI_CSP);
+    MHD_add_response_header(resp, "X-Frame-Options", "DENY");
+  }
+  return send_response(r, fresh ? 304 : 200, resp, fresh ? 0 : a->len);
+}
+
 /* ---- routing ---- */
 
 static const route ROUTES[] = {
+    {"GET", "/", h_ui, R_OPEN | R_HEAD},
+    {"GET", "/ui/{name}", h_ui, R_OPEN | R_HEAD},
     {"GET", "/healthz", h_healthz, R_OPEN | R_HEAD},
     {"GET", "/readyz", h_readyz, R_OPEN | R_HEAD},
     {"GET", "/metrics", h_metrics, R_METRICS | R_HEAD},
@@ -1464,7 +1514,7 @@ static int path_match(const char *pattern, const char *url, req *r) {
       const char *ue = strchr(u, '/');
       size_t n = ue ? (size_t)(ue - u) : strlen(u);
       if (n == 0 || !pe) return 0;
-      if (!strncmp(p, "{id}", 4)) {
+      if (!strncmp(p, "{id}", 4) || !strncmp(p, "{name}", 6)) {
         if (n >= sizeof r->id) return 0;
         memcpy(r->id, u, n);
         r->id[n] = 0;
@@ -1724,6 +1774,7 @@ sg_http_params sg_http_default_params(void) {
   p.default_timeout_ms = 300000;
   p.max_timeout_ms = 3600000;
   p.version = "unknown";
+  p.ui = 1;
   return p;
 }
 

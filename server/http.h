@@ -56,6 +56,7 @@ typedef struct {
   const char *cors_origins;      /* NULL or "": CORS off; comma-separated origins; "*" any origin */
   const char *token;             /* NULL or "": no authentication (copied) */
   int metrics_require_token;     /* 0 */
+  int ui;                        /* 1: serve the sketch pad (server/web/) at / and /ui/{name}; 0: those answer 404 */
   const char *version;           /* reported by /v1/info; "unknown" */
   sg_jobs_log_fn log;            /* NULL: no logging */
   void *log_user;

@@ -260,6 +260,7 @@ def test_settings_precedence_and_errors(tmp_path):
     assert o["port"] == 3000 and o["max_queue"] == 5
     o = json.loads(pc(SKETCHGUIDE_CONFIG=str(cfg)).stdout)
     assert o["port"] == 1234
+    assert json.loads(pc(SKETCHGUIDE_UI="false").stdout)["ui"] is False and json.loads(pc().stdout)["ui"] is True
     assert "s3cret" not in pc(SKETCHGUIDE_TOKEN="s3cret").stdout
     bad = [
         (["--port", "x"], {}, "--port: 'x' is not an integer"),

@@ -629,6 +629,55 @@ def test_service_routes(live):
     cl.assert_clean()
 
 
+def web_files():
+    """The sketch pad's files as server/web/meson.build lists them: {name: bytes}."""
+    folder = os.path.join(ROOT, "server", "web")
+    listed = re.search(r"files\(([^)]*)\)", open(os.path.join(folder, "meson.build")).read()).group(1)
+    names = re.findall(r"'([^']+)'", listed)
+    assert "index.html" in names, names
+    return {n: open(os.path.join(folder, n), "rb").read() for n in names}
+
+
+def test_sketch_pad_files(live):
+    """/ and /ui/{name}: every file of server/web/ byte for byte with its type, open without the token, revalidated
+    by ETag (304), the page under its Content-Security-Policy; unknown names 404."""
+    cl, _, _ = live
+    types = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml",
+             ".png": "image/png", ".json": "application/json"}
+    tags = set()
+    for name, data in web_files().items():
+        for path in (["/"] if name == "index.html" else []) + ["/ui/" + name]:
+            st, hd, body = cl.request("GET", path, auth=False, via="direct" if name.endswith(".png") else None)
+            assert st == 200 and body == data, (path, st, len(body), len(data))
+            assert hd["content-type"].split(";")[0] == types[os.path.splitext(name)[1]], (path, hd["content-type"])
+            assert hd["cache-control"] == "no-cache" and hd["x-content-type-options"] == "nosniff", path
+            tags.add(hd["etag"])
+            if name.endswith(".html"):
+                csp = hd["content-security-policy"]
+                assert "default-src 'none'" in csp and "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+            st, hd2, body = cl.request("HEAD", path, auth=False)
+            assert st == 200 and body == b"" and hd2["etag"] == hd["etag"] and hd2["content-length"] == str(len(data))
+            for inm in (hd["etag"], "W/" + hd["etag"], '"0000", ' + hd["etag"], "*"):
+                st, hd3, body = cl.request("GET", path, headers={"If-None-Match": inm}, auth=False)
+                assert st == 304 and body == b"" and hd3["etag"] == hd["etag"], (path, inm, st)
+            assert cl.request("HEAD", path, headers={"If-None-Match": hd["etag"]}, auth=False)[0] == 304
+            st, _, body = cl.request("GET", path, headers={"If-None-Match": '"0000"'}, auth=False)
+            assert st == 200 and body == data, path
+    assert len(tags) == len(web_files()), "files share an ETag: %s" % tags
+    for name in ["nope.js", "index.htm", "meson.build", "app.js.map", "x" * 71]:
+        st, _, data = cl.request("GET", "/ui/" + name, auth=False)
+        assert st == 404 and json.loads(data)["error"]["message"] == "no such file: " + name, (name, data)
+        assert cl.request("HEAD", "/ui/" + name, auth=False)[0] == 404
+    # names the spec refuses still get a clean 404 (dot files, traversal stays inside one segment)
+    for name in [".hidden", "..", "%2e%2e%2fREADME.md", "App.js"]:
+        assert cl.request("GET", "/ui/" + name, auth=False, valid=None, via="direct")[0] == 404, name
+    for path in ["/", "/ui/app.js"]:
+        st, hd, _ = cl.request("OPTIONS", path, headers={"Origin": ORIGIN, "Access-Control-Request-Method": "GET"})
+        assert st == 204 and hd["access-control-allow-origin"] == ORIGIN, path
+    assert cl.request("OPTIONS", "/ui/" + "a" * 80, valid=False)[0] == 404  # longer than a name may be
+    cl.assert_clean()
+
+
 def test_generation(live):
     cl, _, _ = live
     # multipart: one image as PNG
@@ -767,7 +816,7 @@ def test_errors(live):
     for m, tpl in cl.c.operations():
         if m == "OPTIONS":
             continue
-        path = tpl.replace("{id}", NO_JOB).replace("{i}", "0")
+        path = tpl.replace("{id}", NO_JOB).replace("{i}", "0").replace("{name}", "app.js")
         st, _, _ = cl.raw(m, path, b"Authorization: Bearer %s\r\n" % TOKEN.encode())
         assert st == 413, (m, path, st)
     # 415: neither multipart nor JSON; a sketch that is neither PNG nor JPEG
@@ -794,7 +843,7 @@ def test_route_table_against_spec(live):
     job = json.loads(data)["id"]
     cl.wait_state(job, ("succeeded",))
     for tpl, _, item in cl.c.paths:
-        path = tpl.replace("{id}", job).replace("{i}", "0")
+        path = tpl.replace("{id}", job).replace("{i}", "0").replace("{name}", "app.js")
         listed = cl.c.methods(item)
         for m in METHODS:
             body = b"{}" if m in ("POST", "PUT", "PATCH") else None
@@ -804,7 +853,7 @@ def test_route_table_against_spec(live):
                 assert st != 405 and not (st == 404 and b"no such route" in data), (m, path, st)
             else:
                 assert st == 405, (m, path, st)
-    for path in ["/", "/v1", "/v1/", "/v1/jobs", "/v1/jobs/", "/v1/jobs/%s/images" % job, "/v1/jobs/%s/" % job,
+    for path in ["/ui", "/ui/", "/ui/app.js/x", "/index.html", "/app.js", "/v1", "/v1/", "/v1/jobs", "/v1/jobs/", "/v1/jobs/%s/images" % job, "/v1/jobs/%s/" % job,
                  "/v1/jobs/%s/cancel" % job, "/v1/generate/", "/v2/generate", "/health", "/ready", "/info",
                  "/v1/metrics", "/v1/healthz", "/metrics/", "/v1/jobs/%s/images/0/x" % job]:
         for m in ["GET", "POST", "DELETE", "OPTIONS"]:
@@ -830,10 +879,10 @@ def test_draining(live, contract):
 
 
 def test_not_ready_and_gone(contract):
-    """Server B, no token, a long warm-up: every route while the model loads (503 not_ready, /v1/info without a
-    model), then, keeping one finished job only, 410 for an evicted one. Straight to the server (its port is
-    known only once it listens, and the window is short), checked by the validator."""
-    srv = start_server("--warmup-steps", 60, "--keep-finished-count", 1, wait_ready=False)
+    """Server B, no token, the sketch pad off (404), a long warm-up: every route while the model loads (503
+    not_ready, /v1/info without a model), then, keeping one finished job only, 410 for an evicted one. Straight to
+    the server (its port is known only once it listens, and the window is short), checked by the validator."""
+    srv = start_server("--warmup-steps", 60, "--keep-finished-count", 1, "--ui", "false", wait_ready=False)
     try:
         cl = Client(contract, srv.port)
         st, hd, _ = cl.request("GET", "/readyz", via="direct")
@@ -849,6 +898,9 @@ def test_not_ready_and_gone(contract):
         assert st == 503 and json.loads(data)["error"]["code"] == "not_ready"
         assert not re.search(r"^ready", srv.text(), re.M), "the model loaded during the probes: raise --warmup-steps"
         assert cl.request("GET", "/metrics", via="direct")[0] == 200  # open: no token here
+        for m in ("GET", "HEAD"):  # the sketch pad turned off (setting ui)
+            for path in ("/", "/ui/app.js"):
+                assert cl.request(m, path, via="direct")[0] == 404, (m, path)
         srv.wait_line(r"^ready")
         jobs = []
         for seed in (1, 2):  # the second one's end evicts the first

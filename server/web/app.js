@@ -1,0 +1,1 @@
+// placeholder: the sketch pad replaces it
