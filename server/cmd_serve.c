@@ -185,6 +185,7 @@ int cmd_serve(int argc, char **argv) {
   hp.threads = c.http_threads;
   hp.max_connections = c.max_connections;
   hp.connection_timeout_s = c.connection_timeout_s;
+  hp.sse_keepalive_s = c.sse_keepalive_s;
   hp.max_body_bytes = c.max_body_bytes;
   hp.max_image_pixels = c.max_image_pixels;
   hp.max_steps = c.max_steps;

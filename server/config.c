@@ -38,6 +38,8 @@ static const setting SETTINGS[] = {
     {{"max_connections", "most simultaneous connections; more are refused"}, T_I32, F(max_connections), 1, 65536},
     {{"connection_timeout_s", "idle connections are closed after this many seconds (0: never)"}, T_I32,
      F(connection_timeout_s), 0, 86400},
+    {{"sse_keepalive_s", "an event stream quiet this long gets a comment line, for proxies' idle timeouts (0: never)"},
+     T_I32, F(sse_keepalive_s), 0, 86400},
     {{"max_queue", "jobs that may wait for a busy worker; beyond it 429"}, T_I32, F(max_queue), 0, 100000},
     {{"max_body_bytes", "largest request body; beyond it 413"}, T_I64, F(max_body_bytes), 1024, 2147483647.0},
     {{"max_image_pixels", "largest sketch, width x height, checked before decoding"}, T_I64, F(max_image_pixels), 1,
@@ -87,6 +89,7 @@ sg_config sg_config_default_params(void) {
   c.http_threads = h.threads;
   c.max_connections = h.max_connections;
   c.connection_timeout_s = h.connection_timeout_s;
+  c.sse_keepalive_s = h.sse_keepalive_s;
   c.max_queue = j.max_queue;
   c.max_body_bytes = h.max_body_bytes;
   c.max_image_pixels = h.max_image_pixels;

@@ -13,7 +13,8 @@
  * connection (timeouts restart at resume), so neither waiting clients nor streams meet connection_timeout_s; but
  * it also cannot see a suspended client disconnect, so a watchdog thread peeks at the sockets of suspended
  * connections every WATCHDOG_MS and resumes those whose peer has gone; the handler then refuses to go on, the
- * connection closes, and MHD_OPTION_NOTIFY_COMPLETED (with a code other than COMPLETED_OK) cancels the job.
+ * connection closes, and MHD_OPTION_NOTIFY_COMPLETED (with a code other than COMPLETED_OK) cancels the job. The
+ * watchdog also feeds a keep-alive comment to event streams quiet for sse_keepalive_s (proxies' idle timeouts).
  *
  * Locks: h->mu guards the list of requests that wait on jobs; r->mu guards one request's hand-over fields
  * (suspended, done, gone, the result, the event buffer). Order: h->mu, then r->mu, then libmicrohttpd's own. The
@@ -332,6 +333,7 @@ struct req {
   buf ev;
   size_t ev_off;
   int ev_end;
+  double ev_t;          /* when the last event or keep-alive was queued */
 };
 
 typedef enum MHD_Result (*handler_fn)(req *r);
@@ -610,10 +612,16 @@ static void *watchdog_main(void *arg) {
     ts.tv_nsec %= 1000000000L;
     pthread_cond_timedwait(&h->cv, &h->mu, &ts);
     if (h->wd_stop) break;
+    double now = now_s();
     for (req *r = h->waiting; r; r = r->wnext) {
       pthread_mutex_lock(&r->mu);
       if (r->suspended && peer_gone(r->fd)) {
         r->gone = 1;
+        resume_locked(r);
+      } else if (r->suspended && r->ph == PH_STREAM && h->p.sse_keepalive_s > 0 &&
+                 now - r->ev_t >= h->p.sse_keepalive_s) {
+        if (buf_add(&r->ev, ": keep-alive\n\n", 14)) r->gone = 1; /* a comment: EventSource ignores it */
+        r->ev_t = now;
         resume_locked(r);
       }
       pthread_mutex_unlock(&r->mu);
@@ -1360,6 +1368,7 @@ static void stream_push_locked(req *r, const char *event, json_t *data) {
   if (buf_add(&r->ev, headl, (size_t)n) || buf_add(&r->ev, text, strlen(text)) || buf_add(&r->ev, "\n\n", 2))
     r->gone = 1;
   free(text);
+  r->ev_t = now_s();
 }
 
 static void on_stream_event(void *user, const sg_job_event *ev) {
@@ -1766,6 +1775,7 @@ sg_http_params sg_http_default_params(void) {
   p.threads = 2;
   p.max_connections = 256;
   p.connection_timeout_s = 30;
+  p.sse_keepalive_s = 15;
   p.max_body_bytes = 16 * 1024 * 1024;
   p.max_image_pixels = 4096 * 4096;
   p.max_steps = 150;
@@ -1802,7 +1812,7 @@ sg_http *sg_http_start(sg_http_params p, sg_metrics *metrics, char *err, size_t 
   if (!metrics || p.port < 0 || p.port > 65535 || p.threads < 1 || p.threads > 64 || p.max_connections < 1 ||
       p.max_body_bytes < 1 || p.max_image_pixels < 1 || p.max_steps < 1 || p.max_images < 1 ||
       p.max_images > SG_JOBS_MAX_IMAGES || p.max_prompt_bytes < 1 || p.default_timeout_ms < 1 ||
-      p.max_timeout_ms < p.default_timeout_ms || p.connection_timeout_s < 0) {
+      p.max_timeout_ms < p.default_timeout_ms || p.connection_timeout_s < 0 || p.sse_keepalive_s < 0) {
     sg_set_err(err, errlen, "http: bad parameters");
     return NULL;
   }

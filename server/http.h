@@ -46,6 +46,8 @@ typedef struct {
   int32_t threads;               /* event-loop threads; 2 */
   int32_t max_connections;       /* 256 */
   int32_t connection_timeout_s;  /* 30; 0 = none. Suspended connections (waiting requests, streams) never time out */
+  int32_t sse_keepalive_s;       /* 15: an event stream quiet this long gets a comment line, so that proxies and load
+                                    balancers with idle timeouts keep it open; 0 = never */
   int64_t max_body_bytes;        /* 16 MiB */
   int64_t max_image_pixels;      /* 4096 x 4096 */
   int32_t max_steps;             /* 150 (the job manager's own limit also applies) */

@@ -399,7 +399,7 @@ def test_async_poll_image_and_events(srv):
 def parse_sse(data):
     out = []
     for block in data.decode().split("\n\n"):
-        if not block.strip():
+        if not block.strip() or block.startswith(":"):  # a comment: the keep-alive
             continue
         ev = dict(line.split(": ", 1) for line in block.split("\n"))
         out.append((ev["event"], json.loads(ev["data"])))
@@ -532,6 +532,37 @@ def test_idle_timeout_spares_waiting_requests_and_streams():
         events = parse_sse(r.read())
         assert events[0][0] == "status" and events[-1][0] == "end" and events[-1][1]["status"] == "succeeded"
         c.close()
+    finally:
+        assert s.stop() == 0
+        s.close()
+
+
+def test_event_stream_keepalive_while_queued():
+    """A stream whose job waits gets `: keep-alive` comments every sse_keepalive_s, then its events as usual."""
+    s = Server("--sse-keepalive-s", "1")
+    try:
+        blocker = s.submit_async(steps=LONG)
+        s.wait_state(blocker, ("running",))
+        queued = s.submit_async(steps=2)
+        sock = socket.create_connection(("127.0.0.1", s.port), timeout=60)
+        sock.sendall(b"GET /v1/jobs/%s/events HTTP/1.1\r\nHost: x\r\n\r\n" % queued.encode())
+        got = b""
+        while got.count(b": keep-alive\n\n") < 2:
+            chunk = sock.recv(4096)
+            assert chunk, got
+            got += chunk
+        assert b"event: progress" not in got and s.status(queued)["status"] == "queued"
+        st, _, _ = s.request("DELETE", "/v1/jobs/" + blocker)
+        assert st in (200, 202)
+        while b"event: end" not in got:
+            chunk = sock.recv(4096)
+            assert chunk, got
+            got += chunk
+        sock.close()
+        body = got.split(b"\r\n\r\n", 1)[1]
+        text = re.sub(rb"\r\n[0-9a-fA-F]+\r\n", b"", b"\r\n" + body)  # chunked framing off
+        events = parse_sse(text)
+        assert [e for e, _ in events] == ["status", "progress", "progress", "end"], events
     finally:
         assert s.stop() == 0
         s.close()

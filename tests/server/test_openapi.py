@@ -96,7 +96,7 @@ def parse_sse(data):
     """Returns the (event, data text) pairs of an event stream."""
     out = []
     for block in data.decode("utf-8").split("\n\n"):
-        if not block.strip():
+        if not block.strip() or block.startswith(":"):  # a comment: the keep-alive
             continue
         fields = {}
         for line in block.split("\n"):
