@@ -51,7 +51,7 @@ export function describeError(status, code, message, param, retryAfter) {
   switch (status) {
     case 400:
     case 422:
-      return label ? `${label}: ${sentence(detail)}` : sentence(detail || 'The request was not accepted');
+      return label ? `${label}: ${detail.replace(/\.?$/, '.')}` : sentence(detail || 'The request was not accepted');
     case 401:
       return 'This service needs an access token: enter it in the Access token box above.';
     case 404:

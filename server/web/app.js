@@ -55,12 +55,17 @@ function updateHistoryButtons() {
   $('#redo').disabled = !pad.canRedo;
 }
 
+function saveSketch() {
+  clearTimeout(saveTimer);
+  saveTimer = 0;
+  try { localStorage.setItem(SKETCH_KEY, pad.toDataURL()); } catch { /* full or disabled: not kept */ }
+}
+
+/* Keeps the sketch across reloads: saved shortly after each change, and at once when the page is left. */
 function sketchChanged() {
   updateHistoryButtons();
   clearTimeout(saveTimer);
-  saveTimer = setTimeout(() => {
-    try { localStorage.setItem(SKETCH_KEY, pad.toDataURL()); } catch { /* full or disabled: not kept */ }
-  }, 300);
+  saveTimer = setTimeout(saveSketch, 300);
 }
 
 async function restoreSketch() {
@@ -295,11 +300,13 @@ async function cancel() {
 /* ---- history ---- */
 
 function param(dl, name, value) {
+  const pair = document.createElement('div');
   const dt = document.createElement('dt');
   const dd = document.createElement('dd');
   dt.textContent = name;
   dd.textContent = value;
-  dl.append(dt, dd);
+  pair.append(dt, dd);
+  dl.append(pair);
 }
 
 function addHistory(job, images) {
@@ -418,6 +425,7 @@ function wire() {
     $('#token').focus();
   });
   document.addEventListener('keydown', onKey);
+  window.addEventListener('pagehide', () => { if (saveTimer) saveSketch(); });
 }
 
 wire();
