@@ -18,11 +18,10 @@ const CHROMIUM = process.env.SKETCHGUIDE_CHROMIUM || '/usr/bin/chromium';
 const TOKEN = 'test-token-7f3a';
 
 function loadPlaywright() {
-  try {
-    return require('playwright-core');
-  } catch {
-    return require(path.join(ROOT, 'node_modules', 'playwright-core'));
+  for (const where of ['playwright-core', path.join(ROOT, 'node_modules', 'playwright-core')]) {
+    try { return require(where); } catch { /* try the next place */ }
   }
+  throw new Failure('playwright-core is not installed: run `npm ci` in the project root (setup.sh does)');
 }
 
 /* ---- checks ---- */
@@ -572,6 +571,8 @@ async function main() {
   fs.mkdirSync(OUT, {recursive: true});
   selfTest();
   const {chromium} = loadPlaywright();
+  check(fs.existsSync(CHROMIUM), `no browser at ${CHROMIUM}: install Debian's chromium (setup.sh does)`);
+  check(fs.existsSync(BIN), `no server binary at ${BIN}: build it first (ninja -C build)`);
   const srv = await startServer();
   let browser = null;
   const problems = [];
