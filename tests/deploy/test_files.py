@@ -20,20 +20,12 @@ import yaml
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "server"))
 from conftest import ROOT, binary  # noqa: E402
-from test_http import Server, clean_env  # noqa: E402
+from test_http import clean_env, srv  # noqa: E402,F401  (srv: a live server for the module)
 
 DOCKERFILE = os.path.join(ROOT, "deploy", "Dockerfile")
 K8S = os.path.join(ROOT, "deploy", "k8s")
 NGINX_CONF = os.path.join(ROOT, "deploy", "nginx.conf")
 VARIANTS = ("cpu", "cuda")
-
-
-@pytest.fixture(scope="module")
-def live():
-    s = Server()
-    yield s
-    assert s.stop() == 0
-    s.close()
 
 
 def print_config(env=None):
@@ -365,9 +357,9 @@ def test_container_settings_are_real_and_applied():
     assert re.search(r"COPY --from=build %s/lib " % re.escape(torch_dir), text)
 
 
-def test_healthcheck_script(live, tmp_path):
+def test_healthcheck_script(srv, tmp_path):
     script = os.path.join(ROOT, "deploy", "healthcheck.sh")
-    ok = subprocess.run([script], env=dict(os.environ, SKETCHGUIDE_PORT=str(live.port)), capture_output=True,
+    ok = subprocess.run([script], env=dict(os.environ, SKETCHGUIDE_PORT=str(srv.port)), capture_output=True,
                         timeout=30)
     assert ok.returncode == 0, ok.stderr
     with socket.socket() as s:  # a port that refuses
@@ -532,11 +524,11 @@ def live_routes(server):
     return lambda path: server.request("GET", path)[0] == 200
 
 
-def test_manifests_fields(live):
-    metrics = live.request("GET", "/metrics")[2].decode()
+def test_manifests_fields(srv):
+    metrics = srv.request("GET", "/metrics")[2].decode()
     settings = setting_names()
     for variant in ("cpu", "gpu"):
-        assert manifest_problems(load_variant(variant), variant, live_routes(live), metrics, settings) == []
+        assert manifest_problems(load_variant(variant), variant, live_routes(srv), metrics, settings) == []
     rule = yaml.safe_load(yaml.safe_load(open(os.path.join(K8S, "gpu", "prometheus-adapter-rules.yaml")))["data"]
                           ["config.yaml"])["rules"][0]
     metric = one(load_variant("gpu"), "HorizontalPodAutoscaler")["spec"]["metrics"][0]["pods"]["metric"]["name"]
@@ -571,11 +563,11 @@ def _container(edit):
                                             "target": {"type": "AverageValue", "averageValue": "2"}}}]), "metric"),
     ("gpu", _container(lambda c: c["resources"]["limits"].pop("nvidia.com/gpu")), "nvidia.com/gpu"),
 ])
-def test_manifest_checker_rejects(live, variant, breakage, expect):
+def test_manifest_checker_rejects(srv, variant, breakage, expect):
     docs = copy.deepcopy(load_variant(variant))
     breakage(docs)
-    metrics = live.request("GET", "/metrics")[2].decode()
-    problems = manifest_problems(docs, variant, live_routes(live), metrics, setting_names())
+    metrics = srv.request("GET", "/metrics")[2].decode()
+    problems = manifest_problems(docs, variant, live_routes(srv), metrics, setting_names())
     assert any(expect in q for q in problems), problems
 
 
