@@ -68,11 +68,16 @@ function selfTest() {
 
 /* ---- the server ---- */
 
+const servers = new Set();
+process.on('exit', () => { for (const proc of servers) proc.kill('SIGKILL'); });   // never leave one behind
+
 /* Starts `sketchguide serve` on a free port; resolves to {url, stop()} once it prints "ready". */
 function startServer(extraEnv = {}) {
   return new Promise((resolve, reject) => {
     const env = {...process.env, OPENBLAS_NUM_THREADS: '1', ...extraEnv};
     const proc = spawn(BIN, ['serve', '--port', '0', '--threads', '1'], {env, stdio: ['ignore', 'pipe', 'pipe']});
+    servers.add(proc);
+    proc.on('exit', () => servers.delete(proc));
     let url = null;
     let log = '';
     const timer = setTimeout(() => { proc.kill('SIGKILL'); reject(new Failure(`the server was not ready in 60 s:\n${log}`)); },
