@@ -133,6 +133,15 @@ class Cluster:
                 out.append(e)
         return out
 
+    def access_with(self, request_ids=(), uris=()):
+        """The access log once it holds these requests: nginx writes a request's line after sending its response, so
+        the client may read the response first."""
+        def ready():
+            log = self.access()
+            return log if (set(request_ids) <= {e["request_id"] for e in log} and
+                           set(uris) <= {e["uri"] for e in log}) else None
+        return wait_for(ready, 30, "nginx's log lines of the requests")
+
     def close(self):
         if self.nginx and self.nginx.poll() is None:
             self.nginx.send_signal(signal.SIGQUIT)  # graceful: finishes the requests in flight
@@ -207,7 +216,7 @@ def test_async_jobs_are_found_on_their_replica(cluster):
     st, _, data = cluster.request("GET", "/v1/jobs/" + "0" * 32)
     assert st == 404, data
 
-    log = [e for e in cluster.access() if e["uri"].startswith("/v1/jobs/")]
+    log = [e for e in cluster.access_with(uris=["/v1/jobs/" + "0" * 32]) if e["uri"].startswith("/v1/jobs/")]
     holders = {e["tried"][-1] for e in log if e["status"] == 200}
     assert len(holders) >= 2, "the jobs should have been spread over the replicas: %s" % holders
     fallthrough = [e for e in log if e["status"] == 200 and e["statuses"][:-1] and
@@ -298,7 +307,8 @@ def test_kill_and_drain_under_load(cluster):
         assert r["request_id"] and r["job"], r["i"]
 
     # nginx's view: which replica answered each request and which were tried before it.
-    log = {e["request_id"]: e for e in cluster.access() if e["uri"] == "/v1/generate"}
+    log = {e["request_id"]: e for e in cluster.access_with(request_ids=[r["request_id"] for r in results])
+           if e["uri"] == "/v1/generate"}
     entries = [log[r["request_id"]] for r in results]
     assert all(e["status"] == 200 and e["statuses"][-1] == "200" for e in entries)
     a_killed, a_drained, a_live = (cluster.addr(i) for i in range(3))
