@@ -77,6 +77,27 @@ static int signal_pending(const sigset_t *set) {
   return sigtimedwait(set, NULL, &zero) > 0;
 }
 
+/* After the drain: keeps the service up (job queries answered, new work refused) while finished jobs' results
+ * have not been fetched, for at most limit_s; a second SIGTERM or SIGINT ends the wait. */
+static void await_collection(sg_jobs *jobs, const sigset_t *sigs, double limit_s, serve_log *lg) {
+  sg_jobs_stats st;
+  if (limit_s <= 0 || sg_jobs_stats_get(jobs, &st) || !st.uncollected) return;
+  logf_(lg, SG_JOBS_LOG_INFO, "serve: waiting up to %.0f s for the results of %d finished job(s) to be fetched",
+        limit_s, (int)st.uncollected);
+  struct timespec t0, now, tick = {0, 50 * 1000000L};
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  for (;;) {
+    if (sigtimedwait(sigs, NULL, &tick) > 0) {
+      logf_(lg, SG_JOBS_LOG_WARN, "serve: second signal: not waiting for the results to be fetched");
+      return;
+    }
+    if (sg_jobs_stats_get(jobs, &st) || !st.uncollected) return;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if ((double)(now.tv_sec - t0.tv_sec) + 1e-9 * (double)(now.tv_nsec - t0.tv_nsec) >= limit_s) break;
+  }
+  logf_(lg, SG_JOBS_LOG_WARN, "serve: %d finished job(s) left with results nobody fetched", (int)st.uncollected);
+}
+
 /* One tiny generation so that the first request does not pay for lazy initialisation (guided when possible). */
 static int warm_up(sg_model *m, int32_t steps, char *err, size_t errlen) {
   const sg_model_info *info = sg_model_get_info(m);
@@ -262,6 +283,7 @@ int cmd_serve(int argc, char **argv) {
   sg_http_drain(http);
   if (sg_jobs_drain(jobs, c.drain_seconds) != 0)
     logf_(&lg, SG_JOBS_LOG_WARN, "serve: the drain time passed; the remaining jobs were cancelled");
+  await_collection(jobs, &sigs, c.collect_seconds, &lg);
   rc = CLI_OK;
 done:
   sg_http_stop(http, 10.0); /* the answers of the drained jobs go out first */

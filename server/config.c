@@ -56,6 +56,8 @@ static const setting SETTINGS[] = {
     {{"keep_finished_seconds", "how long a finished job is kept"}, T_F64, F(keep_finished_seconds), 1, 1e7},
     {{"drain_seconds", "on SIGTERM/SIGINT, how long queued and running jobs may take before they are cancelled"},
      T_F64, F(drain_seconds), 0, 86400},
+    {{"collect_seconds", "after the drain, how long jobs' results nobody has fetched yet keep job queries answered"},
+     T_F64, F(collect_seconds), 0, 86400},
     {{"cors_origins", "origins allowed by CORS (a list, or comma-separated; \"*\" for any; empty: CORS off)"}, T_LIST,
      F(cors_origins), 0, 0},
     {{"token_file", "file holding the bearer token (or set SKETCHGUIDE_TOKEN); null: no authentication"}, T_STR,
@@ -101,6 +103,7 @@ sg_config sg_config_default_params(void) {
   c.keep_finished_count = j.keep_finished_count;
   c.keep_finished_seconds = j.keep_finished_seconds;
   c.drain_seconds = 30;
+  c.collect_seconds = 10;
   c.metrics_require_token = h.metrics_require_token;
   c.ui = h.ui;
   c.log_level = SG_CONFIG_LOG_INFO;

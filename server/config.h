@@ -63,6 +63,7 @@ typedef struct {
   int32_t keep_finished_count;   /* 256 finished jobs kept for queries */
   double keep_finished_seconds;  /* 600 */
   double drain_seconds;          /* 30: how long a shutdown waits for queued and running jobs */
+  double collect_seconds;        /* 10: then how long it waits for finished jobs' results to be fetched */
   char cors_origins[4096];       /* "" = CORS off; comma-separated origins, or "*" */
   char token_file[4096];         /* "" = none */
   int metrics_require_token;     /* 0: /metrics stays open like /healthz and /readyz */

@@ -71,6 +71,9 @@ struct job {
   int32_t guided_steps;
   blob *images;
   int32_t n_ready;
+  uint64_t fetched;  /* bit i: image i was handed out by sg_jobs_image */
+  int collected;     /* its outcome reached someone: every image fetched, (no images) its final status read or its
+                        END delivered to a watcher, or a cancel asked for */
   sg_job_watch *watchers;
   job *hnext;       /* id table chain */
   job *prev, *next; /* queue, or finished list */
@@ -370,6 +373,7 @@ static void dispatch(sg_jobs *q, job *j, const sg_job_event *ev) {
     w->cb(w->user, ev);
     pthread_mutex_lock(&q->mu);
     w->in_cb = 0;
+    if (ev->kind == SG_JOB_EVENT_END && !j->n_ready) j->collected = 1; /* the END told the failure */
     sg_job_watch *next = w->next; /* read under the lock: unwatch of the others updates the links */
     if (w->dead) {
       if (w->prev) w->prev->next = w->next;
@@ -940,6 +944,7 @@ int sg_jobs_status(sg_jobs *q, const char *id, sg_job_status *out) {
   double now = sg_jobs_now();
   memcpy(out->id, j->id, SG_JOB_ID_LEN);
   out->state = j->state;
+  if (j->state >= SG_JOB_SUCCEEDED && !j->n_ready) j->collected = 1; /* a failure's outcome is its status */
   out->queue_position = -1;
   if (j->state == SG_JOB_QUEUED) {
     int32_t pos = 0;
@@ -980,6 +985,8 @@ int sg_jobs_image(sg_jobs *q, const char *id, int32_t i, uint8_t **png, size_t *
     return rc;
   }
   j->refs++; /* a succeeded record's images never change: copy them without the lock */
+  j->fetched |= (uint64_t)1 << i;
+  if (j->fetched == (j->n_ready >= 64 ? ~(uint64_t)0 : ((uint64_t)1 << j->n_ready) - 1)) j->collected = 1;
   pthread_mutex_unlock(&q->mu);
   size_t n = j->images[i].len;
   uint8_t *copy = malloc(n ? n : 1);
@@ -1005,6 +1012,7 @@ int sg_jobs_cancel(sg_jobs *q, const char *id) {
       j->cancel = SG_JOB_ERR_CANCELLED;
     else if (j->state != SG_JOB_RUNNING)
       rc = SG_JOBS_EFINISHED;
+    if (!rc) j->collected = 1; /* whoever cancelled it expects no result */
   }
   pthread_mutex_unlock(&q->mu);
   send_ends(q, pending);
@@ -1077,6 +1085,8 @@ int sg_jobs_stats_get(sg_jobs *q, sg_jobs_stats *out) {
   out->queued = q->n_queued;
   out->running = q->n_running;
   out->finished_kept = q->n_finished;
+  out->uncollected = 0;
+  for (const job *j = q->fhead; j; j = j->next) out->uncollected += !j->collected;
   out->draining = q->draining;
   pthread_mutex_unlock(&q->mu);
   return 0;

@@ -149,6 +149,10 @@ typedef struct {
 typedef struct {
   int32_t queued, running;      /* now */
   int32_t finished_kept;        /* finished jobs held for status queries */
+  int32_t uncollected;          /* of those, the ones whose outcome nobody has fetched yet: a succeeded job until
+                                   each of its images went out through sg_jobs_image, another until a status read
+                                   (sg_jobs_status) saw it finished or a watcher got its END; a job someone asked
+                                   to cancel counts as collected. A draining service may wait for them. */
   int32_t workers, max_queue;
   int draining;                 /* 1 after sg_jobs_drain */
   uint64_t submitted, succeeded, failed, cancelled, timed_out, shutdown;

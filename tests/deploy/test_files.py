@@ -490,11 +490,13 @@ def manifest_problems(docs, variant, routes_ok, metrics_text, settings):
     pre = float(cmd[1]) if len(cmd) == 2 and cmd[0] == "sleep" else None
     if pre is None or pre <= 0:
         p.append("the preStop hook must be `sleep N` (N > 0), so that endpoints go before the drain starts")
-    drain = float(env.get("SKETCHGUIDE_DRAIN_SECONDS", 30))
+    defaults = json.load(open(os.path.join(ROOT, "config", "sketchguide.json")))
+    drain = float(env.get("SKETCHGUIDE_DRAIN_SECONDS", defaults["drain_seconds"]))
+    collect = float(env.get("SKETCHGUIDE_COLLECT_SECONDS", defaults["collect_seconds"]))
     grace = spec.get("terminationGracePeriodSeconds", 30)
-    if pre is not None and grace <= pre + drain + http_stop_grace():
-        p.append("terminationGracePeriodSeconds %s <= preStop %s + drain %s + %s" % (grace, pre, drain,
-                                                                                   http_stop_grace()))
+    if pre is not None and grace <= pre + drain + collect + http_stop_grace():
+        p.append("terminationGracePeriodSeconds %s <= preStop %s + drain %s + collect %s + %s" % (
+            grace, pre, drain, collect, http_stop_grace()))
     req = c.get("resources", {}).get("requests", {})
     if "cpu" not in req or "memory" not in req or "memory" not in c.get("resources", {}).get("limits", {}):
         p.append("cpu and memory requests and a memory limit are needed")

@@ -860,6 +860,41 @@ def test_sigterm_drains_and_exits_0():
         s.close()
 
 
+def test_drain_keeps_async_results_until_fetched():
+    """A job that finishes during the drain keeps the service up until its images are fetched (collect_seconds);
+    a job that is never fetched holds it collect_seconds at most, and a second signal ends the wait."""
+    s = Server("--collect-seconds", "600")
+    try:
+        job = s.submit_async(steps=8, n=2)
+        s.wait_state(job, ("running",))
+        s.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: s.request("GET", "/readyz")[0] == 503, what="readiness to turn 503")
+        assert s.wait_state(job, ("succeeded",))["images"]
+        wait_for(lambda: "fetched" in s.log(), what="the wait for the results")
+        assert "results of 1 finished job(s)" in s.log()
+        st, h, img = s.request("GET", "/v1/jobs/%s/images/0" % job)
+        assert st == 200 and png_info(img).size == (64, 64)
+        time.sleep(0.5)
+        assert s.proc.poll() is None, "exited with image 1 not fetched"
+        assert s.request("GET", "/v1/jobs/%s/images/1" % job)[0] == 200
+        assert s.proc.wait(60) == 0
+    finally:
+        s.close()
+    for args, second in [(["--collect-seconds", "0.5"], False), (["--collect-seconds", "600"], True)]:
+        s = Server(*args)
+        try:
+            job = s.submit_async(steps=2)
+            wait_for(lambda: s.metrics()['sketchguide_jobs_finished_total{state="succeeded"}'] == 1, what="the job")
+            s.proc.send_signal(signal.SIGTERM)
+            if second:
+                wait_for(lambda: "fetched" in s.log(), what="the wait for the results")
+                s.proc.send_signal(signal.SIGTERM)
+            assert s.proc.wait(60) == 0
+            assert ("second signal" in s.log()) == second and ("results nobody fetched" in s.log()) != second
+        finally:
+            s.close()
+
+
 def test_sigint_with_short_drain_cancels_and_answers():
     s = Server("--drain-seconds", "0.2")
     try:
