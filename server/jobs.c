@@ -1040,6 +1040,7 @@ int sg_jobs_watch(sg_jobs *q, const char *id, sg_job_watch_fn cb, void *user, sg
     memcpy(msg, j->message, sizeof msg);
     ev.id = jid;
     ev.message = msg;
+    if (!j->n_ready) j->collected = 1; /* the END about to be delivered tells the failure */
     pthread_mutex_unlock(&q->mu);
     free(w);
     cb(user, &ev);

@@ -151,6 +151,60 @@ static int has_text(const uint8_t *png, size_t len, const char *key, const char 
   return 0;
 }
 
+static int32_t uncollected(sg_jobs *q) {
+  sg_jobs_stats s;
+  CHECK(sg_jobs_stats_get(q, &s) == 0, "stats");
+  return s.uncollected;
+}
+
+/* stats.uncollected: a succeeded job until each image was fetched (fetching one twice is not both), a failed one
+ * until a status read or an END watch saw it finished, a cancelled one at once. */
+static void test_collected(void) {
+  sg_jobs *q = manager(1, sg_jobs_default_params());
+  char a[SG_JOB_ID_LEN], b[SG_JOB_ID_LEN], c[SG_JOB_ID_LEN], d[SG_JOB_ID_LEN];
+  sg_job_request r = request(q, 2);
+  r.n_images = 2;
+  submit_ok(q, &r, a);
+  CHECK(uncollected(q) == 0, "a queued or running job is not a result yet");
+  wait_for(q, a, 1, 60);
+  CHECK(uncollected(q) == 1, "succeeded, nothing fetched: %d", uncollected(q));
+  CHECK(status_of(q, a).state == SG_JOB_SUCCEEDED && uncollected(q) == 1, "a status read does not collect images");
+  uint8_t *png = NULL;
+  size_t len = 0;
+  for (int k = 0; k < 2; k++) {
+    CHECK(sg_jobs_image(q, a, 0, &png, &len) == 0, "image 0");
+    free(png);
+  }
+  CHECK(uncollected(q) == 1, "image 0 twice is not both images");
+  CHECK(sg_jobs_image(q, a, 1, &png, &len) == 0, "image 1");
+  free(png);
+  CHECK(uncollected(q) == 0, "both images fetched: %d", uncollected(q));
+  /* failed jobs (deadline while queued behind a long one): one told by an END watch, one read by status */
+  sg_job_request blocker = request(q, 150);
+  submit_ok(q, &blocker, d);
+  wait_for(q, d, 0, 60);
+  sg_job_request late = request(q, 2);
+  late.deadline = sg_jobs_now() + 0.05;
+  submit_ok(q, &late, b);
+  submit_ok(q, &late, c);
+  sleep_s(0.3);
+  CHECK(status_of(q, d).state == SG_JOB_RUNNING, "the blocker still runs (raise its steps)");
+  CHECK(uncollected(q) == 2, "two unread failures: %d", uncollected(q));
+  collector col;
+  collector_init(&col);
+  sg_job_watch *w = NULL;
+  CHECK(sg_jobs_watch(q, b, collect, &col, &w) == 0 && !w, "watch of a finished job");
+  CHECK(col.ends == 1 && col.end_state == SG_JOB_FAILED && col.end_error == SG_JOB_ERR_TIMEOUT, "its END");
+  collector_destroy(&col);
+  CHECK(uncollected(q) == 1, "a failure told by END is collected: %d", uncollected(q));
+  CHECK(status_of(q, c).state == SG_JOB_FAILED && uncollected(q) == 0, "a status read collects a failure");
+  CHECK(sg_jobs_cancel(q, d) == 0, "cancel the running blocker");
+  wait_for(q, d, 1, 60);
+  CHECK(uncollected(q) == 0, "a job someone cancelled is collected: %d", uncollected(q));
+  sg_jobs_free(q);
+  printf("collected: ok\n");
+}
+
 /* A job with a sketch, two images and extra text: PNGs that decode to sg_generate's pixels, with the text chunks. */
 static void test_result(void) {
   log_lines = 0;
@@ -697,6 +751,7 @@ int main(int argc, char **argv) {
   test_expiry();
   test_events();
   test_drain();
+  test_collected();
   test_free_busy();
   test_stress(1000);
   test_stress(2);
