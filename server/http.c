@@ -491,6 +491,21 @@ static const char *param_of_message(const char *msg, char *param, size_t cap) {
 static json_t *ms3(double v) { return json_real(round(v * 1000.0) / 1000.0); }
 static json_t *num_or_null(double v, int ok) { return ok ? ms3(v) : json_null(); }
 
+/* The images of a succeeded job as [{index, seed, url}] (status objects and the end event). */
+static json_t *images_json(const char *id, int64_t seed, int32_t n) {
+  json_t *imgs = json_array();
+  for (int32_t i = 0; i < n; i++) {
+    char url[128];
+    json_t *im = json_object();
+    snprintf(url, sizeof url, "/v1/jobs/%s/images/%d", id, (int)i);
+    json_object_set_new(im, "index", json_integer(i));
+    json_object_set_new(im, "seed", json_integer(seed + i));
+    json_object_set_new(im, "url", json_string(url));
+    json_array_append_new(imgs, im);
+  }
+  return imgs;
+}
+
 /* Returns the status object of a job (GET /v1/jobs/{id}, events), or NULL when out of memory. */
 static json_t *status_json(const sg_job_status *st) {
   json_t *o = json_object();
@@ -519,16 +534,7 @@ static json_t *status_json(const sg_job_status *st) {
   } else {
     json_object_set_new(o, "error", json_null());
   }
-  json_t *imgs = json_array();
-  for (int32_t i = 0; i < st->n_ready; i++) {
-    json_t *im = json_object();
-    snprintf(url, sizeof url, "/v1/jobs/%s/images/%d", st->id, (int)i);
-    json_object_set_new(im, "index", json_integer(i));
-    json_object_set_new(im, "seed", json_integer(st->seed + i));
-    json_object_set_new(im, "url", json_string(url));
-    json_array_append_new(imgs, im);
-  }
-  json_object_set_new(o, "images", imgs);
+  json_object_set_new(o, "images", images_json(st->id, st->seed, st->n_ready));
   snprintf(url, sizeof url, "/v1/jobs/%s/events", st->id);
   json_object_set_new(o, "events_url", json_string(url));
   if (st->state == SG_JOB_SUCCEEDED) {
@@ -1388,13 +1394,7 @@ static void on_stream_event(void *user, const sg_job_event *ev) {
       } else {
         json_object_set_new(o, "error", json_null());
       }
-      json_t *imgs = json_array();
-      for (int32_t i = 0; i < ev->n_images; i++) {
-        char url[128];
-        snprintf(url, sizeof url, "/v1/jobs/%s/images/%d", ev->id, (int)i);
-        json_array_append_new(imgs, json_string(url));
-      }
-      json_object_set_new(o, "images", imgs);
+      json_object_set_new(o, "images", images_json(ev->id, r->seed, ev->n_images)); /* r->seed: h_job_events */
     }
   }
   pthread_mutex_lock(&r->mu);
@@ -1435,6 +1435,7 @@ static enum MHD_Result h_job_events(req *r) {
   sg_job_status st;
   if (job_missing(r, sg_jobs_status(h->jobs, r->id, &st), &ret)) return ret;
   json_t *o = status_json(&st);
+  r->seed = st.seed; /* for the end event's images */
   pthread_mutex_lock(&r->mu);
   stream_push_locked(r, "status", o);
   pthread_mutex_unlock(&r->mu);

@@ -423,7 +423,8 @@ def test_events_one_per_step_and_one_end(srv):
     kinds = [e for e, _ in events]
     assert kinds == ["status"] + ["progress"] * 5 + ["end"], kinds
     assert [d["step"] for e, d in events if e == "progress"] == [1, 2, 3, 4, 5]
-    assert events[-1][1]["status"] == "succeeded" and events[-1][1]["images"] == ["/v1/jobs/%s/images/0" % job]
+    assert events[-1][1]["status"] == "succeeded" and events[-1][1]["images"] == [
+        {"index": 0, "seed": srv.status(job)["seed"], "url": "/v1/jobs/%s/images/0" % job}]
     assert srv.status(blocker)["status"] == "cancelled"
 
 
