@@ -1175,7 +1175,9 @@ static enum MHD_Result h_generate(req *r) {
     snprintf(seed, sizeof seed, "%lld", (long long)a.jr.seed);
     json_t *o = json_object();
     json_object_set_new(o, "id", json_string(r->job_id));
-    json_object_set_new(o, "status", json_string("queued"));
+    sg_job_status now; /* a free worker may have started it already */
+    int known = sg_jobs_status(h->jobs, r->job_id, &now) == 0;
+    json_object_set_new(o, "status", json_string(known ? sg_job_state_name(now.state) : "queued"));
     json_object_set_new(o, "seed", json_integer(a.jr.seed));
     json_object_set_new(o, "url", json_string(url));
     json_object_set_new(o, "events_url", json_string(ev));
