@@ -532,6 +532,42 @@ async function phone(page) {
   passed(`phone: 360 px wide without horizontal scroll, one column, canvas ${Math.round(canvas.width)} px`);
 }
 
+/* Touch and pen through the DevTools protocol's input events (what a phone or a tablet with a stylus sends): a touch
+   drag draws a stroke, the page sees pointerType touch and pen, and a pen's pressure sets the line's width. */
+async function touchAndPen(page) {
+  const cdp = await page.context().newCDPSession(page);
+  await page.evaluate(() => {
+    window.__pointerTypes = new Set();
+    document.querySelector('#pad').addEventListener('pointerdown', (e) => window.__pointerTypes.add(e.pointerType));
+  });
+  const box = await page.locator('#pad').boundingBox();
+  const at = (x, y) => ({x: box.x + x * box.width, y: box.y + y * box.height});
+  await page.click('#clear');
+  const before = await darkPixels(page);
+  await cdp.send('Input.dispatchTouchEvent', {type: 'touchStart', touchPoints: [at(0.2, 0.5)]});
+  for (let k = 1; k <= 8; k++) await cdp.send('Input.dispatchTouchEvent', {type: 'touchMove', touchPoints: [at(0.2 + 0.075 * k, 0.5)]});
+  await cdp.send('Input.dispatchTouchEvent', {type: 'touchEnd', touchPoints: []});
+  const touched = await darkPixels(page);
+  check(touched > before + 200, `a touch drag draws (${before} -> ${touched} dark pixels)`);
+  const scrolled = await page.evaluate(() => document.scrollingElement.scrollTop);
+  const penStroke = async (force) => {
+    await page.click('#clear');
+    const base = {button: 'left', clickCount: 1, pointerType: 'pen', force};
+    await cdp.send('Input.dispatchMouseEvent', {...base, type: 'mousePressed', ...at(0.2, 0.5)});
+    for (let k = 1; k <= 8; k++) await cdp.send('Input.dispatchMouseEvent', {...base, type: 'mouseMoved', ...at(0.2 + 0.075 * k, 0.5)});
+    await cdp.send('Input.dispatchMouseEvent', {...base, type: 'mouseReleased', ...at(0.8, 0.5)});
+    return darkPixels(page);
+  };
+  const light = await penStroke(0.1);
+  const heavy = await penStroke(1.0);
+  check(light > 0 && heavy > light * 1.5, `a pen's pressure sets the width (${light} dark pixels at 0.1, ${heavy} at 1.0)`);
+  const types = await page.evaluate(() => [...window.__pointerTypes].sort());
+  check(types.includes('touch') && types.includes('pen'), `the pad got touch and pen pointer events (${types})`);
+  check(await page.evaluate(() => document.scrollingElement.scrollTop) === scrolled, 'a touch drag on the pad does not scroll the page');
+  await cdp.detach();
+  passed(`touch and pen: a touch drag draws (${touched - before} dark pixels); pen pressure 0.1 -> ${light}, 1.0 -> ${heavy}`);
+}
+
 async function withToken(browser, problems) {
   const srv = await startServer({SKETCHGUIDE_TOKEN: TOKEN});
   const expect = {http: new Set([401])};
@@ -605,6 +641,7 @@ async function main() {
     await keyboard(page);
     await page.screenshot({path: path.join(OUT, 'sketchpad.png'), fullPage: true});
     await phone(page);
+    await touchAndPen(page);
     const violations = await cspViolations(page);
     check(violations.length === 0, `no Content-Security-Policy violation (${violations.join('; ')})`);
     await context.close();
