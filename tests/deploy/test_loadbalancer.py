@@ -215,6 +215,16 @@ def test_async_jobs_are_found_on_their_replica(cluster):
         assert b"event: end" in data
     st, _, data = cluster.request("GET", "/v1/jobs/" + "0" * 32)
     assert st == 404, data
+    # cancelling goes to the job's replica too (DELETE is idempotent: nginx moves past a 404), and the sketch pad, whose
+    # API calls are these same routes, loads through the balancer
+    long_job = json.loads(cluster.generate(headers={"Prefer": "respond-async"}, steps=150, seed=99)[2])["id"]
+    st, _, data = cluster.request("DELETE", "/v1/jobs/" + long_job)
+    assert st in (200, 202), (st, data)
+    o = wait_for(lambda: (lambda o: o if o["status"] == "cancelled" else None)(
+        json.loads(cluster.request("GET", "/v1/jobs/" + long_job)[2])), 120, "the cancel through nginx")
+    assert o["error"]["code"] == "cancelled"
+    st, h, data = cluster.request("GET", "/")
+    assert st == 200 and h["content-type"].startswith("text/html") and b"ui/app.js" in data
 
     log = [e for e in cluster.access_with(uris=["/v1/jobs/" + "0" * 32]) if e["uri"].startswith("/v1/jobs/")]
     holders = {e["tried"][-1] for e in log if e["status"] == 200}
