@@ -13,7 +13,7 @@ PACKAGES=(
 )
 # chromium: the browser test of the sketch pad (tests/web, driven by playwright-core); nginx: the load-balanced
 # deployment test (tests/deploy). Neither runs as a service: the tests start their own.
-# node and npm for the checks of openapi.yaml (redocly, Prism), the browser test (playwright-core) and the Kubernetes
+# node and npm for the checks of openapi.yaml (redocly, Prism), the browser test (playwright-core, axe-core) and the Kubernetes
 # manifests' validation (kubernetes-models); Debian 12's nodejs 18 is enough. A node installed
 # another way (NodeSource, nvm) is used as it is: Debian's npm package would conflict with it.
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || PACKAGES+=(nodejs npm)

@@ -331,14 +331,14 @@ function addHistory(job, images) {
   param(dl, 'sampler', p.sampler);
   if (images.length > 1) param(dl, 'images', images.length);
   const use = li.querySelector('.use-settings');
-  use.setAttribute('aria-label', `Use the settings of result ${number}`);
+  use.setAttribute('aria-label', `Use these settings (result ${number})`);
   use.addEventListener('click', () => {
     controls.set({...p, seed: job.seed});
     clearError();
     setStatus(`Settings of result ${number} restored (seed ${job.seed}).`);
   });
   const useSketch = li.querySelector('.use-sketch');
-  useSketch.setAttribute('aria-label', `Use the sketch of result ${number}`);
+  useSketch.setAttribute('aria-label', `Use this sketch (result ${number})`);
   useSketch.addEventListener('click', async () => {
     pad.setImage(await loadImage(job.sketchURL));
     setStatus(`Sketch of result ${number} restored (Undo brings yours back).`);

@@ -4,7 +4,8 @@
 /* Usage: node test_sketchpad.js (meson sets SKETCHGUIDE_BIN, SKETCHGUIDE_OUT, NODE_PATH, OPENBLAS_NUM_THREADS).
    Starts `sketchguide serve --port 0` on the bundled model, then drives the page: drawing with undo/redo/clear,
    a generation with live progress, the result PNG, the history, cancelling (queued and running), the error for an
-   empty prompt, values kept across a reload, phone width, the keyboard, and a server with a bearer token.
+   empty prompt, values kept across a reload, phone width, touch and pen, the keyboard, a server with a bearer token,
+   and an accessibility audit (axe-core).
    Any console error, page error or Content-Security-Policy violation fails the test. Exits 1 on any failure. */
 
 const {spawn} = require('child_process');
@@ -568,6 +569,38 @@ async function touchAndPen(page) {
   passed(`touch and pen: a touch drag draws (${touched - before} dark pixels); pen pressure 0.1 -> ${light}, 1.0 -> ${heavy}`);
 }
 
+/* An accessibility audit by axe-core (node_modules/axe-core): WCAG 2.0 and 2.1 A and AA rules plus axe's best
+   practices (labels, names, roles, landmarks, contrast), light and dark, desktop and phone width, with a result and
+   a history entry on the page. axe is injected as a script, which the page's own policy forbids: this context
+   bypasses the CSP (the other scenarios check it). */
+async function accessibility(browser, srv, problems) {
+  const axePath = require.resolve('axe-core/axe.min.js', {paths: [ROOT, path.join(ROOT, 'node_modules')]});
+  const rules = ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'best-practice'];
+  let audited = 0;
+  for (const colorScheme of ['light', 'dark']) {
+    const context = await browser.newContext({viewport: {width: 1280, height: 900}, colorScheme, bypassCSP: true});
+    const page = await openPage(context, problems, {http: new Set()});
+    await page.goto(srv.url + '/');
+    await page.waitForFunction(() => /×/.test(document.querySelector('#model-info').textContent), null, {timeout: 10000});
+    await stroke(page, [[0.2, 0.2], [0.8, 0.2], [0.8, 0.8]]);
+    await page.fill('#prompt', 'a red star on a plain blue background');
+    await page.fill('#steps', '2');
+    await page.click('#generate');
+    await page.locator('#history > li').first().waitFor({timeout: 60000});
+    await page.addScriptTag({path: axePath});
+    for (const width of [1280, 360]) {
+      await page.setViewportSize({width, height: 900});
+      const r = await page.evaluate((tags) => window.axe.run(document, {runOnly: {type: 'tag', values: tags}}), rules);
+      const found = r.violations.map((v) => `${v.impact} ${v.id} (${v.help}): ${v.nodes.map((n) => n.target.join(' ')).join(', ')}`);
+      check(found.length === 0, `axe finds no violation (${colorScheme}, ${width} px):\n  ${found.join('\n  ')}`);
+      check(r.passes.length >= 30, `axe ran its rules (${r.passes.length} passed, ${colorScheme}, ${width} px)`);
+      audited = r.passes.length;
+    }
+    await context.close();
+  }
+  passed(`accessibility: axe-core finds no WCAG 2.1 A/AA or best-practice violation (${audited} rules passed; light and dark, 1280 and 360 px, with a result shown)`);
+}
+
 async function withToken(browser, problems) {
   const srv = await startServer({SKETCHGUIDE_TOKEN: TOKEN});
   const expect = {http: new Set([401])};
@@ -646,6 +679,7 @@ async function main() {
     check(violations.length === 0, `no Content-Security-Policy violation (${violations.join('; ')})`);
     await context.close();
     await withToken(browser, problems);
+    await accessibility(browser, srv, problems);
     check(problems.length === 0, `no console errors, page errors or CSP reports:\n  ${problems.join('\n  ')}`);
     passed('no console error, page error or CSP violation');
   } catch (err) {
