@@ -108,6 +108,7 @@ struct sg_jobs {
   int32_t n_queued, n_running;
   job *fhead, *ftail; /* finished jobs in the table, oldest first */
   int32_t n_finished;
+  int32_t n_uncollected; /* finished jobs kept whose outcome nobody has collected (stats.uncollected) */
   job *all;
   uint8_t (*expired)[ID_BYTES];
   int32_t n_expired, expired_next;
@@ -284,9 +285,17 @@ static void list_append(job **head, job **tail, job *j) {
 }
 
 /* Drops a finished job from the table and remembers its id as expired. */
+/* Marks j's outcome as received by someone (see sg_jobs_stats.uncollected); counted once j has finished. */
+static void collect_locked(sg_jobs *q, job *j) {
+  if (j->collected) return;
+  j->collected = 1;
+  if (j->state >= SG_JOB_SUCCEEDED) q->n_uncollected--;
+}
+
 static void evict_locked(sg_jobs *q, job *j) {
   list_remove(&q->fhead, &q->ftail, j);
   q->n_finished--;
+  if (!j->collected) q->n_uncollected--;
   table_remove(q, j);
   if (q->p.expired_ids_kept > 0) {
     memcpy(q->expired[q->expired_next], j->key, ID_BYTES);
@@ -338,6 +347,7 @@ static void finish_locked(sg_jobs *q, job *j, sg_job_state state, sg_job_error e
   }
   list_append(&q->fhead, &q->ftail, j);
   q->n_finished++;
+  if (!j->collected) q->n_uncollected++;
   pthread_cond_broadcast(&q->idle_cv);
   pthread_cond_signal(&q->timer_cv);
 }
@@ -373,7 +383,7 @@ static void dispatch(sg_jobs *q, job *j, const sg_job_event *ev) {
     w->cb(w->user, ev);
     pthread_mutex_lock(&q->mu);
     w->in_cb = 0;
-    if (ev->kind == SG_JOB_EVENT_END && !j->n_ready) j->collected = 1; /* the END told the failure */
+    if (ev->kind == SG_JOB_EVENT_END && !j->n_ready) collect_locked(q, j); /* the END told the failure */
     sg_job_watch *next = w->next; /* read under the lock: unwatch of the others updates the links */
     if (w->dead) {
       if (w->prev) w->prev->next = w->next;
@@ -944,7 +954,7 @@ int sg_jobs_status(sg_jobs *q, const char *id, sg_job_status *out) {
   double now = sg_jobs_now();
   memcpy(out->id, j->id, SG_JOB_ID_LEN);
   out->state = j->state;
-  if (j->state >= SG_JOB_SUCCEEDED && !j->n_ready) j->collected = 1; /* a failure's outcome is its status */
+  if (j->state >= SG_JOB_SUCCEEDED && !j->n_ready) collect_locked(q, j); /* a failure's outcome is its status */
   out->queue_position = -1;
   if (j->state == SG_JOB_QUEUED) {
     int32_t pos = 0;
@@ -986,7 +996,7 @@ int sg_jobs_image(sg_jobs *q, const char *id, int32_t i, uint8_t **png, size_t *
   }
   j->refs++; /* a succeeded record's images never change: copy them without the lock */
   j->fetched |= (uint64_t)1 << i;
-  if (j->fetched == (j->n_ready >= 64 ? ~(uint64_t)0 : ((uint64_t)1 << j->n_ready) - 1)) j->collected = 1;
+  if (j->fetched == (j->n_ready >= 64 ? ~(uint64_t)0 : ((uint64_t)1 << j->n_ready) - 1)) collect_locked(q, j);
   pthread_mutex_unlock(&q->mu);
   size_t n = j->images[i].len;
   uint8_t *copy = malloc(n ? n : 1);
@@ -1012,7 +1022,7 @@ int sg_jobs_cancel(sg_jobs *q, const char *id) {
       j->cancel = SG_JOB_ERR_CANCELLED;
     else if (j->state != SG_JOB_RUNNING)
       rc = SG_JOBS_EFINISHED;
-    if (!rc) j->collected = 1; /* whoever cancelled it expects no result */
+    if (!rc) collect_locked(q, j); /* whoever cancelled it expects no result */
   }
   pthread_mutex_unlock(&q->mu);
   send_ends(q, pending);
@@ -1040,7 +1050,7 @@ int sg_jobs_watch(sg_jobs *q, const char *id, sg_job_watch_fn cb, void *user, sg
     memcpy(msg, j->message, sizeof msg);
     ev.id = jid;
     ev.message = msg;
-    if (!j->n_ready) j->collected = 1; /* the END about to be delivered tells the failure */
+    if (!j->n_ready) collect_locked(q, j); /* the END about to be delivered tells the failure */
     pthread_mutex_unlock(&q->mu);
     free(w);
     cb(user, &ev);
@@ -1086,8 +1096,7 @@ int sg_jobs_stats_get(sg_jobs *q, sg_jobs_stats *out) {
   out->queued = q->n_queued;
   out->running = q->n_running;
   out->finished_kept = q->n_finished;
-  out->uncollected = 0;
-  for (const job *j = q->fhead; j; j = j->next) out->uncollected += !j->collected;
+  out->uncollected = q->n_uncollected;
   out->draining = q->draining;
   pthread_mutex_unlock(&q->mu);
   return 0;

@@ -31,8 +31,9 @@ export function setToken(token) {
   } catch { /* storage disabled: the token lasts until the page is closed */ }
 }
 
-function sentence(s) {
-  s = String(s).trim();
+/* s as a sentence: a capital first letter and a closing full stop. */
+export function sentence(s) {
+  s = String(s ?? '').trim();
   if (!s) return s;
   s = s[0].toUpperCase() + s.slice(1);
   return /[.!?]$/.test(s) ? s : s + '.';

@@ -1,7 +1,7 @@
 // The sketch pad page: wires the drawing pad, the controls and the API (generate, live progress, cancel, history).
 import {SketchPad, loadImage} from './pad.js';
 import {Controls} from './controls.js';
-import {ApiError, request, getJSON, followJob, jobUrl, imageUrl, getToken, setToken} from './api.js';
+import {ApiError, request, getJSON, followJob, jobUrl, imageUrl, getToken, setToken, sentence} from './api.js';
 
 const $ = (selector) => document.querySelector(selector);
 const SKETCH_KEY = 'sketchguide.sketch';
@@ -38,12 +38,6 @@ function setProgress(step, total) {
   bar.max = Math.max(1, total);
   bar.value = Math.min(step, bar.max);
   $('#step').textContent = `Step ${step} of ${total}`;
-}
-
-function sentence(s) {
-  s = String(s || '').trim();
-  if (!s) return s;
-  return s[0].toUpperCase() + s.slice(1) + (/[.!?]$/.test(s) ? '' : '.');
 }
 
 /* ---- the sketch ---- */

@@ -24,8 +24,8 @@ from PIL import Image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "server"))
-from conftest import ROOT  # noqa: E402  (tests/server's helpers: the binary, the Server wrapper, multipart bodies)
-from test_http import Server, default_fields, multipart, wait_for  # noqa: E402
+from conftest import ROOT, wait_for  # noqa: E402  (tests/server's helpers: the binary, the Server wrapper, multipart bodies)
+from test_http import Server, default_fields, multipart  # noqa: E402
 
 NGINX = "/usr/sbin/nginx"
 CONF = os.path.join(ROOT, "deploy", "nginx.conf")

@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -9,6 +10,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 SHARED = os.environ.get("SKETCHGUIDE_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))
 BUNDLED = os.path.join(ROOT, "models", "shapes")
+
+
+def wait_for(cond, timeout=60.0, what="condition"):
+    """Polls cond() until it returns something true (returned), or fails after timeout seconds."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for " + what)
 
 
 def binary() -> str:

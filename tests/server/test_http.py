@@ -18,7 +18,7 @@ import time
 import pytest
 from PIL import Image
 
-from conftest import ROOT, binary
+from conftest import ROOT, binary, wait_for
 
 STAR = os.path.join(ROOT, "docs", "examples", "star.png")
 PROMPT = "a red star on a plain blue background"
@@ -31,16 +31,6 @@ def clean_env(**extra):
     env["OPENBLAS_NUM_THREADS"] = "1"
     env.update(extra)
     return env
-
-
-def wait_for(cond, timeout=60.0, what="condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for " + what)
 
 
 class Server:

@@ -180,7 +180,7 @@ static void test_collected(void) {
   free(png);
   CHECK(uncollected(q) == 0, "both images fetched: %d", uncollected(q));
   /* failed jobs (deadline while queued behind a long one): one told by an END watch, one read by status */
-  sg_job_request blocker = request(q, 150);
+  sg_job_request blocker = request(q, LONG_STEPS);
   submit_ok(q, &blocker, d);
   wait_for(q, d, 0, 60);
   sg_job_request late = request(q, 2);
@@ -608,6 +608,8 @@ static void test_stress(int32_t keep) {
         "stress stats: %d submitted, %d+%d+%d finished", (int)s.submitted, (int)s.succeeded, (int)s.failed,
         (int)s.cancelled);
   if (keep < 100) CHECK(s.finished_kept <= keep, "stress: %d kept", s.finished_kept);
+  CHECK(s.uncollected >= 0 && s.uncollected <= s.finished_kept, "stress: %d uncollected of %d kept (evictions count)",
+        s.uncollected, s.finished_kept);
   printf("stress (keep %d): %d threads x %d ops: %d submitted (%d succeeded, %d cancelled, %d evicted), %d refused "
          "as full\n",
          (int)keep, STRESS_THREADS, STRESS_OPS, submitted, succeeded, cancelled, expired, full);

@@ -26,7 +26,6 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
 
 import pytest
 
@@ -36,7 +35,7 @@ try:
 except ImportError as e:  # Debian: python3-jsonschema python3-yaml (setup.sh installs them)
     raise ImportError("test_openapi needs PyYAML and jsonschema (Debian: python3-yaml python3-jsonschema): %s" % e)
 
-from conftest import ROOT, binary
+from conftest import ROOT, binary, wait_for
 
 SPEC_PATH = os.path.join(ROOT, "openapi.yaml")
 PRISM = os.path.join(ROOT, "node_modules", "@stoplight", "prism-cli", "dist", "index.js")
@@ -67,16 +66,6 @@ def star_bytes():
 
 def star_b64():
     return base64.b64encode(star_bytes()).decode()
-
-
-def wait_for(cond, timeout=120.0, what="condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for " + what)
 
 
 def multipart(fields, files=(), boundary="sgOpenApiBoundary42"):
@@ -765,8 +754,8 @@ def test_queue_cancel_conflict_timeout(live):
     t = threading.Thread(target=lambda: result.update(r=cl.generate_json(gen(seed=4242))))
     t.start()
     m = wait_for(lambda: re.search(r"h_generate: job ([0-9a-f]{32}) \(sync, 2 steps, 1 images, seed 4242\)",
-                                   srv.text()), what="the synchronous job in the debug log")
-    wait_for(lambda: cl.status(m.group(1))["status"] == "queued", what="the synchronous job to queue")
+                                   srv.text()), 120, "the synchronous job in the debug log")
+    wait_for(lambda: cl.status(m.group(1))["status"] == "queued", 120, "the synchronous job to queue")
     assert cl.request("DELETE", "/v1/jobs/" + m.group(1), headers=AUTH)[0] == 200
     t.join(120)
     assert result["r"][0] == 409 and json.loads(result["r"][2])["error"]["code"] == "cancelled"
@@ -868,7 +857,7 @@ def test_draining(live, contract):
     job = json.loads(data)["id"]
     cl.wait_state(job, ("running",))
     srv.proc.send_signal(signal.SIGTERM)
-    wait_for(lambda: cl.request("GET", "/readyz")[0] == 503, what="readiness to turn 503")
+    wait_for(lambda: cl.request("GET", "/readyz")[0] == 503, 120, "readiness to turn 503")
     assert cl.request("HEAD", "/readyz")[0] == 503
     st, hd, data = cl.generate_json(gen())
     assert st == 503 and json.loads(data)["error"]["code"] == "draining" and hd["retry-after"] == "30"
@@ -906,7 +895,7 @@ def test_not_ready_and_gone(contract):
         for seed in (1, 2):  # the second one's end evicts the first
             st, _, data = cl.generate_json(gen(steps=1, seed=seed), headers={"Prefer": "respond-async"}, via="direct")
             jobs.append(json.loads(data)["id"])
-        wait_for(lambda: cl.request("GET", "/v1/jobs/" + jobs[0], via="direct")[0] == 410, what="eviction")
+        wait_for(lambda: cl.request("GET", "/v1/jobs/" + jobs[0], via="direct")[0] == 410, 120, "eviction")
         for m, path in [("HEAD", "/v1/jobs/" + jobs[0]), ("DELETE", "/v1/jobs/" + jobs[0]),
                         ("GET", "/v1/jobs/%s/images/0" % jobs[0]), ("HEAD", "/v1/jobs/%s/images/0" % jobs[0]),
                         ("GET", "/v1/jobs/%s/events" % jobs[0])]:
