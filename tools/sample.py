@@ -119,11 +119,13 @@ def guided_steps(steps: int, stop: float, stop_step: Optional[int]) -> int:
 def sample(model: Model, prompt: Union[str, List[str]], target: Optional[torch.Tensor], beta: float = 1.6,
            stop: float = 0.5, stop_step: Optional[int] = None, steps: int = 50, cfg: float = 8.0, seed: int = 0,
            sampler: str = "ddim", eta: float = 0.0, negative: str = "", n: int = 1,
-           seeds: Optional[List[int]] = None, trace: Optional[list] = None) -> torch.Tensor:
+           seeds: Optional[List[int]] = None, trace: Optional[list] = None,
+           teacher: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
     """METHOD.md's guided sampling of n images (or one per prompt when `prompt` is a list). Image k uses its own
     generator seeded with seeds[k] (default seed + k) for the initial noise, then the sampler's noise; target is
     one encoded sketch for all images or one per image. Returns the final scaled latents [n, C, h, w]; trace, if
-    given, gets z after every step."""
+    given, gets z after every step. teacher, if given, forces the latents entering step i > 0 to teacher[i - 1]
+    (the noise streams are consumed as without it): one step of this sampler from another engine's trajectory."""
     if sampler not in ("ddim", "ddpm"):
         raise ValueError("sampler must be ddim or ddpm")
     prompts = [prompt] * n if isinstance(prompt, str) else list(prompt)
@@ -142,6 +144,8 @@ def sample(model: Model, prompt: Union[str, List[str]], target: Optional[torch.T
     if target is not None and target.shape[0] == 1:
         target = target.expand(n, -1, -1, -1)
     for i, t in enumerate(ts):
+        if teacher is not None and i > 0:
+            z = teacher[i - 1].to(model.device, torch.float32).clone()
         tt = torch.full((n,), t, dtype=torch.long, device=model.device)
         guided = i < n_guided
         with torch.no_grad():

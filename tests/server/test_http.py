@@ -168,6 +168,16 @@ def raw_exchange(port, pieces, pause=0.0, timeout=60):
         s.close()
 
 
+def recv_until(sock, marker, got=b"", count=1):
+    """Reads from sock until marker has arrived count times in all (however TCP splits the bytes), after got;
+    returns all that was read."""
+    while got.count(marker) < count:
+        chunk = sock.recv(4096)
+        assert chunk, "connection closed before %r: %r" % (marker, got)
+        got += chunk
+    return got
+
+
 def parse_raw(resp):
     head, _, body = resp.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
@@ -472,7 +482,8 @@ def test_event_stream_client_leaving_does_not_cancel(srv):
     srv.wait_state(job, ("running",))
     s = socket.create_connection(("127.0.0.1", srv.port))
     s.sendall(b"GET /v1/jobs/%s/events HTTP/1.1\r\nHost: x\r\n\r\n" % job.encode())
-    assert b"event: status" in s.recv(4096)
+    s.settimeout(60)
+    recv_until(s, b"event: status")
     s.close()
     time.sleep(0.5)
     assert srv.status(job)["status"] == "running"
@@ -540,18 +551,11 @@ def test_event_stream_keepalive_while_queued():
         queued = s.submit_async(steps=2)
         sock = socket.create_connection(("127.0.0.1", s.port), timeout=60)
         sock.sendall(b"GET /v1/jobs/%s/events HTTP/1.1\r\nHost: x\r\n\r\n" % queued.encode())
-        got = b""
-        while got.count(b": keep-alive\n\n") < 2:
-            chunk = sock.recv(4096)
-            assert chunk, got
-            got += chunk
+        got = recv_until(sock, b": keep-alive\n\n", count=2)
         assert b"event: progress" not in got and s.status(queued)["status"] == "queued"
         st, _, _ = s.request("DELETE", "/v1/jobs/" + blocker)
         assert st in (200, 202)
-        while b"event: end" not in got:
-            chunk = sock.recv(4096)
-            assert chunk, got
-            got += chunk
+        got = recv_until(sock, b"event: end", got)
         sock.close()
         body = got.split(b"\r\n\r\n", 1)[1]
         text = re.sub(rb"\r\n[0-9a-fA-F]+\r\n", b"", b"\r\n" + body)  # chunked framing off
@@ -568,7 +572,8 @@ def test_connection_limit():
         held = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(2)]
         for h in held:  # both are served, and stay open (keep-alive)
             h.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert h.recv(4096).startswith(b"HTTP/1.1 200")
+            h.settimeout(60)
+            assert recv_until(h, b"\r\n\r\n").startswith(b"HTTP/1.1 200")
         extra = socket.create_connection(("127.0.0.1", s.port))
         extra.settimeout(1.0)
         extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
