@@ -13,6 +13,10 @@
 
 static const uint8_t png_signature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
 
+/* The most libpng may allocate for one chunk: PLTE (768 bytes) and tRNS (256) are the largest it still reads, as
+ * every other ancillary chunk is skipped (see png_read_run). */
+#define SG_PNG_CHUNK_MALLOC_MAX (64u << 10)
+
 sg_image_params sg_image_default_params(void) {
   sg_image_params p = {.max_pixels = 4096 * 4096};
   return p;
@@ -65,7 +69,6 @@ typedef struct {
   png_structp png;
   png_infop info;
   uint8_t *pixels;
-  png_bytep *rows;
   int32_t width, height, channels;
   int code;      /* the SG_IMAGE_E* code once err holds the message */
   int truncated; /* the read function ran out of data */
@@ -118,13 +121,18 @@ static void png_read_mem(png_structp png, png_bytep buf, size_t n) {
 }
 
 /* Runs libpng on r's data; the only function with a setjmp. Returns 0 with r->pixels filled, or a negative
- * SG_IMAGE_E* code with the message written (r->pixels and r->rows may then hold memory the caller frees). */
+ * SG_IMAGE_E* code with the message written (r->pixels may then hold memory the caller frees). */
 static int png_read_run(png_reader *r) {
   if (setjmp(png_jmpbuf(r->png))) return r->code ? r->code : SG_IMAGE_ECORRUPT;
   png_set_read_fn(r->png, r, png_read_mem);
   /* libpng's own limit is 10^6 per side; max_pixels decides instead */
   png_set_user_limits(r->png, 0x7fffffff, 0x7fffffff);
-  png_set_chunk_malloc_max(r->png, 8u << 20); /* text and other ancillary chunks */
+  /* Every chunk but IHDR, PLTE, tRNS, IDAT and IEND is skipped unread in 1 KiB pieces (its CRC still checked):
+   * no text, sPLT, iCCP or eXIf buffer is allocated and nothing is inflated but the image data. libpng 1.6 would
+   * otherwise allocate and zero a chunk's declared length before reading it, its limits being mere warnings. */
+  png_set_keep_unknown_chunks(r->png, PNG_HANDLE_CHUNK_NEVER, NULL, -1);
+  png_set_chunk_malloc_max(r->png, SG_PNG_CHUNK_MALLOC_MAX);
+  png_set_chunk_cache_max(r->png, 1);
   png_read_info(r->png, r->info);
   png_uint_32 w = png_get_image_width(r->png, r->info), h = png_get_image_height(r->png, r->info);
   int depth = png_get_bit_depth(r->png, r->info), type = png_get_color_type(r->png, r->info);
@@ -132,7 +140,7 @@ static int png_read_run(png_reader *r) {
   if (type == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(r->png); /* with tRNS: RGBA */
   if (type == PNG_COLOR_TYPE_GRAY && depth < 8) png_set_expand_gray_1_2_4_to_8(r->png);
   if (depth == 16) png_set_strip_16(r->png);
-  png_set_interlace_handling(r->png);
+  int passes = png_set_interlace_handling(r->png);
   png_read_update_info(r->png, r->info);
   int ch = png_get_channels(r->png, r->info);
   size_t rowbytes = png_get_rowbytes(r->png, r->info);
@@ -146,20 +154,55 @@ static int png_read_run(png_reader *r) {
   r->height = (int32_t)h;
   r->channels = ch;
   r->pixels = malloc(rowbytes * h);
-  r->rows = malloc(sizeof *r->rows * h);
-  if (!r->pixels || !r->rows) {
+  if (!r->pixels) {
     r->code = SG_IMAGE_ENOMEM;
     sg_set_err(r->err, r->errlen, "out of memory for a %u x %u image", (unsigned)w, (unsigned)h);
     return r->code;
   }
-  for (png_uint_32 y = 0; y < h; y++) r->rows[y] = r->pixels + (size_t)y * rowbytes;
-  png_read_image(r->png, r->rows);
+  /* png_read_image's loop without its array of row pointers (8 bytes a row: 128 MiB for a 1 x 2^24 image) */
+  for (int pass = 0; pass < passes; pass++)
+    for (png_uint_32 y = 0; y < h; y++) png_read_row(r->png, r->pixels + (size_t)y * rowbytes, NULL);
   png_read_end(r->png, NULL); /* through IEND, so truncation anywhere is seen */
   return 0;
 }
 
 static uint32_t be32(const uint8_t *b) {
   return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
+}
+
+/* Walks the chunk layout (length, type, data, CRC) from the signature to IEND without reading any chunk's data,
+ * so that a chunk declaring more bytes than the data holds is refused before libpng allocates for it, and a file
+ * of countless small chunks before libpng parses them. CRCs, chunk order and contents are left to libpng.
+ * Returns 0 or a negative SG_IMAGE_E* code. */
+static int png_scan_chunks(const uint8_t *data, size_t len, char *err, size_t errlen) {
+  size_t pos = sizeof png_signature, chunks = 0;
+  while (len - pos >= 8) {
+    uint32_t n = be32(data + pos);
+    char type[5];
+    for (int i = 0; i < 4; i++) {
+      uint8_t c = data[pos + 4 + i];
+      type[i] = (char)((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ? c : '?');
+    }
+    type[4] = 0;
+    if (n > 0x7fffffff) {
+      sg_set_err(err, errlen, "corrupt PNG: the %s chunk at byte %zu declares %lu bytes, over 2^31 - 1", type, pos,
+                 (unsigned long)n);
+      return SG_IMAGE_ECORRUPT;
+    }
+    if (n > len - pos - 8 || len - pos - 8 - n < 4) {
+      sg_set_err(err, errlen, "truncated PNG (%zu bytes): the %s chunk at byte %zu declares %lu bytes, %zu remain",
+                 len, type, pos, (unsigned long)n, len - pos - 8);
+      return SG_IMAGE_ECORRUPT;
+    }
+    if (!memcmp(data + pos + 4, "IEND", 4)) return 0;
+    if (memcmp(data + pos + 4, "IDAT", 4) != 0 && ++chunks > SG_IMAGE_PNG_MAX_CHUNKS) {
+      sg_set_err(err, errlen, "PNG has more than %d chunks besides its image data, the limit", SG_IMAGE_PNG_MAX_CHUNKS);
+      return SG_IMAGE_ETOOBIG;
+    }
+    pos += 12 + (size_t)n;
+  }
+  sg_set_err(err, errlen, "truncated PNG (%zu bytes): no IEND chunk", len);
+  return SG_IMAGE_ECORRUPT;
 }
 
 static int decode_png(const uint8_t *data, size_t len, sg_image_params p, sg_image *out, char *err, size_t errlen) {
@@ -172,6 +215,8 @@ static int decode_png(const uint8_t *data, size_t len, sg_image_params p, sg_ima
       if (rc) return rc;
     }
   }
+  int rc = png_scan_chunks(data, len, err, errlen);
+  if (rc) return rc;
   png_reader r;
   memset(&r, 0, sizeof r);
   r.data = data;
@@ -187,9 +232,8 @@ static int decode_png(const uint8_t *data, size_t len, sg_image_params p, sg_ima
     sg_set_err(err, errlen, "out of memory starting the PNG decoder");
     return SG_IMAGE_ENOMEM;
   }
-  int rc = png_read_run(&r);
+  rc = png_read_run(&r);
   png_destroy_read_struct(&r.png, &r.info, NULL);
-  free(r.rows);
   if (rc) {
     free(r.pixels);
     return rc;
