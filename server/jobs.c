@@ -26,6 +26,13 @@
 #define ID_BYTES 16
 #define MAX_WORKERS 64
 
+/* The allocator of the copies that sg_jobs_image and sg_jobs_event_image hand out. A test-only fault-injection
+ * point: tests/server/test_jobs.c includes this file with its own definition to make a copy fail; the library
+ * itself is always built with malloc. */
+#ifndef SG_JOBS_COPY_ALLOC
+#define SG_JOBS_COPY_ALLOC malloc
+#endif
+
 typedef struct job job;
 
 struct sg_job_watch {
@@ -74,6 +81,8 @@ struct job {
   uint64_t fetched;  /* bit i: image i was handed out by sg_jobs_image */
   int collected;     /* its outcome reached someone: every image fetched, (no images) its final status read or its
                         END delivered to a watcher, or a cancel asked for */
+  int counted;       /* it is one of q->n_uncollected: set when it finishes uncollected, cleared (and the count
+                        decremented) exactly once, when it is collected or evicted, whichever comes first */
   sg_job_watch *watchers;
   job *hnext;       /* id table chain */
   job *prev, *next; /* queue, or finished list */
@@ -108,7 +117,8 @@ struct sg_jobs {
   int32_t n_queued, n_running;
   job *fhead, *ftail; /* finished jobs in the table, oldest first */
   int32_t n_finished;
-  int32_t n_uncollected; /* finished jobs kept whose outcome nobody has collected (stats.uncollected) */
+  int32_t n_uncollected; /* finished jobs kept whose outcome nobody has collected (stats.uncollected): the number
+                            of records in the finished list with counted set, never negative */
   job *all;
   uint8_t (*expired)[ID_BYTES];
   int32_t n_expired, expired_next;
@@ -284,18 +294,26 @@ static void list_append(job **head, job **tail, job *j) {
   *tail = j;
 }
 
-/* Drops a finished job from the table and remembers its id as expired. */
-/* Marks j's outcome as received by someone (see sg_jobs_stats.uncollected); counted once j has finished. */
-static void collect_locked(sg_jobs *q, job *j) {
-  if (j->collected) return;
-  j->collected = 1;
-  if (j->state >= SG_JOB_SUCCEEDED) q->n_uncollected--;
+/* Takes j out of q->n_uncollected if it is in it (the one place that decrements the count). */
+static void uncount_locked(sg_jobs *q, job *j) {
+  if (!j->counted) return;
+  j->counted = 0;
+  q->n_uncollected--;
 }
 
+/* Marks j's outcome as received by someone (see sg_jobs_stats.uncollected). A job collected before it finishes
+ * (a cancel) is never counted; one collected after it finished leaves the count, unless its eviction already
+ * took it out (an END delivered, or an image copied, after the record left the table). */
+static void collect_locked(sg_jobs *q, job *j) {
+  j->collected = 1;
+  uncount_locked(q, j);
+}
+
+/* Drops a finished job from the table (and from the uncollected count) and remembers its id as expired. */
 static void evict_locked(sg_jobs *q, job *j) {
   list_remove(&q->fhead, &q->ftail, j);
   q->n_finished--;
-  if (!j->collected) q->n_uncollected--;
+  uncount_locked(q, j);
   table_remove(q, j);
   if (q->p.expired_ids_kept > 0) {
     memcpy(q->expired[q->expired_next], j->key, ID_BYTES);
@@ -347,7 +365,10 @@ static void finish_locked(sg_jobs *q, job *j, sg_job_state state, sg_job_error e
   }
   list_append(&q->fhead, &q->ftail, j);
   q->n_finished++;
-  if (!j->collected) q->n_uncollected++;
+  if (!j->collected) { /* the one place that increments the count: once per job, as it finishes */
+    j->counted = 1;
+    q->n_uncollected++;
+  }
   pthread_cond_broadcast(&q->idle_cv);
   pthread_cond_signal(&q->timer_cv);
 }
@@ -398,7 +419,9 @@ static void dispatch(sg_jobs *q, job *j, const sg_job_event *ev) {
   pthread_mutex_unlock(&q->mu);
 }
 
-static void end_event(const job *j, sg_job_event *ev) {
+/* Fills the END event of finished j; its private fields let the callback read the record (sg_jobs_event_status,
+ * sg_jobs_event_image) while the dispatcher's reference keeps it, even after its eviction. */
+static void end_event(sg_jobs *q, job *j, sg_job_event *ev) {
   memset(ev, 0, sizeof *ev);
   ev->kind = SG_JOB_EVENT_END;
   ev->id = j->id;
@@ -408,13 +431,15 @@ static void end_event(const job *j, sg_job_event *ev) {
   ev->error = j->error;
   ev->message = j->message;
   ev->n_images = j->n_ready;
+  ev->_q = q;
+  ev->_job = j;
 }
 
 /* Sends the END events of a pending list and drops the references it held. Lock not held. */
 static void send_ends(sg_jobs *q, job *pending) {
   for (job *j = pending; j; j = j->dnext) {
     sg_job_event ev;
-    end_event(j, &ev); /* a finished record no longer changes */
+    end_event(q, j, &ev); /* a finished record no longer changes */
     dispatch(q, j, &ev);
     log_line(q, SG_JOBS_LOG_INFO, "%s: job %s %s (%s)", __func__, j->id, sg_job_state_name(j->state), j->message);
   }
@@ -456,7 +481,7 @@ static int on_progress(void *user, int32_t step, int32_t total) {
   int stop = j->cancel != SG_JOB_ERR_NONE, watched = j->watchers != NULL;
   pthread_mutex_unlock(&q->mu);
   if (watched) {
-    sg_job_event ev = {SG_JOB_EVENT_PROGRESS, j->id, SG_JOB_RUNNING, step, total, SG_JOB_ERR_NONE, "", 0};
+    sg_job_event ev = {SG_JOB_EVENT_PROGRESS, j->id, SG_JOB_RUNNING, step, total, SG_JOB_ERR_NONE, "", 0, NULL, NULL};
     dispatch(q, j, &ev);
   }
   return stop;
@@ -564,7 +589,7 @@ static void run_job(worker *w, job *j) {
   }
   finish_locked(q, j, state, e, err);
   sg_job_event ev;
-  end_event(j, &ev);
+  end_event(q, j, &ev);
   pthread_mutex_unlock(&q->mu);
   if (rc == 0) sg_result_free(&r);
   dispatch(q, j, &ev);
@@ -941,17 +966,10 @@ int sg_jobs_submit(sg_jobs *q, const sg_job_request *req, char id[SG_JOB_ID_LEN]
   return 0;
 }
 
-int sg_jobs_status(sg_jobs *q, const char *id, sg_job_status *out) {
-  if (!q || !out) return SG_JOBS_EINVAL;
-  memset(out, 0, sizeof *out);
-  pthread_mutex_lock(&q->mu);
-  job *j;
-  int rc = lookup_locked(q, id, &j);
-  if (rc) {
-    pthread_mutex_unlock(&q->mu);
-    return rc;
-  }
+/* Copies j's state into *out (lock held); reading a finished job without images collects it. */
+static void status_locked(sg_jobs *q, job *j, sg_job_status *out) {
   double now = sg_jobs_now();
+  memset(out, 0, sizeof *out);
   memcpy(out->id, j->id, SG_JOB_ID_LEN);
   out->state = j->state;
   if (j->state >= SG_JOB_SUCCEEDED && !j->n_ready) collect_locked(q, j); /* a failure's outcome is its status */
@@ -978,7 +996,37 @@ int sg_jobs_status(sg_jobs *q, const char *id, sg_job_status *out) {
   out->n_images = j->n_images;
   out->n_ready = j->n_ready;
   out->seed = j->seed;
+}
+
+int sg_jobs_status(sg_jobs *q, const char *id, sg_job_status *out) {
+  if (!q || !out) return SG_JOBS_EINVAL;
+  memset(out, 0, sizeof *out);
+  pthread_mutex_lock(&q->mu);
+  job *j;
+  int rc = lookup_locked(q, id, &j);
+  if (!rc) status_locked(q, j, out);
   pthread_mutex_unlock(&q->mu);
+  return rc;
+}
+
+/* Copies image i of j (SUCCEEDED, 0 <= i < n_ready) into a new buffer; the lock is held on entry and on return,
+ * released around the copy (a succeeded record's images never change). The image counts as fetched only once its
+ * copy exists: a copy that fails for lack of memory leaves the job uncollected. Returns 0 or SG_JOBS_ENOMEM. */
+static int image_copy_locked(sg_jobs *q, job *j, int32_t i, uint8_t **png, size_t *len) {
+  j->refs++;
+  pthread_mutex_unlock(&q->mu);
+  size_t n = j->images[i].len;
+  uint8_t *copy = SG_JOBS_COPY_ALLOC(n ? n : 1);
+  if (copy) memcpy(copy, j->images[i].data, n);
+  pthread_mutex_lock(&q->mu);
+  if (copy) {
+    j->fetched |= (uint64_t)1 << i;
+    if (j->fetched == (j->n_ready >= 64 ? ~(uint64_t)0 : ((uint64_t)1 << j->n_ready) - 1)) collect_locked(q, j);
+  }
+  unref_locked(q, j); /* may free j */
+  if (!copy) return SG_JOBS_ENOMEM;
+  *png = copy;
+  *len = n;
   return 0;
 }
 
@@ -990,24 +1038,32 @@ int sg_jobs_image(sg_jobs *q, const char *id, int32_t i, uint8_t **png, size_t *
   job *j;
   int rc = lookup_locked(q, id, &j);
   if (!rc && (j->state != SG_JOB_SUCCEEDED || i < 0 || i >= j->n_ready)) rc = SG_JOBS_ENOIMAGE;
-  if (rc) {
-    pthread_mutex_unlock(&q->mu);
-    return rc;
-  }
-  j->refs++; /* a succeeded record's images never change: copy them without the lock */
-  j->fetched |= (uint64_t)1 << i;
-  if (j->fetched == (j->n_ready >= 64 ? ~(uint64_t)0 : ((uint64_t)1 << j->n_ready) - 1)) collect_locked(q, j);
+  if (!rc) rc = image_copy_locked(q, j, i, png, len);
   pthread_mutex_unlock(&q->mu);
-  size_t n = j->images[i].len;
-  uint8_t *copy = malloc(n ? n : 1);
-  if (copy) memcpy(copy, j->images[i].data, n);
+  return rc;
+}
+
+int sg_jobs_event_status(const sg_job_event *ev, sg_job_status *out) {
+  if (out) memset(out, 0, sizeof *out);
+  if (!ev || !out || ev->kind != SG_JOB_EVENT_END || !ev->_q || !ev->_job) return SG_JOBS_EINVAL;
+  sg_jobs *q = ev->_q;
   pthread_mutex_lock(&q->mu);
-  unref_locked(q, j); /* may free j */
+  status_locked(q, ev->_job, out);
   pthread_mutex_unlock(&q->mu);
-  if (!copy) return SG_JOBS_ENOMEM;
-  *png = copy;
-  *len = n;
   return 0;
+}
+
+int sg_jobs_event_image(const sg_job_event *ev, int32_t i, uint8_t **png, size_t *len) {
+  if (png) *png = NULL;
+  if (len) *len = 0;
+  if (!ev || !png || !len || ev->kind != SG_JOB_EVENT_END || !ev->_q || !ev->_job) return SG_JOBS_EINVAL;
+  sg_jobs *q = ev->_q;
+  job *j = ev->_job;
+  pthread_mutex_lock(&q->mu);
+  int rc = j->state != SG_JOB_SUCCEEDED || i < 0 || i >= j->n_ready ? SG_JOBS_ENOIMAGE
+                                                                   : image_copy_locked(q, j, i, png, len);
+  pthread_mutex_unlock(&q->mu);
+  return rc;
 }
 
 int sg_jobs_cancel(sg_jobs *q, const char *id) {
@@ -1043,17 +1099,16 @@ int sg_jobs_watch(sg_jobs *q, const char *id, sg_job_watch_fn cb, void *user, sg
     return rc;
   }
   if (j->state >= SG_JOB_SUCCEEDED) {
-    char jid[SG_JOB_ID_LEN], msg[sizeof j->message];
     sg_job_event ev;
-    end_event(j, &ev);
-    memcpy(jid, j->id, sizeof jid);
-    memcpy(msg, j->message, sizeof msg);
-    ev.id = jid;
-    ev.message = msg;
+    end_event(q, j, &ev); /* a finished record no longer changes; our reference keeps it for the callback */
+    j->refs++;
     if (!j->n_ready) collect_locked(q, j); /* the END about to be delivered tells the failure */
     pthread_mutex_unlock(&q->mu);
     free(w);
     cb(user, &ev);
+    pthread_mutex_lock(&q->mu);
+    unref_locked(q, j); /* may free j, evicted meanwhile */
+    pthread_mutex_unlock(&q->mu);
     return 0;
   }
   w->q = q;

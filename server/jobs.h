@@ -150,9 +150,12 @@ typedef struct {
   int32_t queued, running;      /* now */
   int32_t finished_kept;        /* finished jobs held for status queries */
   int32_t uncollected;          /* of those, the ones whose outcome nobody has fetched yet: a succeeded job until
-                                   each of its images went out through sg_jobs_image, another until a status read
-                                   (sg_jobs_status) saw it finished or a watcher got its END; a job someone asked
-                                   to cancel counts as collected. A draining service may wait for them. */
+                                   each of its images went out through sg_jobs_image or sg_jobs_event_image (a copy
+                                   that failed for lack of memory is not a fetch), another until a status read
+                                   (sg_jobs_status, sg_jobs_event_status) saw it finished or a watcher got its END;
+                                   a job someone asked to cancel counts as collected. Exact: each finished job is
+                                   counted once and leaves the count once, when collected or evicted, so it is never
+                                   negative. A draining service may wait for them. */
   int32_t workers, max_queue;
   int draining;                 /* 1 after sg_jobs_drain */
   uint64_t submitted, succeeded, failed, cancelled, timed_out, shutdown;
@@ -196,6 +199,8 @@ typedef struct {
   sg_job_error error;  /* END only */
   const char *message; /* END only: "" unless error */
   int32_t n_images;    /* END only: images available (n_images when succeeded) */
+  sg_jobs *_q;         /* private (END only): the record behind the event, for sg_jobs_event_status/_image */
+  void *_job;
 } sg_job_event;
 
 /* Runs on the thread that produced the event: a worker (progress, END of a job that ran), the thread whose call
@@ -235,8 +240,18 @@ int sg_jobs_status(sg_jobs *q, const char *id, sg_job_status *out);
 /* Copies image i (0-based) of a succeeded job as PNG (with tEXt/iTXt chunks prompt, negative_prompt, seed, beta,
  * stop, steps, cfg, sampler, model, then the request's extra text) into a new buffer *png of *len bytes that the
  * caller frees with free(). Returns 0, SG_JOBS_ENOTFOUND, SG_JOBS_EEXPIRED, SG_JOBS_ENOIMAGE (not succeeded, or i
- * out of range) or SG_JOBS_ENOMEM; *png is NULL on failure. */
+ * out of range) or SG_JOBS_ENOMEM; *png is NULL on failure. The image counts as fetched (sg_jobs_stats.uncollected)
+ * only when 0 is returned. */
 int sg_jobs_image(sg_jobs *q, const char *id, int32_t i, uint8_t **png, size_t *len);
+
+/* sg_jobs_status and sg_jobs_image for the job of an END event, from inside that event's callback only: the
+ * dispatcher holds the job's record for the callback, so they succeed even when the job was evicted before the
+ * callback ran (a tiny keep_finished_count with other jobs finishing), which sg_jobs_status and sg_jobs_image by id
+ * answer with SG_JOBS_EEXPIRED. They count as the by-id calls do (a status read of a failure, an image fetched).
+ * sg_jobs_event_status returns 0 or SG_JOBS_EINVAL (not an END event); sg_jobs_event_image returns 0,
+ * SG_JOBS_ENOIMAGE, SG_JOBS_ENOMEM or SG_JOBS_EINVAL, with *png (freed by the caller) NULL on failure. */
+int sg_jobs_event_status(const sg_job_event *ev, sg_job_status *out);
+int sg_jobs_event_image(const sg_job_event *ev, int32_t i, uint8_t **png, size_t *len);
 
 /* Cancels a job: a queued one becomes CANCELLED at once (its watchers get END before this returns); a running one
  * is flagged and becomes CANCELLED at its next step (it may still succeed if it was past its last step). Returns 0,

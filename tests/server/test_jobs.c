@@ -1,5 +1,6 @@
 /* Tests of server/jobs.c on the bundled model: results as PNG, queue order and limits, cancel, deadlines, expiry,
- * events, many threads at once, drain and shutdown. */
+ * events, the uncollected count, many threads at once, drain and shutdown. jobs.c is included rather than linked, so
+ * that check_books can compare the count with the records and a test can make an image's copy fail. */
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -9,9 +10,21 @@
 
 #include "generate.h"
 #include "image.h"
-#include "jobs.h"
 
 #include "check.h"
+
+static int copy_failures; /* the next this many image copies fail as if out of memory */
+
+static void *test_copy_alloc(size_t n) {
+  int left = __atomic_load_n(&copy_failures, __ATOMIC_SEQ_CST);
+  while (left > 0)
+    if (__atomic_compare_exchange_n(&copy_failures, &left, left - 1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+      return NULL;
+  return malloc(n);
+}
+
+#define SG_JOBS_COPY_ALLOC test_copy_alloc
+#include "../../server/jobs.c"
 
 #define PROMPT "a red star on a plain blue background"
 #define LONG_STEPS 1000 /* a job that runs until it is cancelled */
@@ -151,9 +164,27 @@ static int has_text(const uint8_t *png, size_t len, const char *key, const char 
   return 0;
 }
 
+/* The debug check of the books: the uncollected count is never negative and equals the number of finished records
+ * still kept whose outcome nobody collected; the finished list holds n_finished records, all in the id table. */
+static void check_books(sg_jobs *q, const char *where) {
+  pthread_mutex_lock(&q->mu);
+  int32_t kept = 0, open = 0, in_table = 1;
+  for (const job *j = q->fhead; j; j = j->next) {
+    kept++;
+    open += !j->collected;
+    in_table &= j->in_table && j->state >= SG_JOB_SUCCEEDED;
+  }
+  int32_t count = q->n_uncollected, finished = q->n_finished;
+  pthread_mutex_unlock(&q->mu);
+  CHECK(count >= 0 && count == open && kept == finished && in_table,
+        "%s: books: uncollected count %d, %d uncollected of %d records kept (n_finished %d)", where, (int)count,
+        (int)open, (int)kept, (int)finished);
+}
+
 static int32_t uncollected(sg_jobs *q) {
   sg_jobs_stats s;
   CHECK(sg_jobs_stats_get(q, &s) == 0, "stats");
+  check_books(q, "uncollected");
   return s.uncollected;
 }
 
@@ -203,6 +234,215 @@ static void test_collected(void) {
   CHECK(uncollected(q) == 0, "a job someone cancelled is collected: %d", uncollected(q));
   sg_jobs_free(q);
   printf("collected: ok\n");
+}
+
+/* An END callback that first makes the manager evict what is due (keep_finished_count 0: the job itself, before
+ * its END has been delivered), as a status read or the timer thread may do at that moment on another thread. */
+typedef struct {
+  collector c;
+  int32_t kept_in_cb;         /* stats.finished_kept seen inside the callback, after the eviction */
+  const sg_job_request *then; /* first submit this job and wait until it succeeded (it pushes ours out) */
+  char then_id[SG_JOB_ID_LEN];
+} evicting_watch;
+
+static void evict_then_collect(void *user, const sg_job_event *ev) {
+  evicting_watch *e = user;
+  sg_jobs_stats s;
+  if (ev->kind == SG_JOB_EVENT_END && e->then) {
+    submit_ok(ev->_q, e->then, e->then_id);
+    wait_for(ev->_q, e->then_id, 1, 120);
+  }
+  if (ev->kind == SG_JOB_EVENT_END && sg_jobs_stats_get(ev->_q, &s) == 0) e->kept_in_cb = s.finished_kept;
+  collect(&e->c, ev);
+}
+
+/* The uncollected count when a failed or a cancelled job is evicted before its END reaches its watcher: the
+ * eviction takes it out of the count and the END delivered afterwards does not take it out again (the count
+ * went to -1 here, so that a draining service read 0 while one result was still unfetched). */
+static void test_books_evicted_before_end(void) {
+  sg_jobs_params p = sg_jobs_default_params();
+  p.keep_finished_count = 0;
+  sg_jobs *q = manager(1, p);
+  sg_jobs_stats s;
+  /* failed: a deadline passes while it runs; its END comes from the worker (run_job, dispatch) */
+  sg_job_request lr = request(q, LONG_STEPS);
+  lr.deadline = sg_jobs_now() + 0.5 * slow;
+  char a[SG_JOB_ID_LEN], blocker[SG_JOB_ID_LEN], b[SG_JOB_ID_LEN];
+  submit_ok(q, &lr, a);
+  evicting_watch ea;
+  memset(&ea, 0, sizeof ea);
+  collector_init(&ea.c);
+  ea.kept_in_cb = -1;
+  sg_job_watch *w = NULL;
+  CHECK(sg_jobs_watch(q, a, evict_then_collect, &ea, &w) == 0 && w, "watch the job before its deadline");
+  CHECK(wait_end(&ea.c, 120), "no END for the job that runs past its deadline");
+  sg_jobs_unwatch(w);
+  CHECK(ea.c.end_state == SG_JOB_FAILED && ea.c.end_error == SG_JOB_ERR_TIMEOUT, "failed by its deadline: %s",
+        sg_job_state_name(ea.c.end_state));
+  CHECK(ea.kept_in_cb == 0, "evicted before its END was delivered (%d kept)", (int)ea.kept_in_cb);
+  CHECK(uncollected(q) == 0, "a failure evicted, then told by END: %d uncollected", uncollected(q));
+  /* cancelled: a queued job that drain's timeout cancels; its END comes from the draining thread (send_ends) */
+  lr.deadline = 0;
+  submit_ok(q, &lr, blocker);
+  sg_job_request r = request(q, 2);
+  submit_ok(q, &r, b); /* behind the blocker, which runs until it is cancelled */
+  evicting_watch eb;
+  memset(&eb, 0, sizeof eb);
+  collector_init(&eb.c);
+  eb.kept_in_cb = -1;
+  CHECK(sg_jobs_watch(q, b, evict_then_collect, &eb, &w) == 0 && w, "watch the queued job");
+  CHECK(sg_jobs_drain(q, 0.05) == SG_JOBS_ETIMEDOUT, "drain that cancels");
+  sg_jobs_unwatch(w);
+  CHECK(eb.c.ends == 1 && eb.c.end_state == SG_JOB_CANCELLED && eb.c.end_error == SG_JOB_ERR_SHUTDOWN,
+        "queued job cancelled by the drain: %d END, %s", eb.c.ends, sg_job_state_name(eb.c.end_state));
+  CHECK(eb.kept_in_cb == 0, "evicted before its END was delivered (%d kept)", (int)eb.kept_in_cb);
+  CHECK(uncollected(q) == 0, "a cancel evicted, then told by END: %d uncollected", uncollected(q));
+  sg_jobs_stats_get(q, &s);
+  CHECK(s.failed == 1 && s.cancelled == 2 && s.finished_kept == 0, "stats: %d failed, %d cancelled, %d kept",
+        (int)s.failed, (int)s.cancelled, (int)s.finished_kept);
+  sg_jobs_free(q);
+  collector_destroy(&ea.c);
+  collector_destroy(&eb.c);
+
+  /* with keep_finished_count 1 and a result kept: the failed job is pushed out by one that succeeds (submitted
+   * from its END callback, run by the other worker) before its END is delivered; a drained service must still see
+   * the succeeded job's unfetched image (the count read 0 here) */
+  p.keep_finished_count = 1;
+  q = manager(2, p);
+  lr.deadline = sg_jobs_now() + 0.5 * slow;
+  submit_ok(q, &lr, a);
+  memset(&ea, 0, sizeof ea);
+  collector_init(&ea.c);
+  ea.kept_in_cb = -1;
+  ea.then = &r;
+  CHECK(sg_jobs_watch(q, a, evict_then_collect, &ea, &w) == 0 && w, "watch the job before its deadline");
+  CHECK(wait_end(&ea.c, 240), "no END");
+  sg_jobs_unwatch(w);
+  CHECK(ea.c.end_state == SG_JOB_FAILED && ea.kept_in_cb == 1, "failed (%s), pushed out before its END (%d kept)",
+        sg_job_state_name(ea.c.end_state), (int)ea.kept_in_cb);
+  CHECK(sg_jobs_status(q, a, &(sg_job_status){0}) == SG_JOBS_EEXPIRED, "the failed job was evicted");
+  CHECK(sg_jobs_drain(q, 60 * slow) == 0, "drain");
+  CHECK(uncollected(q) == 1, "the succeeded job's image is unfetched: %d uncollected", uncollected(q));
+  uint8_t *png = NULL;
+  size_t len = 0;
+  CHECK(sg_jobs_image(q, ea.then_id, 0, &png, &len) == 0, "fetch it");
+  free(png);
+  CHECK(uncollected(q) == 0, "fetched: %d uncollected", uncollected(q));
+  sg_jobs_free(q);
+  collector_destroy(&ea.c);
+  printf("books (evicted before END): ok\n");
+}
+
+/* An image whose copy fails for lack of memory is not a fetch: the job stays uncollected until a copy succeeds. */
+static void test_books_copy_nomem(void) {
+  sg_jobs *q = manager(1, sg_jobs_default_params());
+  sg_job_request r = request(q, 2);
+  r.n_images = 2;
+  char a[SG_JOB_ID_LEN];
+  submit_ok(q, &r, a);
+  wait_for(q, a, 1, 120);
+  CHECK(uncollected(q) == 1, "succeeded, nothing fetched");
+  uint8_t *png = (uint8_t *)"x";
+  size_t len = 7;
+  CHECK(sg_jobs_image(q, a, 0, &png, &len) == 0, "image 0");
+  free(png);
+  __atomic_store_n(&copy_failures, 1, __ATOMIC_SEQ_CST);
+  int rc = sg_jobs_image(q, a, 1, &png, &len);
+  CHECK(rc == SG_JOBS_ENOMEM && !png && len == 0, "a copy that fails: rc %d", rc);
+  CHECK(uncollected(q) == 1, "image 1 never went out, so the job is not collected: %d", uncollected(q));
+  CHECK(sg_jobs_image(q, a, 1, &png, &len) == 0 && len > 8 && !memcmp(png, "\x89PNG", 4), "image 1 again");
+  free(png);
+  CHECK(uncollected(q) == 0, "both images out: %d", uncollected(q));
+  __atomic_store_n(&copy_failures, 0, __ATOMIC_SEQ_CST);
+  sg_jobs_free(q);
+  printf("books (copy out of memory): ok\n");
+}
+
+/* What the HTTP service's synchronous waiter does in its END callback: copy the status and the images. */
+typedef struct {
+  sg_jobs *q;
+  int ends, status_rc, by_id_rc, images_ok;
+  int32_t n_images;
+  int64_t seed;
+  sg_job_state state;
+  double inference_ms;
+} sync_waiter;
+
+static void sync_end(void *user, const sg_job_event *ev) {
+  sync_waiter *s = user;
+  if (ev->kind != SG_JOB_EVENT_END) return;
+  /* hold the callback until both jobs have finished, then evict what is due: with keep_finished_count 1, the
+   * older of the two leaves the table before its waiter has copied anything */
+  sg_jobs_stats st;
+  double end = sg_jobs_now() + 120 * slow;
+  while (sg_jobs_stats_get(s->q, &st) == 0 && st.succeeded + st.failed + st.cancelled < 2 && sg_jobs_now() < end)
+    sleep_s(0.002);
+  sg_job_status js;
+  uint8_t *png = NULL;
+  size_t len = 0;
+  s->by_id_rc = sg_jobs_image(s->q, ev->id, 0, &png, &len); /* the old way: EEXPIRED for the evicted one */
+  free(png);
+  s->status_rc = sg_jobs_event_status(ev, &js);
+  s->state = js.state;
+  s->seed = js.seed;
+  s->n_images = js.n_ready;
+  s->inference_ms = js.inference_ms;
+  s->images_ok = 0;
+  for (int32_t i = 0; i < ev->n_images; i++) {
+    png = NULL;
+    int rc = sg_jobs_event_image(ev, i, &png, &len);
+    s->images_ok += rc == 0 && len > 8 && !memcmp(png, "\x89PNG", 4);
+    free(png);
+  }
+  __atomic_add_fetch(&s->ends, 1, __ATOMIC_SEQ_CST);
+}
+
+/* Two jobs finishing on two workers with keep_finished_count 1: each END callback gets its job's status and
+ * images although one of the jobs was evicted before its callback read anything (the HTTP service answered that
+ * synchronous request with a 500). */
+static void test_sync_evicted(void) {
+  sg_jobs_params p = sg_jobs_default_params();
+  p.keep_finished_count = 1;
+  sg_jobs *q = manager(2, p);
+  sg_job_request r = request(q, 2);
+  r.n_images = 2;
+  char ids[2][SG_JOB_ID_LEN];
+  sync_waiter sw[2];
+  sg_job_watch *w[2] = {NULL, NULL};
+  for (int i = 0; i < 2; i++) {
+    memset(&sw[i], 0, sizeof sw[i]);
+    sw[i].q = q;
+    r.seed = 100 + i;
+    submit_ok(q, &r, ids[i]);
+    CHECK(sg_jobs_watch(q, ids[i], sync_end, &sw[i], &w[i]) == 0, "watch %d", i);
+  }
+  double end = sg_jobs_now() + 240 * slow;
+  while ((__atomic_load_n(&sw[0].ends, __ATOMIC_SEQ_CST) < 1 || __atomic_load_n(&sw[1].ends, __ATOMIC_SEQ_CST) < 1) &&
+         sg_jobs_now() < end)
+    sleep_s(0.002);
+  for (int i = 0; i < 2; i++) sg_jobs_unwatch(w[i]);
+  int expired = 0;
+  for (int i = 0; i < 2; i++) {
+    CHECK(sw[i].ends == 1, "job %d: %d END", i, sw[i].ends);
+    CHECK(sw[i].status_rc == 0 && sw[i].state == SG_JOB_SUCCEEDED && sw[i].seed == 100 + i && sw[i].n_images == 2 &&
+              sw[i].inference_ms > 0,
+          "job %d: status from its END: rc %d, %s, seed %lld, %d images", i, sw[i].status_rc,
+          sg_job_state_name(sw[i].state), (long long)sw[i].seed, (int)sw[i].n_images);
+    CHECK(sw[i].images_ok == 2, "job %d: %d of 2 images copied from its END", i, sw[i].images_ok);
+    CHECK(sw[i].by_id_rc == 0 || sw[i].by_id_rc == SG_JOBS_EEXPIRED, "job %d: image by id: %d", i, sw[i].by_id_rc);
+    expired += sw[i].by_id_rc == SG_JOBS_EEXPIRED;
+  }
+  CHECK(expired == 1, "one of the two was evicted before its callback read it (%d)", expired);
+  CHECK(uncollected(q) == 0, "both jobs' images went out: %d uncollected", uncollected(q));
+  sg_job_event progress = {SG_JOB_EVENT_PROGRESS, ids[0], SG_JOB_RUNNING, 1, 2, SG_JOB_ERR_NONE, "", 0, NULL, NULL};
+  sg_job_status js;
+  uint8_t *png = (uint8_t *)"x";
+  size_t len = 1;
+  CHECK(sg_jobs_event_status(&progress, &js) == SG_JOBS_EINVAL && sg_jobs_event_image(&progress, 0, &png, &len) ==
+            SG_JOBS_EINVAL && !png && !len,
+        "event calls outside an END");
+  sg_jobs_free(q);
+  printf("sync (evicted before its END was read): ok\n");
 }
 
 /* A job with a sketch, two images and extra text: PNGs that decode to sg_generate's pixels, with the text chunks. */
@@ -610,6 +850,7 @@ static void test_stress(int32_t keep) {
   if (keep < 100) CHECK(s.finished_kept <= keep, "stress: %d kept", s.finished_kept);
   CHECK(s.uncollected >= 0 && s.uncollected <= s.finished_kept, "stress: %d uncollected of %d kept (evictions count)",
         s.uncollected, s.finished_kept);
+  check_books(q, "stress");
   printf("stress (keep %d): %d threads x %d ops: %d submitted (%d succeeded, %d cancelled, %d evicted), %d refused "
          "as full\n",
          (int)keep, STRESS_THREADS, STRESS_OPS, submitted, succeeded, cancelled, expired, full);
@@ -754,6 +995,9 @@ int main(int argc, char **argv) {
   test_events();
   test_drain();
   test_collected();
+  test_books_evicted_before_end();
+  test_books_copy_nomem();
+  test_sync_evicted();
   test_free_busy();
   test_stress(1000);
   test_stress(2);
