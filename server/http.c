@@ -642,20 +642,21 @@ static void *watchdog_main(void *arg) {
 static void on_sync_event(void *user, const sg_job_event *ev) {
   req *r = user;
   if (ev->kind != SG_JOB_EVENT_END) return;
-  sg_http *h = r->h;
-  /* copy the result now: a finished job may be evicted before the connection is served again */
+  /* copy the result now, from the event (its record is held for this callback): a finished job may be evicted
+   * before the connection is served again, or even before this callback runs (a tiny keep_finished_count with
+   * other jobs finishing), when a copy by id would answer SG_JOBS_EEXPIRED */
   sg_job_status st;
-  int ok = sg_jobs_status(h->jobs, ev->id, &st) == 0;
+  int ok = sg_jobs_event_status(ev, &st) == 0;
   uint8_t *png[SG_JOBS_MAX_IMAGES] = {0};
   size_t len[SG_JOBS_MAX_IMAGES] = {0};
   int32_t n = 0, failed = 0;
   if (ev->state == SG_JOB_SUCCEEDED)
     for (; n < ev->n_images && n < SG_JOBS_MAX_IMAGES; n++)
-      if (sg_jobs_image(h->jobs, ev->id, n, &png[n], &len[n])) {
+      if (sg_jobs_event_image(ev, n, &png[n], &len[n])) {
         failed = 1;
         break;
       }
-  if (!ok) { /* evicted already: what the event says */
+  if (!ok) { /* not an END event (never here): what the event says */
     memset(&st, 0, sizeof st);
     snprintf(st.id, sizeof st.id, "%s", ev->id);
     st.state = ev->state;
@@ -697,7 +698,7 @@ static enum MHD_Result sync_answer(req *r) {
     return send_error(r, k, k == E_INVALID ? param : NULL, "%s", msg);
   }
   if (r->png_failed || r->n_png < 1)
-    return send_error(r, E_INTERNAL, NULL, "the job's images could not be read (evicted or out of memory)");
+    return send_error(r, E_INTERNAL, NULL, "the job's images could not be copied (out of memory)");
   if (r->n_png == 1 && !r->want_json) {
     struct MHD_Response *resp = MHD_create_response_from_buffer(r->png_len[0], r->png[0], MHD_RESPMEM_MUST_FREE);
     if (!resp) return MHD_NO;
