@@ -196,6 +196,33 @@ static int uc_class(uint32_t cp) {
   return 0;
 }
 
+static int uc_sigma_class(uint32_t cp) {
+  size_t lo = 0, hi = sg_uc_nsigma_ranges;
+  while (lo < hi) {
+    size_t mid = (lo + hi) / 2;
+    if (cp < sg_uc_sigma_ranges[mid].first)
+      hi = mid;
+    else if (cp > sg_uc_sigma_ranges[mid].last)
+      lo = mid + 1;
+    else
+      return sg_uc_sigma_ranges[mid].cls;
+  }
+  return 0;
+}
+
+/* Whether the capital sigma at s[i] (of n code points) is in Unicode's Final_Sigma context, as Python's
+ * str.lower() decides it: a cased letter before it and none after it, skipping case-ignorable characters both
+ * ways. Each scan stops at the first character that is not case-ignorable, so lowering a string costs O(n).
+ * Returns 1 or 0. */
+static int final_sigma(const uint32_t *s, size_t n, size_t i) {
+  size_t j = i;
+  while (j > 0 && uc_sigma_class(s[j - 1]) == 2) j--;
+  if (j == 0 || uc_sigma_class(s[j - 1]) != 1) return 0;
+  for (j = i + 1; j < n && uc_sigma_class(s[j]) == 2; j++) {
+  }
+  return j == n || uc_sigma_class(s[j]) != 1;
+}
+
 static const sg_uc_lower *uc_lower(uint32_t cp) {
   size_t lo = 0, hi = sg_uc_nlowers;
   while (lo < hi) {
@@ -285,11 +312,14 @@ static size_t html_unescape(const uint32_t *in, size_t n, uint32_t *out) {
       continue;
     }
     size_t end = e < n && in[e] == ';' ? e + 1 : e;
+    /* no entity name holds U+0000, which would end the C string early: only text before one can match */
+    size_t z = 0;
+    while (j + z < end && in[j + z]) z++;
     char name[32 * 4 + 2];
     size_t nb = 0;
     for (size_t t = j; t < end; t++) nb += (size_t)utf8_put(in[t], name + nb);
     name[nb] = 0;
-    const char *val = html_entity(name);
+    const char *val = z == end - j ? html_entity(name) : NULL;
     if (val) {
       k = put_utf8_string(val, out, k);
       i = end;
@@ -297,7 +327,7 @@ static size_t html_unescape(const uint32_t *in, size_t n, uint32_t *out) {
     }
     /* the longest prefix (at least 2 characters, no ';') that is a name */
     int done = 0;
-    for (size_t x = end - j - 1; x > 1; x--) {
+    for (size_t x = (z < end - j - 1 ? z : end - j - 1); x > 1; x--) {
       nb = 0;
       for (size_t t = j; t < j + x; t++) nb += (size_t)utf8_put(in[t], name + nb);
       name[nb] = 0;
@@ -605,7 +635,8 @@ int64_t sg_tokenizer_encode(const sg_tokenizer *t, const char *text, size_t len,
   size_t n = utf8_decode((const unsigned char *)text, len, a);
   n = html_unescape(a, n, b);
   n = html_unescape(b, n, a);
-  /* collapse white space runs to one space, strip, lower-case */
+  /* collapse white space runs to one space and strip (into b), then lower-case (into a) as str.lower(): full
+     mappings, and the capital sigma by its context in the collapsed text */
   size_t k = 0;
   int pending = 0;
   for (size_t i = 0; i < n; i++) {
@@ -615,41 +646,49 @@ int64_t sg_tokenizer_encode(const sg_tokenizer *t, const char *text, size_t len,
     }
     if (pending) b[k++] = ' ';
     pending = 0;
-    const sg_uc_lower *lw = uc_lower(a[i]);
-    if (!lw) {
-      b[k++] = a[i];
+    b[k++] = a[i];
+  }
+  n = k;
+  k = 0;
+  for (size_t i = 0; i < n; i++) {
+    const sg_uc_lower *lw;
+    if (b[i] == 0x3A3) {
+      a[k++] = final_sigma(b, n, i) ? 0x3C2 : 0x3C3;
+    } else if ((lw = uc_lower(b[i]))) {
+      for (int j = 0; j < 3 && lw->lower[j]; j++) a[k++] = lw->lower[j];
     } else {
-      for (int j = 0; j < 3 && lw->lower[j]; j++) b[k++] = lw->lower[j];
+      a[k++] = b[i];
     }
   }
   n = k;
+  const uint32_t *cps = a;
   idsink out = {ids, cap, 0};
   for (size_t i = 0; i < n;) {
     size_t start = i, end = i;
     const char *special = NULL;
-    if (starts_with_ascii(b + i, n - i, SOT)) special = SOT;
-    else if (starts_with_ascii(b + i, n - i, EOT)) special = EOT;
+    if (starts_with_ascii(cps + i, n - i, SOT)) special = SOT;
+    else if (starts_with_ascii(cps + i, n - i, EOT)) special = EOT;
     if (special) {
       sink_put(&out, special == SOT ? t->sot : t->eot);
       i += strlen(special);
       continue;
     }
     for (size_t c = 0; c < sizeof contractions / sizeof *contractions && end == start; c++)
-      if (starts_with_ascii(b + i, n - i, contractions[c])) end = i + strlen(contractions[c]);
+      if (starts_with_ascii(cps + i, n - i, contractions[c])) end = i + strlen(contractions[c]);
     if (end == start) {
-      int cls = uc_class(b[i]);
+      int cls = uc_class(cps[i]);
       if (cls == 3) {
         i++;
         continue;
       }
       end = i + 1;
       if (cls == 1)
-        while (end < n && uc_class(b[end]) == 1) end++;
+        while (end < n && uc_class(cps[end]) == 1) end++;
       else if (cls == 0)
-        while (end < n && uc_class(b[end]) == 0) end++;
+        while (end < n && uc_class(cps[end]) == 0) end++;
     }
     size_t nb = 0;
-    for (size_t j = start; j < end; j++) nb += (size_t)utf8_put(b[j], (char *)bytes + nb);
+    for (size_t j = start; j < end; j++) nb += (size_t)utf8_put(cps[j], (char *)bytes + nb);
     bpe_word(t, bytes, nb, work, &out);
     i = end;
   }

@@ -10,8 +10,9 @@
  *
  * Reads CLIP's bpe_simple_vocab_16e6.txt (plain or .gz) or a merges.txt (with vocab.json beside it, which is
  * implied by the merges and not read). Text is cleaned as CLIP does (HTML-unescaped twice, white space
- * collapsed, stripped, lower-cased), split with CLIP's pattern and merged by rank. Invalid UTF-8 reads as
- * U+FFFD. A loaded tokenizer is immutable: every call below is thread-safe.
+ * collapsed, stripped, lower-cased as Python's str.lower(): full case mappings and the final sigma), split with
+ * CLIP's pattern and merged by rank, giving tools/clip_tokenizer.py's ids (tests/core/check_tokenizer_diff.py
+ * compares them on random text). Invalid UTF-8 reads as U+FFFD. A loaded tokenizer is immutable: every call below is thread-safe.
  */
 #ifndef SG_TOKENIZER_H
 #define SG_TOKENIZER_H

@@ -32,6 +32,10 @@ extern const sg_uc_range sg_uc_ranges[];
 extern const size_t sg_uc_nranges;
 extern const sg_uc_lower sg_uc_lowers[];
 extern const size_t sg_uc_nlowers;
+/* What str.lower()'s Final_Sigma test (U+03A3 -> U+03C2) sees in a code point: cls 2 case-ignorable (skipped),
+ * 1 cased and not case-ignorable; code points in no range are neither. */
+extern const sg_uc_range sg_uc_sigma_ranges[];
+extern const size_t sg_uc_nsigma_ranges;
 extern const sg_html_entity sg_html_entities[]; /* sorted by name (strcmp order) */
 extern const size_t sg_html_nentities;
 extern const sg_html_charref sg_html_invalid_charrefs[];

@@ -18,6 +18,34 @@ static size_t unhex(const char *hex, char *out) {
   return n;
 }
 
+/* Whether text a (la bytes) and text b (lb bytes) encode to the same ids. */
+static int same_encoding(const sg_tokenizer *tok, const char *a, size_t la, const char *b, size_t lb) {
+  int32_t ia[64], ib[64];
+  int64_t na = sg_tokenizer_encode(tok, a, la, ia, 64), nb = sg_tokenizer_encode(tok, b, lb, ib, 64);
+  return na >= 0 && na <= 64 && na == nb && memcmp(ia, ib, (size_t)na * sizeof *ia) == 0;
+}
+
+/* Lower-casing as Python's str.lower() (Final_Sigma, full mappings) and HTML references with U+0000 in them. */
+static void check_casing(const sg_tokenizer *tok) {
+  static const struct {
+    const char *text, *same;
+  } cases[] = {
+      {"\xce\x9f\xce\x94\xce\x9f\xce\xa3", "\xce\xbf\xce\xb4\xce\xbf\xcf\x82"},         /* ΟΔΟΣ -> οδος (final) */
+      {"\xce\xa3\xce\x91", "\xcf\x83\xce\xb1"},                                     /* ΣΑ -> σα */
+      {"\xce\xa3", "\xcf\x83"},                                                       /* Σ alone -> σ */
+      {"\xce\x91\xce\xa3'", "\xce\xb1\xcf\x82'"},                                     /* ' is case-ignorable */
+      {"\xce\x91\xce\xa3\xcc\x81\xce\x92", "\xce\xb1\xcf\x83\xcc\x81\xce\xb2"},             /* a letter after the mark */
+      {"\xce\x91\xce\xa3 \xce\x92", "\xce\xb1\xcf\x82 \xce\xb2"},                         /* a space ends the word */
+      {"\xc4\xb0", "i\xcc\x87"},                                                      /* İ -> i + U+0307 */
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
+    CHECK(same_encoding(tok, cases[i].text, strlen(cases[i].text), cases[i].same, strlen(cases[i].same)),
+          "case %zu: %s does not lower-case to %s", i, cases[i].text, cases[i].same);
+  /* "&Aacute\0x" is "á\0x" (the longest entity prefix, then the rest), not "á" */
+  CHECK(same_encoding(tok, "&Aacute\0x", 9, "\xc3\xa1\0x", 4), "&Aacute followed by U+0000");
+  CHECK(same_encoding(tok, "&amp\0;", 6, "&\0;", 3), "&amp followed by U+0000");
+}
+
 static int same_ids(const json_t *want, const int32_t *got, size_t n) {
   if (json_array_size(want) != n) return 0;
   for (size_t i = 0; i < n; i++)
@@ -65,6 +93,7 @@ int main(int argc, char **argv) {
     CHECK(tok != NULL, "load %s: %s", argv[a], err);
     if (!tok) continue;
     size_t n = check_vectors(tok, argv[a + 1]);
+    check_casing(tok);
     printf("%s: %zu vectors checked (vocabulary %d)\n", argv[a + 1], n, sg_tokenizer_vocab_size(tok));
     /* the output buffer is never overrun and the count is the full count */
     int32_t small[2];
