@@ -1,4 +1,4 @@
-/* The HTTP API on libmicrohttpd: a route table of small handlers, multipart/JSON parsing, suspend/resume around
+/* The HTTP API on libmicrohttpd: a route table of small handlers, the body handed to request.c, suspend/resume around
  * jobs, server-sent events, one error table, auth, CORS, request logs and metrics (see http.h).
  *
  * Threading model. libmicrohttpd runs params.threads epoll event loops (MHD_USE_EPOLL_INTERNAL_THREAD with
@@ -37,17 +37,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
 
 #include "errbuf.h"
 #include "image.h"
+#include "request.h"
 #include "sampler.h"
 #include "web_assets.h"
 
 #define WATCHDOG_MS 200
-#define MAX_FIELD_BYTES 256    /* a number or a name */
 #define PP_BUFFER 65536        /* MHD_PostProcessor's buffer; must exceed the boundary and part headers */
 
 /* ---- errors: the one table of kinds and statuses, and the codes of other modules mapped onto it ---- */
@@ -92,7 +91,7 @@ static const struct {
     [E_CANCELLED] = {409, "cancelled", "cancelled"},
 };
 
-typedef enum { D_JOBS, D_JOB_ERROR, D_IMAGE } err_domain;
+typedef enum { D_JOBS, D_JOB_ERROR, D_IMAGE, D_REQUEST } err_domain;
 
 static const struct {
   err_domain d;
@@ -114,6 +113,10 @@ static const struct {
     {D_IMAGE, SG_IMAGE_ETOOBIG, E_INVALID},
     {D_IMAGE, SG_IMAGE_ECORRUPT, E_BAD_REQUEST},
     {D_IMAGE, SG_IMAGE_EINVAL, E_BAD_REQUEST},
+    {D_REQUEST, SG_REQUEST_EBAD, E_BAD_REQUEST},
+    {D_REQUEST, SG_REQUEST_EINVALID, E_INVALID},
+    {D_REQUEST, SG_REQUEST_ETOOLARGE, E_TOO_LARGE},
+    {D_REQUEST, SG_REQUEST_EUNSUPPORTED, E_UNSUPPORTED},
 };
 
 /* Returns the kind of a module's error code; anything unlisted (out of memory, runtime, system) is internal. */
@@ -168,60 +171,6 @@ static char *b64_encode(const uint8_t *p, size_t n) {
   return out;
 }
 
-/* Decodes base64 (standard or URL alphabet, padding optional, ASCII white space ignored) into *out. Returns 0,
- * -1 for malformed text, -2 when out of memory. */
-static int b64_decode(const char *s, size_t n, buf *out) {
-  uint32_t acc = 0;
-  int bits = 0, pad = 0;
-  for (size_t i = 0; i < n; i++) {
-    unsigned char c = (unsigned char)s[i];
-    int v;
-    if (c >= 'A' && c <= 'Z') v = c - 'A';
-    else if (c >= 'a' && c <= 'z') v = c - 'a' + 26;
-    else if (c >= '0' && c <= '9') v = c - '0' + 52;
-    else if (c == '+' || c == '-') v = 62;
-    else if (c == '/' || c == '_') v = 63;
-    else if (c == '=') {
-      pad++;
-      continue;
-    } else if (c == ' ' || c == '\n' || c == '\r' || c == '\t') continue;
-    else return -1;
-    if (pad) return -1; /* data after padding */
-    acc = acc << 6 | (uint32_t)v;
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      uint8_t byte = (uint8_t)(acc >> bits);
-      if (buf_add(out, &byte, 1)) return -2;
-    }
-  }
-  if (bits >= 6 || pad > 2) return -1;
-  return 0;
-}
-
-/* Returns 1 when s[0..n) is valid UTF-8 without NUL bytes. */
-static int utf8_ok(const uint8_t *s, size_t n) {
-  for (size_t i = 0; i < n;) {
-    uint8_t c = s[i];
-    if (c == 0) return 0;
-    if (c < 0x80) {
-      i++;
-      continue;
-    }
-    int len = c >= 0xf0 && c <= 0xf4 ? 4 : c >= 0xe0 ? 3 : c >= 0xc2 && c < 0xe0 ? 2 : 0;
-    if (!len || c > 0xf4 || i + (size_t)len > n) return 0;
-    uint32_t cp = c & (0x7f >> len);
-    for (int k = 1; k < len; k++) {
-      if ((s[i + k] & 0xc0) != 0x80) return 0;
-      cp = cp << 6 | (s[i + k] & 0x3f);
-    }
-    if ((len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)))
-      return 0;
-    i += (size_t)len;
-  }
-  return 1;
-}
-
 static double now_s(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -229,29 +178,6 @@ static double now_s(void) {
 }
 
 /* ---- the server and its requests ---- */
-
-/* Request parameters of POST /v1/generate, in one order for multipart fields and JSON keys. */
-enum {
-  P_PROMPT,
-  P_NEGATIVE,
-  P_SKETCH,
-  P_BETA,
-  P_STOP,
-  P_STOP_STEP,
-  P_STEPS,
-  P_CFG,
-  P_SEED,
-  P_SAMPLER,
-  P_N,
-  P_INVERT,
-  P_TIMEOUT_MS,
-  P_ETA,
-  P_DRY_RUN,
-  P_COUNT
-};
-static const char *const PARAM_NAMES[P_COUNT] = {"prompt", "negative_prompt", "sketch", "beta", "stop",
-                                                 "stop_step", "steps", "cfg", "seed", "sampler", "n", "invert",
-                                                 "timeout_ms", "eta", "dry_run"};
 
 typedef enum { BODY_NONE = 0, BODY_DISCARD, BODY_MULTIPART, BODY_JSON } body_kind;
 typedef enum { PH_NEW = 0, PH_WAIT, PH_STREAM } phase;
@@ -305,11 +231,8 @@ struct req {
   uint64_t received;
   int abort_conn;
   struct MHD_PostProcessor *pp;
-  buf raw;
-  buf vals[P_COUNT];
-  uint8_t present[P_COUNT];
-  int last_param;
-  int has_err;
+  sg_request *q;        /* the parameters of a generation (request.c) */
+  int has_err;          /* an error of the transport (body size, multipart framing); the parameters' own are q's */
   err_kind ekind;
   char eparam[32];
   char emsg[256];
@@ -452,11 +375,15 @@ static enum MHD_Result send_error(req *r, err_kind k, const char *param, const c
   return send_response(r, status, resp, n);
 }
 
-/* Records the first error met while reading the body; the body is drained and the error sent at its end. */
+/* Whether an error was recorded while reading the body, by the transport or by the parameters' parser. */
+static int failed(const req *r) { return r->has_err || (r->q && sg_request_get_error(r->q)); }
+
+/* Records the first error met while reading the body (unless the parser has one already); the body is drained and
+ * the error sent at its end. */
 static void record_error(req *r, err_kind k, const char *param, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 static void record_error(req *r, err_kind k, const char *param, const char *fmt, ...) {
-  if (r->has_err) return;
+  if (failed(r)) return;
   r->has_err = 1;
   r->ekind = k;
   snprintf(r->eparam, sizeof r->eparam, "%s", param ? param : "");
@@ -466,7 +393,10 @@ static void record_error(req *r, err_kind k, const char *param, const char *fmt,
   va_end(ap);
 }
 
+/* Sends the error recorded by the transport or by the parser. */
 static enum MHD_Result send_recorded(req *r) {
+  const sg_request_error *e = r->q ? sg_request_get_error(r->q) : NULL;
+  if (e) return send_error(r, kind_of(D_REQUEST, e->code), e->param, "%s", e->message);
   return send_error(r, r->ekind, r->eparam, "%s", r->emsg);
 }
 
@@ -477,11 +407,10 @@ static const char *param_of_message(const char *msg, char *param, size_t cap) {
   const char *colon = strchr(msg, ':');
   if (!colon) return msg;
   size_t n = (size_t)(colon - msg);
-  for (int i = 0; i < P_COUNT; i++)
-    if (strlen(PARAM_NAMES[i]) == n && !strncmp(msg, PARAM_NAMES[i], n)) {
-      snprintf(param, cap, "%s", PARAM_NAMES[i]);
-      break;
-    }
+  if (sg_request_is_param(msg, n) && n < cap) {
+    memcpy(param, msg, n);
+    param[n] = 0;
+  }
   return msg;
 }
 
@@ -752,14 +681,7 @@ static enum MHD_Result sync_resumed(req *r) {
   return sync_answer(r);
 }
 
-/* ---- request parameters ---- */
-
-/* Returns the index of a parameter name, or -1. */
-static int param_index(const char *name) {
-  for (int i = 0; i < P_COUNT; i++)
-    if (!strcmp(name, PARAM_NAMES[i])) return i;
-  return -1;
-}
+/* ---- request parameters (parsed by request.c) ---- */
 
 /* Copies a client-given name into out for a message: printable ASCII only, truncated. */
 static const char *safe_name(const char *s, char *out, size_t cap) {
@@ -770,332 +692,30 @@ static const char *safe_name(const char *s, char *out, size_t cap) {
   return out;
 }
 
-/* Appends a field's bytes to parameter p, within its size limit. */
-static void field_add(req *r, int p, const char *data, size_t size) {
-  size_t limit = p == P_SKETCH                       ? (size_t)r->h->p.max_body_bytes
-                 : (p == P_PROMPT || p == P_NEGATIVE) ? (size_t)r->h->p.max_prompt_bytes
-                                                       : MAX_FIELD_BYTES;
-  if (r->vals[p].len + size > limit) {
-    if (p == P_PROMPT || p == P_NEGATIVE)
-      record_error(r, E_INVALID, PARAM_NAMES[p], "%s: longer than %zu bytes", PARAM_NAMES[p], limit);
-    else
-      record_error(r, p == P_SKETCH ? E_TOO_LARGE : E_BAD_REQUEST, PARAM_NAMES[p], "%s: value too long",
-                   PARAM_NAMES[p]);
-    return;
-  }
-  if (buf_add(&r->vals[p], data, size)) record_error(r, E_INTERNAL, NULL, "out of memory");
-}
-
-/* MHD_PostProcessor's iterator: one call per piece of a part, off counting the part's bytes so far. */
+/* MHD_PostProcessor's iterator: one call per piece of a part (off counts the part's bytes so far), handed to the
+ * parser; returning MHD_NO stops the post processor at the first error. */
 static enum MHD_Result on_part(void *cls, enum MHD_ValueKind kind, const char *key, const char *filename,
                                const char *content_type, const char *transfer_encoding, const char *data,
                                uint64_t off, size_t size) {
   req *r = cls;
-  if (r->has_err) return MHD_NO;
-  char name[48];
-  int p = key ? param_index(key) : -1;
-  if (p < 0) {
-    record_error(r, E_BAD_REQUEST, NULL, "unknown parameter '%s'", safe_name(key ? key : "", name, sizeof name));
-    return MHD_NO;
-  }
-  /* a part starts at off 0; a piece of the same part continues at off == bytes so far */
-  int continues = p == r->last_param && off == r->vals[p].len && off > 0;
-  int empty_start = p == r->last_param && off == 0 && r->vals[p].len == 0;
-  if (!continues && !empty_start) {
-    if (r->present[p] || off != 0) {
-      record_error(r, E_BAD_REQUEST, PARAM_NAMES[p], "%s: given more than once", PARAM_NAMES[p]);
-      return MHD_NO;
-    }
-    r->present[p] = 1;
-    r->last_param = p;
-  }
-  if (size) field_add(r, p, data, size);
-  return r->has_err ? MHD_NO : MHD_YES;
+  return sg_request_add_field(r->q, key, off, data, size) ? MHD_NO : MHD_YES;
 }
 
-/* Fills the parameters from the JSON body. Returns 0, or -1 with an error recorded. */
-static int parse_json_body(req *r) {
-  json_error_t je;
-  json_t *root = json_loadb((const char *)r->raw.data, r->raw.len, JSON_REJECT_DUPLICATES, &je);
-  if (!root) {
-    record_error(r, E_BAD_REQUEST, NULL, "malformed JSON (line %d, column %d): %s", je.line, je.column, je.text);
-    return -1;
-  }
-  if (!json_is_object(root)) {
-    json_decref(root);
-    record_error(r, E_BAD_REQUEST, NULL, "the JSON body must be an object");
-    return -1;
-  }
-  const char *key;
-  json_t *v;
-  json_object_foreach(root, key, v) {
-    char name[48];
-    int p = param_index(key);
-    if (p < 0) {
-      record_error(r, E_BAD_REQUEST, NULL, "unknown parameter '%s'", safe_name(key, name, sizeof name));
-      break;
-    }
-    char tmp[64];
-    const char *s = NULL;
-    size_t n = 0;
-    if (json_is_null(v)) continue;
-    if (json_is_string(v)) {
-      s = json_string_value(v);
-      n = json_string_length(v);
-    } else if (json_is_integer(v)) {
-      n = (size_t)snprintf(tmp, sizeof tmp, "%lld", (long long)json_integer_value(v));
-      s = tmp;
-    } else if (json_is_real(v)) {
-      n = (size_t)snprintf(tmp, sizeof tmp, "%.17g", json_real_value(v));
-      s = tmp;
-    } else if (json_is_boolean(v)) {
-      s = json_is_true(v) ? "true" : "false";
-      n = strlen(s);
-    } else {
-      record_error(r, E_BAD_REQUEST, PARAM_NAMES[p], "%s: must be a string or a number", PARAM_NAMES[p]);
-      break;
-    }
-    if (p == P_SKETCH) { /* base64 or a data URL */
-      const char *comma = n > 5 && !strncmp(s, "data:", 5) ? memchr(s, ',', n) : NULL;
-      if (comma) {
-        if (!memmem(s, (size_t)(comma - s), ";base64", 7)) {
-          record_error(r, E_BAD_REQUEST, "sketch", "sketch: a data URL must be base64 (data:image/png;base64,...)");
-          break;
-        }
-        n -= (size_t)(comma + 1 - s);
-        s = comma + 1;
-      }
-      int rc = b64_decode(s, n, &r->vals[p]);
-      if (rc) {
-        record_error(r, rc == -2 ? E_INTERNAL : E_BAD_REQUEST, "sketch",
-                     rc == -2 ? "out of memory" : "sketch: not base64 (or a data URL)");
-        break;
-      }
-      r->present[p] = 1;
-      continue;
-    }
-    r->present[p] = 1;
-    field_add(r, p, s, n);
-    if (r->has_err) break;
-  }
-  json_decref(root);
-  return r->has_err ? -1 : 0;
-}
-
-/* The text of parameter p, NULL when absent. Numbers and names must not contain NUL bytes. */
-static const char *param_text(req *r, int p) {
-  if (!r->present[p]) return NULL;
-  return r->vals[p].data ? (const char *)r->vals[p].data : "";
-}
-
-/* Parses parameter p as a number in [lo, hi] into *out. Returns 0 (absent: *out unchanged), 1, or -1 with an error
- * recorded: 400 when it is not a number, 422 when out of range (or not whole for an integer). */
-static int param_number(req *r, int p, double lo, double hi, int integer, double *dout, int64_t *iout) {
-  const char *s = param_text(r, p);
-  if (!s) return 0;
-  const char *name = PARAM_NAMES[p];
-  char shown[40];
-  safe_name(s, shown, sizeof shown);
-  if (strlen(s) != r->vals[p].len || !*s) {
-    record_error(r, E_BAD_REQUEST, name, "%s: '%s' is not a number", name, shown);
-    return -1;
-  }
-  char *end;
-  errno = 0;
-  long long iv = strtoll(s, &end, 10);
-  if (integer && !*end && !errno) {
-    if (iv < lo || iv > hi) {
-      record_error(r, E_INVALID, name, "%s: must be between %.0f and %.0f", name, lo, hi);
-      return -1;
-    }
-    *iout = iv;
-    return 1;
-  }
-  errno = 0;
-  double v = strtod(s, &end);
-  if (end == s || *end || !isfinite(v)) {
-    record_error(r, E_BAD_REQUEST, name, "%s: '%s' is not a%s number", name, shown, isfinite(v) ? "" : " finite");
-    return -1;
-  }
-  if (integer && v != floor(v)) {
-    record_error(r, E_INVALID, name, "%s: must be a whole number", name);
-    return -1;
-  }
-  if (!(v >= lo && v <= hi)) {
-    if (integer) record_error(r, E_INVALID, name, "%s: must be between %.0f and %.0f", name, lo, hi);
-    else record_error(r, E_INVALID, name, "%s: must be between %g and %g", name, lo, hi);
-    return -1;
-  }
-  if (integer) *iout = (int64_t)v;
-  else *dout = v;
-  return 1;
-}
-
-/* The parsed request of POST /v1/generate. */
-typedef struct {
-  sg_job_request jr;
-  float *map;
-  int inverted;
-  sg_image_format format;
-  int32_t width, height;
-  int64_t timeout_ms;
-  int dry_run;
-} gen_args;
-
-/* Fills *a from the parameters: values, the sketch decoded and mapped. Returns 0, or -1 with an error recorded. */
-static int gen_parse(req *r, gen_args *a) {
-  sg_http *h = r->h;
+/* A new parser with the service's limits and the model's defaults (only once the server is ready). Returns NULL
+ * when out of memory. */
+static sg_request *request_new(sg_http *h) {
   const sg_http_params *P = &h->p;
-  a->jr = sg_jobs_default_request(h->jobs);
-  a->timeout_ms = P->default_timeout_ms;
-  const char *prompt = param_text(r, P_PROMPT);
-  if (!prompt) {
-    record_error(r, E_BAD_REQUEST, "prompt", "prompt: required");
-    return -1;
-  }
-  if (!r->vals[P_PROMPT].len) {
-    record_error(r, E_INVALID, "prompt", "prompt: must not be empty");
-    return -1;
-  }
-  for (int p = P_PROMPT; p <= P_NEGATIVE; p++)
-    if (r->present[p] && !utf8_ok(r->vals[p].data, r->vals[p].len)) {
-      record_error(r, E_INVALID, PARAM_NAMES[p], "%s: must be UTF-8 text without NUL characters", PARAM_NAMES[p]);
-      return -1;
-    }
-  a->jr.prompt = prompt;
-  a->jr.negative_prompt = param_text(r, P_NEGATIVE);
-  if (!r->present[P_SKETCH]) {
-    record_error(r, E_BAD_REQUEST, "sketch", "sketch: required (a PNG or JPEG file)");
-    return -1;
-  }
-  double d;
-  int64_t i;
-  int rc;
-  int32_t max_steps = P->max_steps;
-  if ((rc = param_number(r, P_STEPS, 1, max_steps, 1, &d, &i)) < 0) return -1;
-  if (rc) a->jr.steps = (int32_t)i;
-  if (a->jr.steps > max_steps) a->jr.steps = max_steps;
-  if ((rc = param_number(r, P_BETA, 0, 100, 0, &d, &i)) < 0) return -1;
-  if (rc) a->jr.beta = d;
-  if (r->present[P_STOP] && r->present[P_STOP_STEP]) {
-    record_error(r, E_INVALID, "stop_step", "stop_step: give stop or stop_step, not both");
-    return -1;
-  }
-  if ((rc = param_number(r, P_STOP, 0, 1, 0, &d, &i)) < 0) return -1;
-  if (rc) a->jr.stop = d;
-  if ((rc = param_number(r, P_STOP_STEP, 0, a->jr.steps, 1, &d, &i)) < 0) return -1;
-  if (rc) a->jr.stop_step = (int32_t)i;
-  if ((rc = param_number(r, P_CFG, 0, 100, 0, &d, &i)) < 0) return -1;
-  if (rc) a->jr.cfg = d;
-  if ((rc = param_number(r, P_ETA, 0, 10, 0, &d, &i)) < 0) return -1;
-  if (rc) a->jr.eta = d;
-  int64_t seed = -1;
-  if (param_number(r, P_SEED, -1, (double)(INT64_MAX - SG_JOBS_MAX_IMAGES), 1, &d, &seed) < 0) return -1;
-  if (seed < 0) {
-    uint32_t v = 0;
-    if (getrandom(&v, sizeof v, 0) != sizeof v) v = (uint32_t)(now_s() * 1e6);
-    seed = v;
-  }
-  a->jr.seed = seed;
-  if ((rc = param_number(r, P_N, 1, P->max_images, 1, &d, &i)) < 0) return -1;
-  if (rc) a->jr.n_images = (int32_t)i;
-  if ((rc = param_number(r, P_TIMEOUT_MS, 1, (double)P->max_timeout_ms, 1, &d, &i)) < 0) return -1;
-  if (rc) a->timeout_ms = i;
-  char shown[40];
-  const char *s = param_text(r, P_SAMPLER);
-  if (s) {
-    int k = strlen(s) == r->vals[P_SAMPLER].len ? sg_sampler_kind_parse(s) : -1;
-    if (k < 0) {
-      record_error(r, E_INVALID, "sampler", "sampler: '%s' is not ddim, ddpm, euler_a or dpmpp_2m",
-                   safe_name(s, shown, sizeof shown));
-      return -1;
-    }
-    a->jr.sampler = (sg_sampler_kind)k;
-  }
-  int inv = SG_INVERT_AUTO;
-  if ((s = param_text(r, P_INVERT))) {
-    inv = strlen(s) == r->vals[P_INVERT].len ? sg_invert_parse(s) : -1;
-    if (inv < 0) {
-      record_error(r, E_INVALID, "invert", "invert: '%s' is not auto, true or false", safe_name(s, shown, sizeof shown));
-      return -1;
-    }
-  }
-  if ((s = param_text(r, P_DRY_RUN))) {
-    int v = strlen(s) == r->vals[P_DRY_RUN].len ? sg_invert_parse(s) : -1; /* the same words: true/false/1/0 */
-    if (v != SG_INVERT_TRUE && v != SG_INVERT_FALSE) {
-      record_error(r, E_INVALID, "dry_run", "dry_run: '%s' is not true or false", safe_name(s, shown, sizeof shown));
-      return -1;
-    }
-    a->dry_run = v == SG_INVERT_TRUE;
-  }
-  /* the sketch: by its magic bytes, its size checked from the header before decoding */
-  buf *sk = &r->vals[P_SKETCH];
-  if (sk->len > 5 && !memcmp(sk->data, "data:", 5)) { /* a data URL in a multipart text field */
-    buf dec = {0};
-    const char *comma = memchr(sk->data, ',', sk->len);
-    int brc = comma && memmem(sk->data, (size_t)((const uint8_t *)comma - sk->data), ";base64", 7)
-                  ? b64_decode(comma + 1, sk->len - (size_t)((const uint8_t *)comma + 1 - sk->data), &dec)
-                  : -1;
-    if (brc) {
-      buf_free(&dec);
-      record_error(r, E_BAD_REQUEST, "sketch", "sketch: a data URL must be base64 (data:image/png;base64,...)");
-      return -1;
-    }
-    buf_free(sk);
-    *sk = dec;
-  }
-  a->format = sg_image_sniff(sk->data, sk->len);
-  sg_image_params ip = sg_image_default_params();
-  ip.max_pixels = P->max_image_pixels;
-  sg_image im;
-  char err[256];
-  if ((rc = sg_image_decode(sk->data, sk->len, ip, &im, err, sizeof err))) {
-    err_kind k = kind_of(D_IMAGE, rc);
-    record_error(r, k, "sketch", "sketch: %s", k == E_UNSUPPORTED ? "not a PNG or JPEG image (by its content)" : err);
-    return -1;
-  }
-  a->width = im.width;
-  a->height = im.height;
-  int32_t size = h->model->image_size;
-  a->map = malloc(sizeof(float) * (size_t)size * (size_t)size);
-  rc = a->map ? sg_sketch_map(&im, size, (sg_invert)inv, a->map, &a->inverted, err, sizeof err) : SG_IMAGE_ENOMEM;
-  sg_image_free(&im);
-  if (rc) {
-    record_error(r, kind_of(D_IMAGE, rc), "sketch", "sketch: %s", a->map ? err : "out of memory");
-    return -1;
-  }
-  a->jr.sketch = a->map;
-  return 0;
-}
-
-static json_t *dry_run_json(const gen_args *a, int32_t size) {
-  json_t *o = json_object(), *p = json_object(), *s = json_object();
-  const sg_job_request *j = &a->jr;
-  json_object_set_new(p, "prompt", json_string(j->prompt));
-  json_object_set_new(p, "negative_prompt", json_string(j->negative_prompt ? j->negative_prompt : ""));
-  json_object_set_new(p, "steps", json_integer(j->steps));
-  json_object_set_new(p, "beta", json_real(j->beta));
-  json_object_set_new(p, "stop", json_real(j->stop));
-  json_object_set_new(p, "stop_step", j->stop_step >= 0 ? json_integer(j->stop_step) : json_null());
-  json_object_set_new(p, "guided_steps", json_integer(sg_generate_guided_steps(j->steps, j->stop, j->stop_step)));
-  json_object_set_new(p, "cfg", json_real(j->cfg));
-  json_object_set_new(p, "eta", json_real(j->eta));
-  json_object_set_new(p, "seed", json_integer(j->seed));
-  json_object_set_new(p, "sampler", json_string(sg_sampler_kind_name(j->sampler)));
-  json_object_set_new(p, "n", json_integer(j->n_images));
-  json_object_set_new(p, "timeout_ms", json_integer(a->timeout_ms));
-  int64_t ink = 0;
-  for (int32_t k = 0; k < size * size; k++) ink += a->map[k] > 0.5f;
-  json_object_set_new(s, "format", json_string(sg_image_format_name(a->format)));
-  json_object_set_new(s, "width", json_integer(a->width));
-  json_object_set_new(s, "height", json_integer(a->height));
-  json_object_set_new(s, "inverted", json_boolean(a->inverted));
-  json_object_set_new(s, "stroke_pixels", json_integer(ink));
-  json_object_set_new(s, "map_size", json_integer(size));
-  json_object_set_new(o, "valid", json_true());
-  json_object_set_new(o, "params", p);
-  json_object_set_new(o, "sketch", s);
-  return o;
+  sg_request_limits lim = sg_request_default_limits();
+  lim.max_body_bytes = P->max_body_bytes;
+  lim.max_image_pixels = P->max_image_pixels;
+  lim.max_steps = P->max_steps;
+  lim.max_images = P->max_images;
+  lim.max_prompt_bytes = P->max_prompt_bytes;
+  lim.default_timeout_ms = P->default_timeout_ms;
+  lim.max_timeout_ms = P->max_timeout_ms;
+  lim.image_size = h->model->image_size;
+  lim.defaults = sg_jobs_default_request(h->jobs);
+  return sg_request_new(&lim);
 }
 
 /* Whether a header's comma-separated list holds token (case-insensitive, parameters after ';' ignored). */
@@ -1131,22 +751,23 @@ static enum MHD_Result h_generate(req *r) {
     enum MHD_Result ok = MHD_destroy_post_processor(r->pp);
     r->pp = NULL;
     if (ok != MHD_YES) record_error(r, E_BAD_REQUEST, NULL, "malformed or truncated multipart/form-data body");
-  } else if (r->body == BODY_JSON && !r->has_err) {
-    parse_json_body(r);
   }
-  if (r->has_err) return send_recorded(r);
+  if (failed(r)) return send_recorded(r);
   enum MHD_Result ret;
   if (work_refused(r, &ret)) return ret;
-  gen_args a;
-  memset(&a, 0, sizeof a);
-  if (gen_parse(r, &a)) {
-    free(a.map);
-    return send_recorded(r);
-  }
+  sg_request_params a;
+  if (sg_request_parse(r->q, &a)) return send_recorded(r);
   if (a.dry_run) {
-    json_t *o = dry_run_json(&a, h->model->image_size);
-    free(a.map);
-    return send_json(r, 200, o);
+    char *text = sg_request_describe(&a);
+    if (!text) return send_error(r, E_INTERNAL, NULL, "out of memory");
+    size_t n = strlen(text);
+    struct MHD_Response *resp = MHD_create_response_from_buffer(n, text, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+      free(text);
+      return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Content-Type", "application/json");
+    return send_response(r, 200, resp, n);
   }
   char version[96];
   snprintf(version, sizeof version, "sketchguide %s", h->version);
@@ -1156,7 +777,6 @@ static enum MHD_Result h_generate(req *r) {
   a.jr.deadline = sg_jobs_now() + (double)a.timeout_ms / 1000.0;
   char err[256] = "";
   int rc = sg_jobs_submit(h->jobs, &a.jr, r->job_id, err, sizeof err);
-  free(a.map);
   if (rc) {
     char param[32];
     err_kind k = kind_of(D_JOBS, rc);
@@ -1647,17 +1267,20 @@ static enum MHD_Result first_call(req *r, const char *url, const char *method) {
   enum MHD_Result ret;
   if (work_refused(r, &ret)) return ret;
   const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
-  if (ct && !strncasecmp(ct, "multipart/form-data", 19)) {
+  int multipart = ct && !strncasecmp(ct, "multipart/form-data", 19);
+  int json = ct && !strncasecmp(ct, "application/json", 16);
+  if (!multipart && !json)
+    return send_error(r, E_UNSUPPORTED, NULL, "the body must be multipart/form-data or application/json");
+  if (!(r->q = request_new(h))) return send_error(r, E_INTERNAL, NULL, "out of memory");
+  if (multipart) {
     r->body = BODY_MULTIPART;
     r->pp = MHD_create_post_processor(c, PP_BUFFER, on_part, r);
     if (!r->pp) return send_error(r, E_BAD_REQUEST, NULL, "multipart/form-data needs a boundary parameter");
     return MHD_YES;
   }
-  if (ct && !strncasecmp(ct, "application/json", 16)) {
-    r->body = BODY_JSON;
-    return MHD_YES;
-  }
-  return send_error(r, E_UNSUPPORTED, NULL, "the body must be multipart/form-data or application/json");
+  r->body = BODY_JSON;
+  sg_request_add_json(r->q, "", 0); /* an empty body is JSON too (and malformed) */
+  return MHD_YES;
 }
 
 /* One piece of the body: counted against the limit, then parsed (multipart), kept (JSON) or dropped. */
@@ -1669,12 +1292,12 @@ static void body_chunk(req *r, const char *data, size_t n) {
     if (r->received > 2 * limit) r->abort_conn = 1; /* stop draining an endless chunked body */
     return;
   }
-  if (r->has_err) return;
+  if (failed(r)) return;
   if (r->body == BODY_MULTIPART && r->pp) {
     if (MHD_post_process(r->pp, data, n) != MHD_YES)
       record_error(r, E_BAD_REQUEST, NULL, "malformed multipart/form-data body");
   } else if (r->body == BODY_JSON) {
-    if (buf_add(&r->raw, data, n)) record_error(r, E_INTERNAL, NULL, "out of memory");
+    sg_request_add_json(r->q, data, n);
   }
 }
 
@@ -1690,7 +1313,6 @@ static req *req_new(sg_http *h, struct MHD_Connection *c, const char *url, const
   r->conn = c;
   r->t0 = now_s();
   r->fd = -1;
-  r->last_param = -1;
   static const char *const known[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"};
   snprintf(r->method, sizeof r->method, "OTHER");
   for (size_t i = 0; i < sizeof known / sizeof *known; i++)
@@ -1701,8 +1323,7 @@ static req *req_new(sg_http *h, struct MHD_Connection *c, const char *url, const
 
 static void req_free(req *r) {
   if (r->pp) MHD_destroy_post_processor(r->pp);
-  buf_free(&r->raw);
-  for (int i = 0; i < P_COUNT; i++) buf_free(&r->vals[i]);
+  sg_request_free(r->q);
   for (int32_t i = 0; i < r->n_png; i++) free(r->png[i]);
   buf_free(&r->ev);
   if (r->mu_ok) pthread_mutex_destroy(&r->mu);
@@ -1727,7 +1348,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
     *upload_size = 0;
     return r->abort_conn ? MHD_NO : MHD_YES;
   }
-  if (r->has_err && r->ph == PH_NEW) return send_recorded(r);
+  if (failed(r) && r->ph == PH_NEW) return send_recorded(r);
   return r->rt->fn(r);
 }
 

@@ -507,11 +507,13 @@ def test_spec_is_3_1_and_every_operation_is_documented(contract):
 
 
 def test_source_tables_match_spec(contract):
-    """The route table, the error table and the request parameters of server/http.c, the job states and error
-    names of server/jobs.c and the samplers of core/sampler.c, against the spec."""
+    """The route table and the error table of server/http.c, the request parameters of server/request.c, the job
+    states and error names of server/jobs.c and the samplers of core/sampler.c, against the spec."""
     spec = contract.spec
     with open(os.path.join(ROOT, "server", "http.c")) as fh:
         http_c = fh.read()
+    with open(os.path.join(ROOT, "server", "request.c")) as fh:
+        request_c = fh.read()
     with open(os.path.join(ROOT, "server", "jobs.c")) as fh:
         jobs_c = fh.read()
     with open(os.path.join(ROOT, "core", "sampler.c")) as fh:
@@ -557,8 +559,8 @@ def test_source_tables_match_spec(contract):
         assert code in by_status.get(int(status), set()), ("the server sends %s with %s; no response in the spec "
                                                            "allows it" % (code, status))
 
-    names = re.search(r"PARAM_NAMES\[P_COUNT\] = \{(.*?)\};", http_c, re.S)
-    assert names, "no PARAM_NAMES in server/http.c"
+    names = re.search(r"PARAM_NAMES\[P_COUNT\] = \{(.*?)\};", request_c, re.S)
+    assert names, "no PARAM_NAMES in server/request.c"
     params = set(re.findall(r'"(\w+)"', names.group(1)))
     schemas = spec["components"]["schemas"]
     assert params == set(schemas["GenerateJson"]["properties"]) == set(schemas["GenerateForm"]["properties"]), \

@@ -1,0 +1,121 @@
+/* The parameters of POST /v1/generate from its body (multipart fields or a JSON object), without a server.
+ *
+ * Basic usage:
+ *   sg_request_limits lim = sg_request_default_limits();
+ *   lim.image_size = model_info->image_size;         // the sketch map's size
+ *   lim.defaults = sg_jobs_default_request(jobs);    // the model's defaults
+ *   sg_request *q = sg_request_new(&lim);
+ *   // a multipart body: every piece of every part, as libmicrohttpd's post processor hands them over
+ *   sg_request_add_field(q, "prompt", 0, "a star", 6);
+ *   sg_request_add_field(q, "sketch", 0, png, png_len);
+ *   // or a JSON body, in as many pieces as it arrives
+ *   sg_request_add_json(q, text, len);
+ *   sg_request_params out;
+ *   if (sg_request_parse(q, &out) == 0) ... out.jr is ready for sg_jobs_submit, out.dry_run says what to do
+ *   else { const sg_request_error *e = sg_request_get_error(q); ... e->code, e->param, e->message }
+ *   sg_request_free(q);                               // frees out's strings and sketch map too
+ *
+ * A request is one body: either fields or JSON, never both. The limits are those of sg_http_params (the sketch
+ * counts against max_body_bytes, prompts against max_prompt_bytes, every other value against 256 bytes).
+ *
+ * Errors: sg_request_new returns NULL when out of memory. Every other call returns 0 (SG_REQUEST_OK) or a negative
+ * SG_REQUEST_E* code; the first error met is kept (later calls return it again and change nothing) and
+ * sg_request_get_error says what it was: a code, the parameter it concerns ("" when none) and a message that
+ * starts with that parameter's name ("steps: must be between 1 and 150"). Nothing here prints, exits or keeps
+ * global state; one request is used by one thread at a time.
+ */
+#ifndef SG_REQUEST_H
+#define SG_REQUEST_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "image.h"
+#include "jobs.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum {
+  SG_REQUEST_OK = 0,
+  SG_REQUEST_EBAD = -1,         /* malformed: not a number, not base64, bad JSON, unknown or repeated parameter */
+  SG_REQUEST_EINVALID = -2,     /* well-formed but not acceptable: out of range, not UTF-8, an unusable sketch */
+  SG_REQUEST_ETOOLARGE = -3,    /* the sketch is over max_body_bytes */
+  SG_REQUEST_EUNSUPPORTED = -4, /* the sketch is not a PNG or JPEG image (by its content) */
+  SG_REQUEST_ENOMEM = -5,
+};
+
+typedef struct {
+  int64_t max_body_bytes;     /* 16 MiB: the most bytes of the sketch */
+  int64_t max_image_pixels;   /* 4096 x 4096: checked from the image's header before decoding */
+  int32_t max_steps;          /* 150 */
+  int32_t max_images;         /* 4 (at most SG_JOBS_MAX_IMAGES) */
+  int32_t max_prompt_bytes;   /* 2000, prompt and negative prompt each */
+  int64_t default_timeout_ms; /* 300000 */
+  int64_t max_timeout_ms;     /* 3600000 */
+  int32_t image_size;         /* 64: the sketch map's width and height (the model's image size) */
+  sg_job_request defaults;    /* steps, beta, stop, stop_step, cfg, sampler, eta of a request that omits them */
+} sg_request_limits;
+
+/* The outcome of sg_request_parse. Its strings and sketch map belong to the request (valid until sg_request_free). */
+typedef struct {
+  sg_job_request jr;          /* prompt, negative_prompt, sketch (the map), numbers, seed (resolved when random) */
+  int seed_random;            /* 1 when the client gave no seed (or -1) and one was drawn */
+  int64_t timeout_ms;         /* the request's deadline from now */
+  int dry_run;                /* 1: describe the request (sg_request_describe) instead of running it */
+  sg_image_format format;     /* the sketch's format, width and height as sent, and whether it was inverted */
+  int32_t width, height;
+  int inverted;
+  int32_t map_size;           /* limits.image_size */
+} sg_request_params;
+
+typedef struct {
+  int code;                   /* SG_REQUEST_E* */
+  char param[32];             /* the parameter's name, "" when the error is not about one */
+  char message[256];
+} sg_request_error;
+
+typedef struct sg_request sg_request;
+
+/* Returns the defaults above, with sg_job_request defaults of 50 steps, beta 1.6, stop 0.5, cfg 7.5, ddim. */
+sg_request_limits sg_request_default_limits(void);
+
+/* Returns a new empty request that keeps a copy of *lim, or NULL when out of memory (or lim is NULL). */
+sg_request *sg_request_new(const sg_request_limits *lim);
+
+/* Frees q and everything it handed out. NULL is ignored. */
+void sg_request_free(sg_request *q);
+
+/* Adds a piece of the multipart part called name: off is the number of bytes of this part before data (0 for a
+ * part's first piece). An unknown name, a parameter given twice, or a value over its limit is an error. Returns 0
+ * or a negative code. */
+int sg_request_add_field(sg_request *q, const char *name, uint64_t off, const void *data, size_t n);
+
+/* Appends n bytes of a JSON body (parsed by sg_request_parse). Returns 0 or a negative code. */
+int sg_request_add_json(sg_request *q, const void *data, size_t n);
+
+/* Records an error found outside (a malformed multipart body, a body over its limit) unless one is recorded
+ * already; param may be NULL. Returns the recorded error's code. */
+int sg_request_fail(sg_request *q, int code, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Checks every parameter and decodes and maps the sketch into *out. Call it once, after the whole body. Returns 0,
+ * or a negative code with the error recorded. */
+int sg_request_parse(sg_request *q, sg_request_params *out);
+
+/* Returns the first error recorded, or NULL when there is none. */
+const sg_request_error *sg_request_get_error(const sg_request *q);
+
+/* Returns the dry-run answer {"valid": true, "params": {...}, "sketch": {...}} of a parsed request as compact JSON
+ * in a buffer the caller frees, or NULL when out of memory. */
+char *sg_request_describe(const sg_request_params *p);
+
+/* Returns 1 when the n bytes at name are the name of a request parameter ("steps"), else 0. */
+int sg_request_is_param(const char *name, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
