@@ -1,11 +1,12 @@
 #!/usr/bin/python3
-"""Writes reference training figures from the Python LGP trainer (tools/train_lgp.py) for the C trainer's test.
+"""Prints reference training figures from the Python LGP trainer (tools/train_lgp.py) for the C trainer's test.
 
-Usage: /usr/bin/python3 tools/gen_lgp_train_vectors.py MODEL_DIR OUT_DIR > tests/core/data/lgp_train_ref.json
-Writes OUT_DIR (tests/core/data/lgp_pairs): 8 procedural pairs as NAME.png + NAME.txt, two with NAME.edges.png,
-then trains on them exactly as train_lgp.py's main() does (seed, LGP, Adam, one generator for the batches) for a
-few steps on one thread, and prints each step's loss and the held-out loss (held_out() on the same pairs,
-unrounded). Regenerate whenever the model's weights change.
+Usage: /usr/bin/python3 tools/gen_lgp_train_vectors.py MODEL_DIR PAIRS_DIR [--keep-pairs] > REFERENCE.json
+Writes PAIRS_DIR (tests/core/data/lgp_pairs): 8 procedural pairs as NAME.png + NAME.txt, two with NAME.edges.png
+(with --keep-pairs it reads the pairs already there), then trains on them exactly as train_lgp.py's main() does
+(seed, LGP, Adam, one generator for the batches) for a few steps on one thread, and prints each step's loss and
+the held-out loss (held_out() on the same pairs, unrounded). The test runs it with --keep-pairs on the machine that
+runs the test (tests/core/meson.build), since other CPUs pick other kernels.
 """
 import os
 
@@ -41,10 +42,12 @@ def write_pairs(out: str, size: int) -> None:
 def main() -> int:
     torch.set_num_threads(1)
     model_dir, out = sys.argv[1], sys.argv[2]
+    keep = sys.argv[3:] == ["--keep-pairs"]
     torch.manual_seed(PARAMS["seed"])
     model = ref.Model(model_dir)
     m = model.manifest
-    write_pairs(out, model.size)
+    if not keep:
+        write_pairs(out, model.size)
     data = train_lgp.Prepared(model, *train_lgp.load_dir(out, model.size))
     net = lgpmod.LGP(m["tap_channels"], m["latent_size"], PARAMS["time_dim"], out_channels=m["latent_channels"])
     opt = torch.optim.Adam(net.parameters(), PARAMS["lr"])

@@ -112,8 +112,8 @@ static double mean(const double *v, int n) {
   return s / n;
 }
 
-/* The Python trainer's figures on the same pairs and settings: bit for bit on the machine that generated them;
- * other CPUs may pick other kernels (in both trainers), hence the small tolerance. */
+/* The Python trainer's figures on the same pairs and settings, computed on this machine when the test is built
+ * (tools/gen_lgp_train_vectors.py): bit for bit where both trainers pick the same kernels, hence the small tolerance. */
 static void test_python_parity(sg_model *m, const char *model_dir, const char *pairs, const char *ref_path) {
   json_error_t jerr;
   json_t *ref = json_load_file(ref_path, 0, &jerr), *par = json_object_get(ref, "params");

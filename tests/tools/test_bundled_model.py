@@ -33,16 +33,15 @@ def test_size_targets():
 
 
 def golden_case(model):
-    p = dict(shapes.sample_params(4242), shape="star", radius=0.34, cx=0.3, cy=-0.2)
-    sk = shapes.sketch(p, "wobbly", 1, model.size) / 255.0
-    target = ref.edge_target(model, sk)
-    z = ref.sample(model, "a yellow star on a plain blue background", target, beta=1.6, stop=0.5, steps=20,
+    # unguided: a guided trajectory is chaotic (another CPU's kernels move its pixels by several levels), an
+    # unguided one is not (its latents agree to 1e-5 across CPUs), so only an unguided image can be stored
+    z = ref.sample(model, "a yellow star on a plain blue background", None, steps=20,
                    cfg=model.manifest.get("defaults", {}).get("cfg", 7.5), seed=1234)
     return model.decode(z)[0]
 
 
 def test_golden_image(model):
-    """A fixed seed on the bundled model reproduces the stored image to within one level per pixel."""
+    """A fixed seed on the bundled model reproduces the stored image (unguided) to within one level per pixel."""
     img = golden_case(model)
     path = os.path.join(GOLDEN, "shapes_star_seed1234.png")
     if os.environ.get("SKETCHGUIDE_REGEN_GOLDEN"):
