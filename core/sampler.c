@@ -75,13 +75,38 @@ void sg_sampler_free(sg_sampler *s) {
   free(s);
 }
 
+static int sigma_kind(sg_sampler_kind kind) { return kind == SG_SAMPLER_EULER_A || kind == SG_SAMPLER_DPMPP_2M; }
+
+int32_t sg_sampler_max_steps(sg_schedule_params sp, sg_sampler_kind kind) {
+  int32_t T = sp.num_train_timesteps;
+  if ((unsigned)kind >= 4 || T < 1) return 0;
+  if (sigma_kind(kind)) return T;
+  if (sp.steps_offset < 0) return 0;
+  /* the first of s leading timesteps is (s - 1) * (T / s) + offset; s = T with offset 1 would start at T */
+  for (int32_t s = T; s >= 1; s--)
+    if ((int64_t)(s - 1) * (T / s) + sp.steps_offset < T) return s;
+  return 0;
+}
+
 sg_sampler *sg_sampler_new(sg_schedule_params sp, sg_sampler_params p, size_t n, char *err, size_t errlen) {
   if ((unsigned)p.kind >= 4) {
     sg_set_err(err, errlen, "unknown sampler %d", (int)p.kind);
     return NULL;
   }
-  if (p.steps < 1 || p.steps > sp.num_train_timesteps) {
-    sg_set_err(err, errlen, "steps must be between 1 and %d", sp.num_train_timesteps);
+  int32_t max_steps = sg_sampler_max_steps(sp, p.kind);
+  if (max_steps < 1) {
+    sg_set_err(err, errlen, "steps_offset %d does not fit %d training timesteps", sp.steps_offset,
+               sp.num_train_timesteps);
+    return NULL;
+  }
+  if (p.steps < 1 || p.steps > max_steps) {
+    if (p.steps > max_steps && p.steps <= sp.num_train_timesteps)
+      sg_set_err(err, errlen, "steps must be between 1 and %d for %s (%d steps would start at timestep %d, past the "
+                 "last, %d)", max_steps, NAMES[p.kind], p.steps,
+                 (int)((int64_t)(p.steps - 1) * (sp.num_train_timesteps / p.steps) + sp.steps_offset),
+                 sp.num_train_timesteps - 1);
+    else
+      sg_set_err(err, errlen, "steps must be between 1 and %d", max_steps);
     return NULL;
   }
   if (!(p.eta >= 0 && p.eta <= 10)) {
@@ -112,8 +137,7 @@ sg_sampler *sg_sampler_new(sg_schedule_params sp, sg_sampler_params p, size_t n,
   if (p.kind == SG_SAMPLER_DDIM || p.kind == SG_SAMPLER_DDPM) {
     int32_t k = sp.num_train_timesteps / p.steps;
     for (int32_t i = 0; i < p.steps; i++) {
-      int32_t t = (p.steps - 1 - i) * k + sp.steps_offset;
-      if (t >= sp.num_train_timesteps) t = sp.num_train_timesteps - 1;
+      int32_t t = (p.steps - 1 - i) * k + sp.steps_offset; /* below num_train_timesteps: see max_steps */
       s->t[i] = t;
       s->a_t[i] = s->abar[t];
       s->a_prev[i] = t - k >= 0 ? s->abar[t - k] : s->abar[0];
@@ -139,9 +163,7 @@ int32_t sg_sampler_steps(const sg_sampler *s) { return s->p.steps; }
 
 double sg_sampler_timestep(const sg_sampler *s, int32_t i) { return (i >= 0 && i < s->p.steps) ? s->t[i] : -1; }
 
-static int sigma_space(const sg_sampler *s) {
-  return s->p.kind == SG_SAMPLER_EULER_A || s->p.kind == SG_SAMPLER_DPMPP_2M;
-}
+static int sigma_space(const sg_sampler *s) { return sigma_kind(s->p.kind); }
 
 double sg_sampler_input_scale(const sg_sampler *s, int32_t i) {
   if (!sigma_space(s) || i < 0 || i >= s->p.steps) return 1.0;

@@ -13,7 +13,8 @@
  *   latent = x (the sampler's state is the clean latent after the last step)
  *
  * DDIM and DDPM use "leading" timesteps with offset 1 (50 steps: 981, 961, ..., 1), abar_prev = abar_0 after the
- * last step; DDPM is the posterior between consecutive timesteps, without noise on the last step. Euler ancestral
+ * last step; at most num_train_timesteps - 1 steps with offset 1 (999: 999, 998, ..., 1), as in tools/sample.py,
+ * whose 1000 steps would start at timestep 1000, past the schedule (it fails there); DDPM is the posterior between consecutive timesteps, without noise on the last step. Euler ancestral
  * and DPM++ 2M follow k-diffusion in sigma space: sigmas at linspace(T-1, 0, steps) by log-sigma interpolation,
  * then 0; model input x / sqrt(sigma^2 + 1). A sampler holds per-image state (DPM++ 2M's previous estimate): one
  * per image and job; not thread-safe.
@@ -63,7 +64,13 @@ const char *sg_sampler_kind_name(sg_sampler_kind kind);
 /* Fills abar (n = num_train_timesteps values) with the cumulative products of 1 - beta. Returns 0 or negative. */
 int sg_schedule_alphas_cumprod(sg_schedule_params sp, double *abar, size_t n);
 
-/* Creates a sampler for images of n floats. Returns NULL with a message in err on bad parameters. */
+/* Returns the most steps a sampler of this kind takes on this schedule: num_train_timesteps for the sigma-space
+ * samplers; for DDIM and DDPM the most whose leading timesteps all fall inside the schedule (num_train_timesteps -
+ * steps_offset for offsets 0 and 1), 0 when none do (a negative offset, or one past the schedule). */
+int32_t sg_sampler_max_steps(sg_schedule_params sp, sg_sampler_kind kind);
+
+/* Creates a sampler for images of n floats (steps from 1 to sg_sampler_max_steps). Returns NULL with a message in
+ * err on bad parameters. */
 sg_sampler *sg_sampler_new(sg_schedule_params sp, sg_sampler_params p, size_t n, char *err, size_t errlen);
 void sg_sampler_free(sg_sampler *s);
 

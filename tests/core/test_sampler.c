@@ -2,6 +2,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "sampler.h"
 
@@ -45,6 +46,63 @@ static void test_timesteps(void) {
   p.kind = 9;
   CHECK(!sg_sampler_new(sg_schedule_default_params(), p, 4, err, sizeof err), "bad kind accepted");
   CHECK(sg_sampler_kind_parse("dpmpp_2m") == SG_SAMPLER_DPMPP_2M && sg_sampler_kind_parse("plms") == -1, "names");
+}
+
+/* Every step count a sampler accepts visits distinct timesteps, in decreasing order, inside the schedule; as
+ * tools/sample.py (whose 1000 DDIM/DDPM steps would start at timestep 1000 and fail), DDIM and DDPM refuse
+ * num_train_timesteps steps with offset 1 instead of visiting timestep 999 twice. */
+static void test_timesteps_distinct(void) {
+  char err[256] = "";
+  sg_schedule_params sp = sg_schedule_default_params();
+  for (int kind = 0; kind < 4; kind++) {
+    int accepted = 0;
+    for (int32_t steps = 1; steps <= sp.num_train_timesteps; steps++) {
+      sg_sampler_params p = {(sg_sampler_kind)kind, steps, 0.0};
+      sg_sampler *s = sg_sampler_new(sp, p, 1, err, sizeof err);
+      int sigma = kind == SG_SAMPLER_EULER_A || kind == SG_SAMPLER_DPMPP_2M;
+      int want = sigma || steps < sp.num_train_timesteps;
+      CHECK(!!s == want, "%s, %d steps: %s (%s)", sg_sampler_kind_name(kind), steps, s ? "accepted" : "refused",
+            s ? "" : err);
+      if (!s) continue;
+      accepted++;
+      int ok = sg_sampler_timestep(s, 0) <= sp.num_train_timesteps - 1 && sg_sampler_timestep(s, steps - 1) >= 0;
+      for (int32_t i = 1; i < steps; i++) ok &= sg_sampler_timestep(s, i) < sg_sampler_timestep(s, i - 1);
+      CHECK(ok, "%s, %d steps: timesteps not distinct and decreasing inside the schedule (%g, %g, ..., %g)",
+            sg_sampler_kind_name(kind), steps, sg_sampler_timestep(s, 0), steps > 1 ? sg_sampler_timestep(s, 1) : -1,
+            sg_sampler_timestep(s, steps - 1));
+      sg_sampler_free(s);
+    }
+    CHECK(accepted == sg_sampler_max_steps(sp, kind), "%s: %d step counts accepted, max_steps %d",
+          sg_sampler_kind_name(kind), accepted, sg_sampler_max_steps(sp, kind));
+  }
+  /* 999 DDIM steps: 999, 998, ..., 1; 1000 are refused with a message naming the limit */
+  sg_sampler_params p = {SG_SAMPLER_DDIM, 999, 0.0};
+  sg_sampler *s = sg_sampler_new(sp, p, 1, err, sizeof err);
+  CHECK(s && sg_sampler_timestep(s, 0) == 999 && sg_sampler_timestep(s, 998) == 1, "ddim 999 steps");
+  sg_sampler_free(s);
+  p.steps = 1000;
+  p.kind = SG_SAMPLER_DDPM;
+  err[0] = 0;
+  CHECK(!sg_sampler_new(sp, p, 1, err, sizeof err) && strstr(err, "between 1 and 999 for ddpm"), "ddpm 1000: %s",
+        err);
+  /* other offsets: 0 allows every step count; an offset past the schedule, or negative, allows none */
+  CHECK(sg_sampler_max_steps(sp, SG_SAMPLER_EULER_A) == 1000 && sg_sampler_max_steps(sp, SG_SAMPLER_DDIM) == 999,
+        "max steps");
+  sp.steps_offset = 0;
+  CHECK(sg_sampler_max_steps(sp, SG_SAMPLER_DDIM) == 1000, "offset 0: %d", sg_sampler_max_steps(sp, SG_SAMPLER_DDIM));
+  s = sg_sampler_new(sp, p, 1, err, sizeof err);
+  CHECK(s && sg_sampler_timestep(s, 0) == 999 && sg_sampler_timestep(s, 999) == 0, "offset 0, 1000 steps");
+  sg_sampler_free(s);
+  sp.steps_offset = 1000;
+  p.steps = 1;
+  err[0] = 0;
+  CHECK(sg_sampler_max_steps(sp, SG_SAMPLER_DDIM) == 0 && !sg_sampler_new(sp, p, 1, err, sizeof err) &&
+            strstr(err, "steps_offset"), "offset 1000: %s", err);
+  sp.steps_offset = -1;
+  CHECK(sg_sampler_max_steps(sp, SG_SAMPLER_DDPM) == 0 && !sg_sampler_new(sp, p, 1, err, sizeof err), "offset -1");
+  sp.steps_offset = 20;
+  CHECK(sg_sampler_max_steps(sp, SG_SAMPLER_DDIM) == 980 && sg_sampler_max_steps(sp, SG_SAMPLER_DPMPP_2M) == 1000,
+        "offset 20: %d", sg_sampler_max_steps(sp, SG_SAMPLER_DDIM));
 }
 
 /* With an exact denoiser for data equal to c everywhere, the deterministic samplers land where theory says:
@@ -125,6 +183,7 @@ static void test_ddim_step_formula(void) {
 int main(void) {
   test_schedule();
   test_timesteps();
+  test_timesteps_distinct();
   test_exact_denoiser();
   test_ddim_step_formula();
   printf("%d failed\n", failures);
