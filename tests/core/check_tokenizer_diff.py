@@ -14,9 +14,11 @@ the seed that made them); exits 1 when any differs.
 import argparse
 import os
 import random
+import re
 import subprocess
 import sys
 import time
+import unicodedata
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
 import clip_tokenizer  # noqa: E402
@@ -133,6 +135,14 @@ def main() -> int:
     ap.add_argument("--fresh", type=int, default=500, help="strings from a seed drawn now")
     ap.add_argument("--seed", type=int, help="the fresh strings' seed (to replay a failure)")
     a = ap.parse_args()
+    tables = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "core", "unicode_data.c")
+    with open(tables, encoding="utf-8") as f:
+        head = f.read(400)
+    made = re.search(r"\(Unicode ([0-9.]+)\)", head)
+    if not made or made.group(1) != unicodedata.unidata_version:
+        print("core/unicode_data.c was generated from Unicode %s, this Python has %s: the tokenizers cannot agree;"
+              " regenerate it with tools/gen_unicode.py" % (made.group(1) if made else "?", unicodedata.unidata_version))
+        return 1
     tok = clip_tokenizer.Tokenizer.from_files(a.vocab)
     bad = compare(tok, a.driver, a.vocab, FIXED_SEED, a.count)
     if a.fresh:
