@@ -829,6 +829,34 @@ def test_concurrent_clients(srv):
     assert [png_info(r[2]).text["seed"] for r in results] == [str(i) for i in range(6)]
 
 
+def test_sync_answers_survive_eviction():
+    """With --keep-finished-count 1 and two workers, a synchronous job may be evicted (the other one finished after
+    it) before its waiter has copied the result: every request still gets its own image, never a 500. The window
+    is microseconds wide, so this end-to-end check rarely catches the old by-id copy; test_jobs.c's
+    test_sync_evicted forces the eviction and fails on it deterministically."""
+    s = Server("--keep-finished-count", "1", "--devices", "cpu,cpu", "--max-queue", "16")
+    try:
+        n = 8
+        results = [None] * n
+
+        def one(i):
+            results[i] = s.generate(steps=1, seed=100 + i)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        assert [r[0] for r in results] == [200] * n, [(r[0], r[2][:200]) for r in results]
+        for i, (st, h, data) in enumerate(results):
+            assert h["content-type"] == "image/png" and h["x-seed"] == str(100 + i)
+            assert png_info(data).text["seed"] == str(100 + i) and int(h["x-inference-time-ms"]) >= 0
+        m = s.metrics()
+        assert m['sketchguide_jobs_finished_total{state="succeeded"}'] == n
+    finally:
+        s.close()
+
+
 def test_sigterm_drains_and_exits_0():
     s = Server()
     try:
