@@ -169,15 +169,16 @@ static int validate(const sg_model *m, const sg_generate_params *p, char *err, s
     return SG_GENERATE_EINVAL;                \
   } while (0)
   if (!p->prompt) BAD("prompt", "required");
-  if (p->steps < 1 || p->steps > sg_model_get_info(m)->schedule.num_train_timesteps)
-    BAD("steps", "must be between 1 and %d", sg_model_get_info(m)->schedule.num_train_timesteps);
+  if (sg_sampler_kind_parse(sg_sampler_kind_name(p->sampler)) < 0) BAD("sampler", "unknown");
+  int32_t max_steps = sg_sampler_max_steps(sg_model_get_info(m)->schedule, p->sampler);
+  if (p->steps < 1 || p->steps > max_steps)
+    BAD("steps", "must be between 1 and %d for %s", (int)max_steps, sg_sampler_kind_name(p->sampler));
   if (!(p->cfg >= 0 && p->cfg <= 100)) BAD("cfg", "must be between 0 and 100");
   if (!(p->beta >= 0 && p->beta <= 100)) BAD("beta", "must be between 0 and 100");
   if (!(p->stop >= 0 && p->stop <= 1)) BAD("stop", "must be between 0 and 1");
   if (p->stop_step < -1 || p->stop_step > p->steps) BAD("stop_step", "must be between 0 and steps");
   if (p->seed < 0 || p->seed > INT64_MAX - MAX_IMAGES) BAD("seed", "must be between 0 and 2^63 - 65");
   if (p->n_images < 1 || p->n_images > MAX_IMAGES) BAD("n", "must be between 1 and %d", MAX_IMAGES);
-  if (sg_sampler_kind_parse(sg_sampler_kind_name(p->sampler)) < 0) BAD("sampler", "unknown");
   if (!(p->eta >= 0 && p->eta <= 10)) BAD("eta", "must be between 0 and 10");
 #undef BAD
   return 0;

@@ -85,6 +85,10 @@ static void test_errors(sg_model *m) {
   p.prompt = "x";
   p.steps = 0;
   CHECK(sg_generate(m, &p, &r, err, sizeof err) == SG_GENERATE_EINVAL && strstr(err, "steps"), "steps: %s", err);
+  p.steps = 1000; /* 1000 DDIM steps would start at timestep 1000, past the schedule (sg_sampler_max_steps) */
+  p.sampler = SG_SAMPLER_DDIM;
+  CHECK(sg_generate(m, &p, &r, err, sizeof err) == SG_GENERATE_EINVAL && strstr(err, "steps") && strstr(err, "999"),
+        "1000 ddim steps: %s", err);
   p = sg_generate_default_params(m);
   p.prompt = NULL;
   CHECK(sg_generate(m, &p, &r, err, sizeof err) == SG_GENERATE_EINVAL && strstr(err, "prompt"), "prompt: %s", err);
