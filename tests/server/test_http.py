@@ -319,12 +319,7 @@ def test_health_ready_info_metrics(srv):
             re.match(r'^[a-z_]+(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? [0-9.e+-]+$', line), line
     # a request is counted when its connection reports it complete, which may follow the client's read
     key = 'sketchguide_http_requests_total{method="POST",route="/v1/generate",code="200"}'
-    for _ in range(50):
-        m = srv.metrics()
-        if m.get(key, 0) >= 1:
-            break
-        time.sleep(0.1)
-    assert m[key] >= 1
+    m = wait_for(lambda: (lambda m: m.get(key, 0) >= 1 and m)(srv.metrics()), what="the request counted")
     assert m['sketchguide_http_requests_total{method="GET",route="/healthz",code="200"}'] >= 1
     assert m["sketchguide_images_generated_total"] >= 1 and m["sketchguide_steps_total"] >= 2
     assert m['sketchguide_job_inference_seconds_bucket{le="+Inf"}'] >= 1
