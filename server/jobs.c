@@ -109,7 +109,8 @@ struct sg_jobs {
   worker *workers;
   pthread_t timer;
   int timer_started;
-  int32_t image_size, max_steps, has_lgp;
+  int32_t image_size, has_lgp;
+  sg_schedule_params schedule; /* worker 0's: the most steps of each sampler */
   sg_generate_params defaults;
   job **table;
   size_t table_mask;
@@ -761,7 +762,7 @@ sg_jobs *sg_jobs_new(sg_model *const *models, int32_t n_workers, sg_jobs_params 
   q->n_workers = n_workers;
   const sg_model_info *info = sg_model_get_info(models[0]);
   q->image_size = info->image_size;
-  q->max_steps = info->schedule.num_train_timesteps;
+  q->schedule = info->schedule;
   q->has_lgp = sg_model_lgp(models[0]) != NULL;
   q->defaults = sg_generate_default_params(models[0]);
   size_t want = (size_t)p.max_queue + (size_t)n_workers + (size_t)p.keep_finished_count, size = 64;
@@ -834,14 +835,16 @@ static int validate(const sg_jobs *q, const sg_job_request *r, char *err, size_t
   } while (0)
   if (!r) BAD("request: missing");
   if (!r->prompt) BAD("prompt: required");
-  if (r->steps < 1 || r->steps > q->max_steps) BAD("steps: must be between 1 and %d", (int)q->max_steps);
+  if (sg_sampler_kind_parse(sg_sampler_kind_name(r->sampler)) < 0) BAD("sampler: unknown");
+  int32_t max_steps = sg_sampler_max_steps(q->schedule, r->sampler);
+  if (r->steps < 1 || r->steps > max_steps)
+    BAD("steps: must be between 1 and %d for %s", (int)max_steps, sg_sampler_kind_name(r->sampler));
   if (!(r->cfg >= 0 && r->cfg <= 100)) BAD("cfg: must be between 0 and 100");
   if (!(r->beta >= 0 && r->beta <= 100)) BAD("beta: must be between 0 and 100");
   if (!(r->stop >= 0 && r->stop <= 1)) BAD("stop: must be between 0 and 1");
   if (r->stop_step < -1 || r->stop_step > r->steps) BAD("stop_step: must be between 0 and steps");
   if (r->seed < 0 || r->seed > INT64_MAX - SG_JOBS_MAX_IMAGES) BAD("seed: must be between 0 and 2^63 - 65");
   if (r->n_images < 1 || r->n_images > SG_JOBS_MAX_IMAGES) BAD("n: must be between 1 and %d", SG_JOBS_MAX_IMAGES);
-  if (sg_sampler_kind_parse(sg_sampler_kind_name(r->sampler)) < 0) BAD("sampler: unknown");
   if (!(r->eta >= 0 && r->eta <= 10)) BAD("eta: must be between 0 and 10");
   if (!(r->deadline >= 0 && r->deadline < 1e15)) BAD("deadline: must be 0 or a monotonic time in seconds");
   if (r->sketch && r->beta > 0 && !q->has_lgp && sg_generate_guided_steps(r->steps, r->stop, r->stop_step) > 0)
@@ -901,9 +904,13 @@ static job *job_from_request(const sg_jobs *q, const sg_job_request *r) {
   return j;
 }
 
-int sg_jobs_submit(sg_jobs *q, const sg_job_request *req, char id[SG_JOB_ID_LEN], char *err, size_t errlen) {
+/* sg_jobs_submit, and with cb set sg_jobs_submit_watch: the watch is attached under the lock that queues the job,
+ * so that no event, and no eviction, can come first. */
+static int submit(sg_jobs *q, const sg_job_request *req, sg_job_watch_fn cb, void *user, char id[SG_JOB_ID_LEN],
+                  sg_job_watch **handle, char *err, size_t errlen) {
   if (err && errlen) *err = 0;
-  if (!q || !id) {
+  if (handle) *handle = NULL;
+  if (!q || !id || (cb && !handle)) {
     sg_set_err(err, errlen, "missing argument");
     return SG_JOBS_EINVAL;
   }
@@ -916,7 +923,10 @@ int sg_jobs_submit(sg_jobs *q, const sg_job_request *req, char id[SG_JOB_ID_LEN]
     return rc;
   }
   job *j = job_from_request(q, req);
-  if (!j) {
+  sg_job_watch *w = cb ? calloc(1, sizeof *w) : NULL;
+  if (!j || (cb && !w)) {
+    if (j) job_free(j);
+    free(w);
     sg_set_err(err, errlen, "out of memory");
     return SG_JOBS_ENOMEM;
   }
@@ -941,6 +951,7 @@ int sg_jobs_submit(sg_jobs *q, const sg_job_request *req, char id[SG_JOB_ID_LEN]
   if (rc) {
     pthread_mutex_unlock(&q->mu);
     job_free(j);
+    free(w);
     return rc;
   }
   key_to_id(j->key, j->id);
@@ -959,11 +970,31 @@ int sg_jobs_submit(sg_jobs *q, const sg_job_request *req, char id[SG_JOB_ID_LEN]
   q->n_queued++;
   q->st.submitted++;
   memcpy(id, j->id, SG_JOB_ID_LEN);
+  if (w) {
+    *w = (sg_job_watch){.q = q, .j = j, .cb = cb, .user = user};
+    j->watchers = w;
+    j->refs++; /* the watch's */
+    *handle = w;
+  }
   evict_due_locked(q, j->t_created);
   pthread_cond_signal(&q->work_cv);
   if (j->deadline > 0) pthread_cond_signal(&q->timer_cv);
   pthread_mutex_unlock(&q->mu);
   return 0;
+}
+
+int sg_jobs_submit(sg_jobs *q, const sg_job_request *req, char id[SG_JOB_ID_LEN], char *err, size_t errlen) {
+  return submit(q, req, NULL, NULL, id, NULL, err, errlen);
+}
+
+int sg_jobs_submit_watch(sg_jobs *q, const sg_job_request *req, sg_job_watch_fn cb, void *user,
+                         char id[SG_JOB_ID_LEN], sg_job_watch **handle, char *err, size_t errlen) {
+  if (handle) *handle = NULL;
+  if (!cb || !handle) {
+    sg_set_err(err, errlen, "missing argument");
+    return SG_JOBS_EINVAL;
+  }
+  return submit(q, req, cb, user, id, handle, err, errlen);
 }
 
 /* Copies j's state into *out (lock held); reading a finished job without images collects it. */

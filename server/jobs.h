@@ -234,6 +234,15 @@ sg_job_request sg_jobs_default_request(const sg_jobs *q);
  * SG_JOBS_EDRAINING after sg_jobs_drain; SG_JOBS_ENOMEM; SG_JOBS_ESYS. err may be NULL. */
 int sg_jobs_submit(sg_jobs *q, const sg_job_request *req, char id[SG_JOB_ID_LEN], char *err, size_t errlen);
 
+/* sg_jobs_submit and sg_jobs_watch in one step: the watch is in place when the job is queued, so cb gets every
+ * event of the job, its END included, however soon the job ends and whatever evicts it afterwards (a submit followed
+ * by sg_jobs_watch may find it evicted already: SG_JOBS_EEXPIRED with a tiny keep_finished_count). cb may run
+ * before this returns, on another thread; *handle, set under the lock before any event, is freed by
+ * sg_jobs_unwatch. Returns what sg_jobs_submit returns (SG_JOBS_EINVAL also for a NULL cb or handle); *handle is
+ * NULL on failure. */
+int sg_jobs_submit_watch(sg_jobs *q, const sg_job_request *req, sg_job_watch_fn cb, void *user,
+                         char id[SG_JOB_ID_LEN], sg_job_watch **handle, char *err, size_t errlen);
+
 /* Copies the job's state into *out. Returns 0, SG_JOBS_ENOTFOUND or SG_JOBS_EEXPIRED. */
 int sg_jobs_status(sg_jobs *q, const char *id, sg_job_status *out);
 

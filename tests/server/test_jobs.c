@@ -27,7 +27,7 @@ static void *test_copy_alloc(size_t n) {
 #include "../../server/jobs.c"
 
 #define PROMPT "a red star on a plain blue background"
-#define LONG_STEPS 1000 /* a job that runs until it is cancelled */
+#define LONG_STEPS 999 /* a job that runs until it is cancelled (the most DDIM takes on 1000 timesteps) */
 
 static sg_model *model;
 static double slow = 1; /* SG_TEST_SLOW: a factor on every wait, for runs under valgrind */
@@ -361,22 +361,14 @@ static void test_books_copy_nomem(void) {
 /* What the HTTP service's synchronous waiter does in its END callback: copy the status and the images. */
 typedef struct {
   sg_jobs *q;
-  int ends, status_rc, by_id_rc, images_ok;
+  int ends, progress, status_rc, by_id_rc, images_ok;
   int32_t n_images;
   int64_t seed;
   sg_job_state state;
   double inference_ms;
 } sync_waiter;
 
-static void sync_end(void *user, const sg_job_event *ev) {
-  sync_waiter *s = user;
-  if (ev->kind != SG_JOB_EVENT_END) return;
-  /* hold the callback until both jobs have finished, then evict what is due: with keep_finished_count 1, the
-   * older of the two leaves the table before its waiter has copied anything */
-  sg_jobs_stats st;
-  double end = sg_jobs_now() + 120 * slow;
-  while (sg_jobs_stats_get(s->q, &st) == 0 && st.succeeded + st.failed + st.cancelled < 2 && sg_jobs_now() < end)
-    sleep_s(0.002);
+static void sync_copy(sync_waiter *s, const sg_job_event *ev) {
   sg_job_status js;
   uint8_t *png = NULL;
   size_t len = 0;
@@ -395,6 +387,25 @@ static void sync_end(void *user, const sg_job_event *ev) {
     free(png);
   }
   __atomic_add_fetch(&s->ends, 1, __ATOMIC_SEQ_CST);
+}
+
+static void sync_end(void *user, const sg_job_event *ev) {
+  sync_waiter *s = user;
+  if (ev->kind != SG_JOB_EVENT_END) return;
+  /* hold the callback until both jobs have finished, then evict what is due: with keep_finished_count 1, the
+   * older of the two leaves the table before its waiter has copied anything */
+  sg_jobs_stats st;
+  double end = sg_jobs_now() + 120 * slow;
+  while (sg_jobs_stats_get(s->q, &st) == 0 && st.succeeded + st.failed + st.cancelled < 2 && sg_jobs_now() < end)
+    sleep_s(0.002);
+  sync_copy(s, ev);
+}
+
+/* The same waiter for a job on its own; counts the progress events too. */
+static void sync_end_alone(void *user, const sg_job_event *ev) {
+  sync_waiter *s = user;
+  if (ev->kind == SG_JOB_EVENT_PROGRESS) s->progress++;
+  else sync_copy(s, ev);
 }
 
 /* Two jobs finishing on two workers with keep_finished_count 1: each END callback gets its job's status and
@@ -443,6 +454,58 @@ static void test_sync_evicted(void) {
         "event calls outside an END");
   sg_jobs_free(q);
   printf("sync (evicted before its END was read): ok\n");
+}
+
+/* A job that ends and is evicted between its submit and a watch (keep_finished_count 0) cannot be watched
+ * afterwards (what a synchronous HTTP request could meet); sg_jobs_submit_watch watches it from its queuing: every
+ * event arrives, and the END callback copies the status and the image of a record already evicted. */
+static void test_submit_watch(void) {
+  sg_jobs_params p = sg_jobs_default_params();
+  p.keep_finished_count = 0;
+  sg_jobs *q = manager(1, p);
+  sg_job_request r = request(q, 3);
+  char a[SG_JOB_ID_LEN], b[SG_JOB_ID_LEN];
+  submit_ok(q, &r, a);
+  sg_jobs_stats s;
+  double end = sg_jobs_now() + 120 * slow;
+  while (sg_jobs_stats_get(q, &s) == 0 && s.succeeded < 1 && sg_jobs_now() < end) sleep_s(0.002);
+  collector c;
+  collector_init(&c);
+  sg_job_watch *w = NULL;
+  CHECK(sg_jobs_watch(q, a, collect, &c, &w) == SG_JOBS_EEXPIRED && !w && !c.ends,
+        "a watch after the job ended and was evicted: too late");
+  collector_destroy(&c);
+  sync_waiter sw;
+  memset(&sw, 0, sizeof sw);
+  sw.q = q;
+  char err[256] = "";
+  int rc = sg_jobs_submit_watch(q, &r, sync_end_alone, &sw, b, &w, err, sizeof err);
+  CHECK(rc == 0 && w && strlen(b) == 32, "submit_watch: %d %s", rc, err);
+  end = sg_jobs_now() + 120 * slow;
+  while (__atomic_load_n(&sw.ends, __ATOMIC_SEQ_CST) < 1 && sg_jobs_now() < end) sleep_s(0.002);
+  sg_jobs_unwatch(w);
+  CHECK(sw.ends == 1 && sw.progress == 3, "submit_watch: %d END, %d progress", sw.ends, sw.progress);
+  CHECK(sw.status_rc == 0 && sw.state == SG_JOB_SUCCEEDED && sw.n_images == 1 && sw.images_ok == 1,
+        "submit_watch: END copied status (rc %d, %s) and %d image", sw.status_rc, sg_job_state_name(sw.state),
+        sw.images_ok);
+  CHECK(sg_jobs_status(q, b, &(sg_job_status){0}) == SG_JOBS_EEXPIRED && uncollected(q) == 0,
+        "evicted at once, its image fetched from the END");
+  /* refusals leave no watch behind */
+  w = (sg_job_watch *)&sw;
+  sg_job_request bad = r;
+  bad.steps = 0;
+  CHECK(sg_jobs_submit_watch(q, &bad, sync_end_alone, &sw, b, &w, err, sizeof err) == SG_JOBS_EINVAL && !w &&
+            !strncmp(err, "steps", 5),
+        "submit_watch of a bad request: %s", err);
+  CHECK(sg_jobs_submit_watch(q, &r, NULL, &sw, b, &w, err, sizeof err) == SG_JOBS_EINVAL && !w, "no callback");
+  CHECK(sg_jobs_submit_watch(q, &r, sync_end_alone, &sw, b, NULL, err, sizeof err) == SG_JOBS_EINVAL, "no handle");
+  sg_jobs_drain(q, 60 * slow);
+  CHECK(sg_jobs_submit_watch(q, &r, sync_end_alone, &sw, b, &w, err, sizeof err) == SG_JOBS_EDRAINING && !w,
+        "submit_watch while draining");
+  sg_jobs_stats_get(q, &s);
+  CHECK(s.submitted == 2 && s.rejected_draining == 1, "submit_watch stats: %d submitted", (int)s.submitted);
+  sg_jobs_free(q);
+  printf("submit_watch: ok\n");
 }
 
 /* A job with a sketch, two images and extra text: PNGs that decode to sg_generate's pixels, with the text chunks. */
@@ -941,6 +1004,8 @@ static void test_invalid(void) {
   b = r, b.n_images = 65, expect_invalid(q, &b, "n:");
   b = r, b.steps = 0, expect_invalid(q, &b, "steps");
   b = r, b.steps = 1001, expect_invalid(q, &b, "steps");
+  b = r, b.steps = 1000, b.sampler = SG_SAMPLER_DDIM; /* as sg_generate: DDIM takes 999 at most */
+  expect_invalid(q, &b, "steps: must be between 1 and 999 for ddim");
   b = r, b.cfg = NAN, expect_invalid(q, &b, "cfg");
   b = r, b.beta = -1, expect_invalid(q, &b, "beta");
   b = r, b.stop = 2, expect_invalid(q, &b, "stop");
@@ -962,7 +1027,7 @@ static void test_invalid(void) {
   CHECK(sg_jobs_submit(q, NULL, id, err, sizeof err) == SG_JOBS_EINVAL, "NULL request");
   sg_jobs_stats s;
   sg_jobs_stats_get(q, &s);
-  CHECK(s.rejected_invalid == 21 && s.submitted == 0, "rejected_invalid %d", (int)s.rejected_invalid);
+  CHECK(s.rejected_invalid == 22 && s.submitted == 0, "rejected_invalid %d", (int)s.rejected_invalid);
   CHECK(sg_jobs_watch(q, "00000000000000000000000000000000", NULL, NULL, NULL) == SG_JOBS_EINVAL, "watch args");
   sg_jobs_unwatch(NULL);
   sg_jobs_free(NULL);
@@ -998,6 +1063,7 @@ int main(int argc, char **argv) {
   test_books_evicted_before_end();
   test_books_copy_nomem();
   test_sync_evicted();
+  test_submit_watch();
   test_free_busy();
   test_stress(1000);
   test_stress(2);
