@@ -271,6 +271,7 @@ typedef struct {
   float *z0, *target; /* n x len */
   float *ctx;         /* n_ctx x ctx_len */
   int32_t *cap_idx;   /* n */
+  int32_t *first;     /* n_ctx: the first pair (in sorted order) of each distinct caption */
 } prepared;
 
 typedef struct {
@@ -284,7 +285,22 @@ typedef struct {
   size_t errlen;
   struct timespec t0;
   sg_lgp_train_params *p;
+  int32_t enc_done, enc_total; /* inputs encoded while preparing, and in all (sg_lgp_progress) */
 } trainer;
+
+static int report(trainer *T, sg_lgp_phase phase, int32_t step, double loss, int32_t t);
+
+/* Counts n more inputs encoded and reports it (SG_LGP_PHASE_PREPARE). Returns 0, or SG_LGP_ECANCEL when the
+ * callback asks to stop. */
+static int encoded(trainer *T, int32_t n) {
+  T->enc_done += n;
+  if (report(T, SG_LGP_PHASE_PREPARE, 0, NAN, 0)) {
+    sg_set_err(T->err, T->errlen, "cancelled while encoding the data (%d of %d inputs)", (int)T->enc_done,
+               (int)T->enc_total);
+    return SG_LGP_ECANCEL;
+  }
+  return 0;
+}
 
 static double now_s(void) {
   struct timespec ts;
@@ -303,7 +319,7 @@ static int nomem(trainer *T) {
 }
 
 static void prepared_free(prepared *d) {
-  free(d->z0), free(d->target), free(d->ctx), free(d->cap_idx);
+  free(d->z0), free(d->target), free(d->ctx), free(d->cap_idx), free(d->first);
   memset(d, 0, sizeof *d);
 }
 
@@ -359,6 +375,10 @@ static int encode_rows(trainer *T, const sg_lgp_data *d, int edges, float *out) 
       return rc;
     }
     for (size_t i = (size_t)i0 * T->len; i < (size_t)(i0 + b) * T->len; i++) out[i] *= sf;
+    if ((rc = encoded(T, b))) {
+      free(x);
+      return rc;
+    }
   }
   free(x);
   return 0;
@@ -369,11 +389,13 @@ static int cmp_caption(const void *a, const void *b, void *data) {
   return strcmp(d->captions[*(const int32_t *)a], d->captions[*(const int32_t *)b]);
 }
 
-/* Text contexts of the distinct captions in sorted order (as Python's sorted(set(captions))) and each pair's
- * index among them. */
-static int encode_captions(trainer *T, const sg_lgp_data *d, prepared *P) {
-  int32_t *order = malloc((size_t)d->n * sizeof *order);
-  P->cap_idx = malloc((size_t)d->n * sizeof *P->cap_idx);
+/* Starts P for d: each pair's index among the distinct captions in sorted order (as Python's
+ * sorted(set(captions))), their count and the first pair of each, before anything is encoded. */
+static int index_captions(trainer *T, const sg_lgp_data *d, prepared *P) {
+  memset(P, 0, sizeof *P);
+  P->n = d->n;
+  int32_t *order = malloc((size_t)(d->n ? d->n : 1) * sizeof *order);
+  P->cap_idx = malloc((size_t)(d->n ? d->n : 1) * sizeof *P->cap_idx);
   if (!order || !P->cap_idx) {
     free(order);
     return nomem(T);
@@ -386,14 +408,19 @@ static int encode_captions(trainer *T, const sg_lgp_data *d, prepared *P) {
     P->cap_idx[order[k]] = u;
   }
   P->n_ctx = d->n ? u + 1 : 0;
-  /* the first pair (in sorted order) of each distinct caption */
-  int32_t *first = malloc((size_t)(P->n_ctx ? P->n_ctx : 1) * sizeof *first);
+  int32_t *first = P->first = malloc((size_t)(P->n_ctx ? P->n_ctx : 1) * sizeof *first);
   if (!first) {
     free(order);
     return nomem(T);
   }
   for (int32_t k = 0; k < d->n; k++) first[P->cap_idx[order[k]]] = order[k];
   free(order);
+  return 0;
+}
+
+/* Text contexts of the distinct captions that index_captions found. */
+static int encode_captions(trainer *T, const sg_lgp_data *d, prepared *P) {
+  const int32_t *first = P->first;
   const sg_tokenizer *tok = sg_model_tokenizer(T->m);
   int32_t L = sg_tokenizer_max_length(tok);
   P->ctx = malloc((size_t)P->n_ctx * T->ctx_len * sizeof *P->ctx);
@@ -426,14 +453,14 @@ static int encode_captions(trainer *T, const sg_lgp_data *d, prepared *P) {
       rc = torch_fail(T, "text encoder");
     }
     ts_tensor_free(ctx);
+    if (!rc) rc = encoded(T, b);
   }
-  free(first), free(ids), free(ids32);
+  free(ids), free(ids32);
   return rc;
 }
 
+/* Encodes d into P, which index_captions started. */
 static int prepare(trainer *T, const sg_lgp_data *d, prepared *P) {
-  memset(P, 0, sizeof *P);
-  P->n = d->n;
   P->z0 = malloc((size_t)d->n * T->len * sizeof *P->z0);
   P->target = malloc((size_t)d->n * T->len * sizeof *P->target);
   if (!P->z0 || !P->target) return nomem(T);
@@ -521,7 +548,7 @@ done:
 
 static int report(trainer *T, sg_lgp_phase phase, int32_t step, double loss, int32_t t) {
   if (!T->p->progress) return 0;
-  sg_lgp_progress pr = {phase, step, T->p->steps, loss, t, 0};
+  sg_lgp_progress pr = {phase, step, T->p->steps, loss, t, 0, T->enc_done, T->enc_total};
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   pr.seconds = (double)(ts.tv_sec - T->t0.tv_sec) + (ts.tv_nsec - T->t0.tv_nsec) * 1e-9;
@@ -822,13 +849,15 @@ int sg_lgp_train(sg_model *m, const char *model_dir, const sg_lgp_data *train, c
     }
   }
 
-  /* prepare */
+  /* prepare: every input counted first, so that each report has a total to show progress against */
+  double t_prep = now_s();
+  if ((rc = index_captions(&T, train, &P)) || (held && held->n && (rc = index_captions(&T, held, &H)))) goto done;
+  T.enc_total = 2 * P.n + P.n_ctx + 2 * H.n + H.n_ctx;
   if (report(&T, SG_LGP_PHASE_PREPARE, 0, NAN, 0)) {
     sg_set_err(err, errlen, "cancelled before training");
     rc = SG_LGP_ECANCEL;
     goto done;
   }
-  double t_prep = now_s();
   if ((rc = prepare(&T, train, &P)) || (held && held->n && (rc = prepare(&T, held, &H)))) goto done;
   r.prepare_seconds = now_s() - t_prep;
 

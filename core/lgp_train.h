@@ -92,7 +92,8 @@ void sg_lgp_data_free(sg_lgp_data *d);
 /* ---- training ---- */
 
 typedef enum {
-  SG_LGP_PHASE_PREPARE = 0, /* encoding the data (step 0) */
+  SG_LGP_PHASE_PREPARE = 0, /* encoding the data (step 0): done of total inputs, first with done 0, then after each
+                             * encoder call */
   SG_LGP_PHASE_STEP,        /* a training step finished: step, loss (that step's batch loss) */
   SG_LGP_PHASE_CHECKPOINT,  /* the checkpoint was written at step */
   SG_LGP_PHASE_HELD_OUT,    /* the held-out loss at timestep t is loss */
@@ -105,11 +106,13 @@ typedef struct {
   double loss;
   int32_t t;           /* SG_LGP_PHASE_HELD_OUT: the timestep */
   double seconds;      /* since sg_lgp_train began */
+  int32_t done, total; /* inputs encoded while preparing, and in all: the images, edge maps and distinct captions
+                        * of the training and held-out sets (they stay at the total after SG_LGP_PHASE_PREPARE) */
 } sg_lgp_progress;
 
 /* Called from sg_lgp_train's thread. A nonzero return stops the call with SG_LGP_ECANCEL: after a step, once the
- * checkpoint is written (a later call resumes there); before training (PREPARE) or during the held-out report
- * (HELD_OUT; the last step's checkpoint is on disk), at once. Other phases' returns are ignored. */
+ * checkpoint is written (a later call resumes there); while encoding the data (PREPARE) or during the held-out
+ * report (HELD_OUT; the last step's checkpoint is on disk), at once. Other phases' returns are ignored. */
 typedef int (*sg_lgp_progress_fn)(void *user, const sg_lgp_progress *p);
 
 typedef struct {
