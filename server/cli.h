@@ -36,19 +36,46 @@ void cli_unknown(cli_args *a);
 /* The model directory used when --model is absent: $SKETCHGUIDE_MODEL, else the bundled model. */
 const char *cli_default_model(void);
 
-/* The default thread count: the number of online processors. */
+/* Checks before any work that dir is a model directory (a directory holding model.json); else reports one line
+ * naming opt ("--model") and returns -1. Returns 0 when it is. */
+int cli_check_model_dir(const char *cmd, const char *opt, const char *dir);
+
+/* Checks before any work that path's folder exists and is writable and that path is not a folder; else reports
+ * one line naming opt and returns -1. Returns 0 when a file can be created there. */
+int cli_check_output(const char *cmd, const char *opt, const char *path);
+
+/* The CPUs this process may use: the cores (not hyperthread siblings) of its affinity mask (sched_getaffinity),
+ * bounded by its cgroup's CPU quota (cgroup v2 cpu.max, v1 cpu.cfs_quota_us). Always at least 1. */
+int cli_cpus_available(void);
+
+/* The thread count of a long-running service (serve): cli_cpus_available(), since the service itself becomes the
+ * machine's load. */
 int cli_default_threads(void);
 
-/* A progress line on stderr (only when stderr is a terminal): "label  12/50 [=====     ]  3.1 s left". */
+/* The default thread count of one-shot work (generate, train-lgp): the available CPUs that other processes are
+ * not keeping busy, at least 1. Busy CPUs are the smaller of the 1-minute load average and the processes running
+ * now (ours excluded): a sustained load counts, a burst that just ended or a momentary one does not. More torch
+ * threads than free CPUs make every parallel region wait for its descheduled threads (4x slower was measured). */
+int cli_free_cpus(void);
+
+/* Progress of counted work on stderr. On a terminal, a bar redrawn in place:
+ * "label  12/50 [=====     ]  3 s left". Elsewhere (a pipe, a file, a log), one line per `every` units and at
+ * the end: "label 10/50 (2.1 s, 8 s left)"; every 0 picks a tenth of the total. Off with quiet or lines < 0 (see
+ * cli_progress_init). */
 typedef struct {
   const char *label;
-  int enabled;
+  int enabled;     /* a bar on a terminal */
+  int lines;       /* lines (stderr is not a terminal) */
   double start;
-  int64_t done, total;
+  int64_t done, total, every, last_line;
 } cli_progress;
 
-void cli_progress_init(cli_progress *p, const char *label, int64_t total, int quiet);
+/* Starts progress of total units. every: lines mode's period in units (0: a tenth of the total; -1: no lines,
+ * for a caller that prints its own). */
+void cli_progress_init(cli_progress *p, const char *label, int64_t total, int quiet, int64_t every);
+/* Records done units (of p->total, which a caller may change) and draws the bar or prints a line when one is due. */
 void cli_progress_update(cli_progress *p, int64_t done);
+/* Ends the bar's line (a terminal); prints nothing in lines mode. */
 void cli_progress_end(cli_progress *p);
 
 /* Seconds from a monotonic clock. */

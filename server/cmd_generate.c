@@ -4,6 +4,7 @@
 #include <sys/random.h>
 
 #include "cli.h"
+#include "config.h"
 #include "generate.h"
 #include "image.h"
 #include "model.h"
@@ -25,19 +26,23 @@ static const char HELP[] =
     "  --beta X             edge guidance scale (model default; the paper's 1.6), 0 = unguided\n"
     "  --stop F             fraction of the steps that are guided (model default; the paper's 0.5)\n"
     "  --stop-step N        number of guided steps (instead of --stop)\n"
-    "  --steps N            sampling steps (model default, 50)\n"
+    "  --steps N            sampling steps (model default, 50; at most --max-steps)\n"
     "  --cfg X              classifier-free guidance scale (model default, 8)\n"
     "  --sampler NAME       ddim, ddpm, euler_a, dpmpp_2m (model default, ddim)\n"
     "  --eta X              DDIM's eta (default 0)\n"
     "  --seed N             seed of the first image (default: random; printed); image k uses N + k\n"
     "  --seeds A,B,...      one run per seed, each of --images images\n"
-    "  --images N           images per run (default 1)\n"
+    "  --images N           images per run (default 1; at most --max-images)\n"
     "  --output PATH        output file (default out.png); {seed} and {i} are replaced; with several images\n"
     "                       and neither, -{i} is inserted before the extension\n"
     "  --device DEV         cpu (default), cuda, cuda:N\n"
-    "  --threads N          CPU threads (default: all processors)\n"
+    "  --threads N          CPU threads (default: the CPU cores this process may use that other processes are\n"
+    "                       not keeping busy; more threads than free cores slow every step down)\n"
+    "  --max-steps N        the service's limits, which apply here too unless raised: most steps (150),\n"
+    "  --max-images N       images per run (4)\n"
+    "  --max-image-pixels N and sketch pixels, width x height (16777216)\n"
     "  --json               print one JSON line per image instead of a sentence\n"
-    "  --quiet              no progress bar\n";
+    "  --quiet              no progress (a bar on a terminal; otherwise a line per tenth of the steps)\n";
 
 /* Core parameter names (in error messages) -> this command's options. */
 static const char *const PARAM_OPTS[][2] = {
@@ -156,6 +161,7 @@ int cmd_generate(int argc, char **argv) {
   const char *invert_s = "auto", *output = "out.png", *device = "cpu", *seeds_s = NULL, *v = NULL;
   const char *beta_s = NULL, *stop_s = NULL, *stop_step_s = NULL, *steps_s = NULL, *cfg_s = NULL, *sampler_s = NULL;
   const char *eta_s = NULL, *seed_s = NULL, *images_s = NULL, *threads_s = NULL;
+  const char *max_steps_s = NULL, *max_images_s = NULL, *max_pixels_s = NULL;
   int json = 0, quiet = 0;
   while (a.i < argc && !a.failed) {
     if (cli_flag(&a, "--help") || cli_flag(&a, "-h")) {
@@ -180,6 +186,9 @@ int cmd_generate(int argc, char **argv) {
     else if (cli_value(&a, "--output", &v) || cli_value(&a, "-o", &v)) output = v;
     else if (cli_value(&a, "--device", &v)) device = v;
     else if (cli_value(&a, "--threads", &v)) threads_s = v;
+    else if (cli_value(&a, "--max-steps", &v)) max_steps_s = v;
+    else if (cli_value(&a, "--max-images", &v)) max_images_s = v;
+    else if (cli_value(&a, "--max-image-pixels", &v)) max_pixels_s = v;
     else if (cli_flag(&a, "--json")) json = 1;
     else if (cli_flag(&a, "--quiet") || cli_flag(&a, "-q")) quiet = 1;
     else cli_unknown(&a);
@@ -194,10 +203,6 @@ int cmd_generate(int argc, char **argv) {
     cli_error("generate", "--invert: '%s' is not auto, true or false", invert_s);
     return CLI_USAGE;
   }
-  if (!*output) {
-    cli_error("generate", "--output: empty path");
-    return CLI_USAGE;
-  }
   if (seed_s && seeds_s) {
     cli_error("generate", "--seed and --seeds: give one of them");
     return CLI_USAGE;
@@ -206,7 +211,7 @@ int cmd_generate(int argc, char **argv) {
     cli_error("generate", "--stop and --stop-step: give one of them");
     return CLI_USAGE;
   }
-  int64_t threads = cli_default_threads(), seed = -1, images = 1, steps = 0, stop_step = -1;
+  int64_t threads = cli_free_cpus(), seed = -1, images = 1, steps = 0, stop_step = -1;
   double beta = 0, stop = 0, cfg = 0, eta = 0;
   int sampler = -1;
   if ((threads_s && cli_parse_int("generate", "--threads", threads_s, 1, 1024, &threads)) ||
@@ -223,6 +228,26 @@ int cmd_generate(int argc, char **argv) {
     cli_error("generate", "--sampler: '%s' is not one of ddim, ddpm, euler_a, dpmpp_2m", sampler_s);
     return CLI_USAGE;
   }
+  /* the service's limits (its defaults: one definition), each raised only by its flag */
+  sg_config lim = sg_config_default_params();
+  char err[1024] = "";
+  if ((max_steps_s && sg_config_set(&lim, "max_steps", max_steps_s, "--max-steps", err, sizeof err)) ||
+      (max_images_s && sg_config_set(&lim, "max_images", max_images_s, "--max-images", err, sizeof err)) ||
+      (max_pixels_s && sg_config_set(&lim, "max_image_pixels", max_pixels_s, "--max-image-pixels", err, sizeof err))) {
+    cli_error("generate", "%s", err);
+    return CLI_USAGE;
+  }
+  if (steps_s && steps > lim.max_steps) {
+    cli_error("generate", "--steps: %lld is above the limit of %d steps (the service's; --max-steps raises it)",
+              (long long)steps, (int)lim.max_steps);
+    return CLI_USAGE;
+  }
+  if (images > lim.max_images) {
+    cli_error("generate", "--images: %lld is above the limit of %d images per run (the service's; --max-images "
+              "raises it)", (long long)images, (int)lim.max_images);
+    return CLI_USAGE;
+  }
+  if (cli_check_model_dir("generate", "--model", model_dir)) return CLI_USAGE;
   int64_t *seeds = NULL;
   int n_runs = 1;
   if (seeds_s) {
@@ -238,13 +263,31 @@ int cmd_generate(int argc, char **argv) {
     seeds[0] = seed;
   }
 
+  /* every output path, checked before any work: a missing folder fails now, not after the last step */
+  for (int r = 0; r < n_runs; r++)
+    for (int64_t k = 0; k < images; k++) {
+      char path[4096];
+      if (output_path(output, seeds[r] + k, (int)(r * images + k), n_runs * images > 1, path, sizeof path)) {
+        cli_error("generate", "--output: path too long");
+        free(seeds);
+        return CLI_USAGE;
+      }
+      if (cli_check_output("generate", "--output", path)) {
+        free(seeds);
+        return CLI_USAGE;
+      }
+    }
+
   int rc = CLI_FAIL;
-  char err[1024] = "";
   sg_image sk = {0};
   float *map = NULL;
   sg_model *m = NULL;
-  if (sketch_path && sg_image_load(sketch_path, sg_image_default_params(), &sk, err, sizeof err)) {
-    cli_error("generate", "--sketch %s: %s", sketch_path, err);
+  sg_image_params ip = sg_image_default_params();
+  ip.max_pixels = lim.max_image_pixels;
+  int irc = sketch_path ? sg_image_load(sketch_path, ip, &sk, err, sizeof err) : 0;
+  if (irc) {
+    cli_error("generate", "--sketch %s: %s%s", sketch_path, err,
+              irc == SG_IMAGE_ETOOBIG ? " (the service's limit; --max-image-pixels raises it)" : "");
     rc = CLI_USAGE;
     goto done;
   }
@@ -276,15 +319,17 @@ int cmd_generate(int argc, char **argv) {
   if (stop_s) p.stop = stop;
   p.stop_step = (int32_t)stop_step;
   if (steps_s) p.steps = (int32_t)steps;
+  else if (p.steps > lim.max_steps) p.steps = lim.max_steps; /* as the service does with the model's default */
   if (cfg_s) p.cfg = cfg;
   if (sampler >= 0) p.sampler = (sg_sampler_kind)sampler;
   if (eta_s) p.eta = eta;
   p.n_images = (int32_t)images;
   if (!quiet && !json)
-    fprintf(stderr, "model %s (%s, %s) loaded in %.1f s%s\n", info->name, info->device, info->dtype, t_load,
+    fprintf(stderr, "model %s (%s, %s, %lld thread%s) loaded in %.1f s%s\n", info->name, info->device, info->dtype,
+            (long long)threads, threads == 1 ? "" : "s", t_load,
             sketch_path ? (inverted ? "; sketch inverted (dark strokes on light)" : "; sketch used as is") : "");
   cli_progress bar;
-  cli_progress_init(&bar, "generate", (int64_t)n_runs * p.steps, quiet || json);
+  cli_progress_init(&bar, "generate: step", (int64_t)n_runs * p.steps, quiet || json, 0);
   progress_ctx pc = {&bar, 0};
   p.progress = on_step;
   p.progress_user = &pc;

@@ -114,6 +114,7 @@ int cmd_info(int argc, char **argv) {
     else cli_unknown(&a);
   }
   if (a.failed) return CLI_USAGE;
+  if (cli_check_model_dir("info", "--model", dir)) return CLI_USAGE;
   char path[4096], err[1024];
   snprintf(path, sizeof path, "%s/model.json", dir);
   json_error_t jerr;

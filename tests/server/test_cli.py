@@ -1,8 +1,13 @@
 """The command line through the real binary: every subcommand's help and errors, tokenize against the Python
 tokenizer and CLIP's vectors, info, edges against tools/edges.py, and generate: the golden image, beta 0 equal to
-unguided, parity with the Python reference sampler, PNG text chunks, several seeds, and edge fidelity."""
+unguided, parity with the Python reference sampler, PNG text chunks, several seeds, and edge fidelity; the command
+line as people use it: a missing model directory, an output folder that does not exist, progress lines in a pipe,
+the service's limits, and train-lgp writing only where it is told, with the encoding's count and time left."""
+import hashlib
 import json
 import os
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -232,3 +237,185 @@ def test_guided_edge_fidelity_beats_unguided(sg, model, tmp_path):
             assert r.returncode == 0, r.stderr
             acc.append(edges.f1(edges.detect(png(out)), sk))
     assert np.mean(f_g) > np.mean(f_u) + 0.15, (f_u, f_g)
+
+
+# --- the command line as people use it ------------------------------------------------------------------------
+
+SERVICE = json.load(open(os.path.join(ROOT, "config", "sketchguide.json")))  # the service's default limits
+STAR = os.path.join(ROOT, "docs", "examples", "star.png")
+
+
+def lines(text):
+    return [l for l in text.splitlines() if l.strip()]
+
+
+@pytest.mark.parametrize("cmd,extra", [("generate", ["--prompt", "x"]), ("info", []), ("train-lgp", ["--data", "."]),
+                                       ("train-lgp", ["--data", ".", "--out", "o"])])
+def test_missing_model_directory_exits_2_with_one_line(sg, tmp_path, cmd, extra):
+    missing = str(tmp_path / "no-such-model")
+    for how in (["--model", missing], []):
+        r = sg(cmd, *how, *extra, env={"SKETCHGUIDE_MODEL": missing}, cwd=tmp_path)
+        assert r.returncode == 2, (how, r)
+        assert len(lines(r.stderr)) == 1 and missing in r.stderr and "--model" in r.stderr, r.stderr
+        assert os.listdir(tmp_path) == [], os.listdir(tmp_path)
+    (tmp_path / "plain").mkdir()
+    r = sg(cmd, "--model", tmp_path / "plain", *extra, cwd=tmp_path)
+    assert r.returncode == 2 and len(lines(r.stderr)) == 1 and "model.json" in r.stderr, r.stderr
+
+
+def test_output_into_a_missing_folder_fails_before_any_work(sg, tmp_path):
+    common = ["--prompt", "a red star on a plain blue background", "--steps", "3"]
+    for out in (tmp_path / "missing" / "x.png", tmp_path / "{seed}" / "x.png", tmp_path / "file.png" / "x.png"):
+        (tmp_path / "file.png").write_bytes(b"")
+        r = sg("generate", *common, "--sketch", STAR, "--seed", "5", "--output", out)
+        assert r.returncode == 2, r
+        # one line, before the model is loaded or a step runs
+        assert lines(r.stderr) == [l for l in lines(r.stderr) if "--output" in l] and len(lines(r.stderr)) == 1, r.stderr
+        assert "loaded" not in r.stderr and "step" not in r.stderr
+    assert sorted(os.listdir(tmp_path)) == ["file.png"]
+    r = sg("generate", *common, "--output", tmp_path)  # a folder, not a file
+    assert r.returncode == 2 and "is a folder" in r.stderr and "step" not in r.stderr, r.stderr
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(sg, tmp_path):
+    """stderr is a pipe here: one line per tenth of the steps (12 steps: every 2), with the time left, no bar."""
+    r = sg("generate", "--prompt", "a red star on a plain blue background", "--steps", "12", "--seed", "1",
+           "--output", tmp_path / "p.png")
+    assert r.returncode == 0, r.stderr
+    assert "\r" not in r.stderr and "\033" not in r.stderr
+    got = re.findall(r"^generate: step (\d+)/12 \(\d+\.\d s(, \d+ s left)?\)$", r.stderr, re.M)
+    assert [int(n) for n, _ in got] == [2, 4, 6, 8, 10, 12], r.stderr
+    assert all(left for n, left in got[:-1]) and not got[-1][1]
+    r = sg("generate", "--prompt", "x", "--steps", "2", "--quiet", "--output", tmp_path / "q.png")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    r = sg("generate", "--prompt", "x", "--steps", "2", "--json", "--output", tmp_path / "j.png")
+    assert r.returncode == 0 and "step" not in r.stderr and json.loads(r.stdout)["path"].endswith("j.png")
+
+
+def test_generate_has_the_service_limits_unless_raised(sg, tmp_path):
+    """Steps, images per run and sketch pixels as the service's defaults (config/sketchguide.json); each flag raises
+    its limit. A missing output folder stops an accepted command before any work, which keeps this quick."""
+    missing = tmp_path / "missing" / "x.png"
+    base = ["generate", "--prompt", "x", "--output", missing]
+    steps, images, pixels = SERVICE["max_steps"], SERVICE["max_images"], SERVICE["max_image_pixels"]
+    for args, needle in ((["--steps", steps + 1], "--max-steps"), (["--images", images + 1], "--max-images"),
+                         (["--steps", steps + 1, "--max-steps", steps], "--max-steps"),
+                         (["--max-steps", "0"], "--max-steps: 0 is out of range")):
+        r = sg(*base, *args)
+        assert r.returncode == 2 and needle in r.stderr and "--output" not in r.stderr, (args, r.stderr)
+        assert len(lines(r.stderr)) == 1
+    for args in (["--steps", steps], ["--images", images], ["--steps", steps + 1, "--max-steps", steps + 1],
+                 ["--images", images + 1, "--max-images", images + 1]):
+        r = sg(*base, *args)
+        assert r.returncode == 2 and "--output" in r.stderr and "limit" not in r.stderr, (args, r.stderr)
+    # the sketch's pixels: refused from the header, before the model loads
+    side = int(pixels ** 0.5) + 1
+    big = tmp_path / "big.png"
+    Image.new("L", (side, side), 255).save(big)
+    out = tmp_path / "o.png"
+    r = sg("generate", "--prompt", "x", "--sketch", big, "--steps", "2", "--output", out)
+    assert r.returncode == 2 and "over the limit" in r.stderr and "--max-image-pixels" in r.stderr, r.stderr
+    assert "loaded" not in r.stderr and not out.exists()
+    r = sg("generate", "--prompt", "x", "--sketch", STAR, "--max-image-pixels", 100, "--steps", "2", "--output", out)
+    assert r.returncode == 2 and "over the limit of 100" in r.stderr and not out.exists(), r.stderr
+
+
+# --- train-lgp: where it writes ---------------------------------------------------------------------------------
+
+def tree(d):
+    """Every file under d with its bytes' hash and mtime: any write shows."""
+    out = {}
+    for root, _, files in os.walk(d):
+        for f in files:
+            p = os.path.join(root, f)
+            out[os.path.relpath(p, d)] = (hashlib.sha256(open(p, "rb").read()).hexdigest(), os.stat(p).st_mtime_ns)
+    return out
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pairs")
+    shapes.write_pairs(str(d), 10, 3)
+    return d
+
+
+@pytest.fixture
+def model_copy(tmp_path):
+    d = tmp_path / "model"
+    shutil.copytree(BUNDLED, d)
+    return d
+
+
+def test_train_lgp_writes_nothing_unasked(sg, tmp_path, pairs, model_copy):
+    """Without --out or --output nothing runs; --output and --checkpoint may not point into the model directory;
+    an output folder that does not exist fails at once. The model (a copy, then the bundled one) is untouched."""
+    before, bundled = tree(model_copy), tree(BUNDLED)
+    quick = ["--data", pairs, "--steps", "1", "--batch", "2"]
+    for env, args, needle in (
+            ({"SKETCHGUIDE_MODEL": str(model_copy)}, [], "--out"),
+            ({}, ["--model", model_copy], "--out"),
+            ({"SKETCHGUIDE_MODEL": ""}, [], "--out"),  # the bundled model
+            ({}, ["--model", model_copy, "--output", model_copy / "lgp.pt"], "inside the model directory"),
+            ({}, ["--model", model_copy, "--output", model_copy / "other.pt"], "inside the model directory"),
+            ({}, ["--model", model_copy, "--output", tmp_path / "p.pt", "--checkpoint", model_copy / "c.ckpt"],
+             "inside the model directory"),
+            ({}, ["--model", model_copy, "--output", tmp_path / "missing" / "p.pt"], "does not exist"),
+            ({}, ["--model", model_copy, "--out", tmp_path / "missing" / "m"], "does not exist"),
+            ({}, ["--model", model_copy, "--out", tmp_path / "m", "--output", tmp_path / "p.pt"], "give one")):
+        r = sg("train-lgp", *quick, *args, env=env, cwd=tmp_path)
+        assert r.returncode == 2 and needle in r.stderr and len(lines(r.stderr)) == 1, (args, r.stderr)
+        assert "encoding" not in r.stderr
+    assert tree(model_copy) == before and tree(BUNDLED) == bundled
+    assert sorted(os.listdir(tmp_path)) == ["model"]
+
+
+def test_train_lgp_out_new_folder_is_a_copy_with_the_new_predictor(sg, tmp_path, pairs, model_copy):
+    """--out NEW: the model copied there, the predictor and model.json's lgp section written there, the source
+    untouched; run again (the same model there) it resumes; a folder with another model is refused. The encoding
+    stage shows its count and time left."""
+    before = tree(model_copy)
+    out = tmp_path / "trained"
+    r = sg("train-lgp", "--model", model_copy, "--data", pairs, "--steps", "1", "--batch", "2", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert tree(model_copy) == before
+    # 3 pairs with distinct captions: 3 images, 3 edge maps, 3 captions
+    assert "encoding the data: 9 inputs" in r.stderr, r.stderr
+    enc = re.findall(r"^encoding (\d+)/9 \(\d+\.\d s(, \d+ s left)?\)$", r.stderr, re.M)
+    assert [int(n) for n, _ in enc] == [3, 6, 9] and enc[0][1] and not enc[-1][1], r.stderr
+    assert r.stderr.index("encoding 9/9") < r.stderr.index("step 1/1")
+    assert "wrote %s" % (out / "lgp.pt") in r.stdout and "model.json updated" in r.stdout, r.stdout
+    src, dst = json.load(open(model_copy / "model.json")), json.load(open(out / "model.json"))
+    assert dst["lgp"]["trained"]["steps"] == 1 and dst["lgp"]["trained"]["by"] == "sketchguide train-lgp"
+    assert src["lgp"] == json.load(open(os.path.join(BUNDLED, "model.json")))["lgp"]
+    for f in ("unet.pt", "vae_encoder.pt", "vae_decoder.pt", "text_encoder.pt", "vocab.json", "merges.txt"):
+        assert open(out / f, "rb").read() == open(model_copy / f, "rb").read(), f
+    assert not (tmp_path / "trained.partial").exists()
+    r = sg("info", "--model", out, "--check")
+    assert r.returncode == 0 and "every module loaded" in r.stderr, r.stderr
+    # again: the folder holds the same model, so it resumes there
+    r = sg("train-lgp", "--model", model_copy, "--data", pairs, "--steps", "1", "--batch", "2", "--out", out)
+    assert r.returncode == 0 and "resumed" in r.stdout, r.stderr
+    assert tree(model_copy) == before
+    # a folder holding another model is refused before any work
+    other = tmp_path / "other"
+    shutil.copytree(out, other)
+    with open(other / "unet.pt", "ab") as f:
+        f.write(b"\0")
+    state = tree(other)
+    r = sg("train-lgp", "--model", model_copy, "--data", pairs, "--steps", "1", "--out", other)
+    assert r.returncode == 2 and "another model" in r.stderr and "unet.pt" in r.stderr, r.stderr
+    assert len(lines(r.stderr)) == 1 and tree(other) == state
+
+
+def test_train_lgp_out_model_itself_and_bad_data_leave_no_copy(sg, tmp_path, pairs, model_copy):
+    """--out naming the model directory itself updates it (asked for); bad data leave no half-made copy."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = sg("train-lgp", "--model", model_copy, "--data", empty, "--steps", "1", "--out", tmp_path / "new", "--quiet")
+    assert r.returncode == 2 and "no (image, caption) pairs" in r.stderr, r.stderr
+    assert sorted(os.listdir(tmp_path)) == ["empty", "model"]
+    r = sg("train-lgp", "--model", model_copy, "--data", pairs, "--steps", "1", "--batch", "2", "--out", model_copy,
+           "--quiet")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert json.load(open(model_copy / "model.json"))["lgp"]["trained"]["steps"] == 1
+    assert (model_copy / "lgp.pt.ckpt").exists()
