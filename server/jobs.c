@@ -78,7 +78,7 @@ struct job {
   int32_t guided_steps;
   blob *images;
   int32_t n_ready;
-  uint64_t fetched;  /* bit i: image i was handed out by sg_jobs_image */
+  uint64_t fetched;  /* bit i: a copy of image i went out (sg_jobs_image, sg_jobs_event_image) */
   int collected;     /* its outcome reached someone: every image fetched, (no images) its final status read or its
                         END delivered to a watcher, or a cancel asked for */
   int counted;       /* it is one of q->n_uncollected: set when it finishes uncollected, cleared (and the count
