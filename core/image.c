@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <turbojpeg.h>
+#include <zlib.h>
 
 #include "errbuf.h"
 
@@ -170,20 +171,28 @@ static uint32_t be32(const uint8_t *b) {
   return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
 }
 
-/* Walks the chunk layout (length, type, data, CRC) from the signature to IEND without reading any chunk's data,
- * so that a chunk declaring more bytes than the data holds is refused before libpng allocates for it, and a file
- * of countless small chunks before libpng parses them. CRCs, chunk order and contents are left to libpng.
- * Returns 0 or a negative SG_IMAGE_E* code. */
+/* Walks the chunk layout (length, type, data, CRC) from the signature to IEND before libpng runs, so that a
+ * chunk declaring more bytes than the data holds is refused before libpng allocates for it, and a file of
+ * countless small chunks before libpng parses them. It also checks what libpng would only check past the last
+ * row: chunk types are letters and critical chunks' CRCs match (libpng discards ancillary chunks with a bad CRC,
+ * and so does this). Chunk order and contents are left to libpng. Returns 0 or a negative SG_IMAGE_E* code. */
 static int png_scan_chunks(const uint8_t *data, size_t len, char *err, size_t errlen) {
   size_t pos = sizeof png_signature, chunks = 0;
   while (len - pos >= 8) {
     uint32_t n = be32(data + pos);
     char type[5];
+    int letters = 1;
     for (int i = 0; i < 4; i++) {
       uint8_t c = data[pos + 4 + i];
-      type[i] = (char)((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ? c : '?');
+      int letter = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+      type[i] = (char)(letter ? c : '?');
+      letters &= letter;
     }
     type[4] = 0;
+    if (!letters) {
+      sg_set_err(err, errlen, "corrupt PNG: the chunk at byte %zu has an invalid type", pos);
+      return SG_IMAGE_ECORRUPT;
+    }
     if (n > 0x7fffffff) {
       sg_set_err(err, errlen, "corrupt PNG: the %s chunk at byte %zu declares %lu bytes, over 2^31 - 1", type, pos,
                  (unsigned long)n);
@@ -192,6 +201,11 @@ static int png_scan_chunks(const uint8_t *data, size_t len, char *err, size_t er
     if (n > len - pos - 8 || len - pos - 8 - n < 4) {
       sg_set_err(err, errlen, "truncated PNG (%zu bytes): the %s chunk at byte %zu declares %lu bytes, %zu remain",
                  len, type, pos, (unsigned long)n, len - pos - 8);
+      return SG_IMAGE_ECORRUPT;
+    }
+    if (type[0] >= 'A' && type[0] <= 'Z' &&
+        crc32(crc32(0L, Z_NULL, 0), data + pos + 4, 4 + n) != be32(data + pos + 8 + n)) {
+      sg_set_err(err, errlen, "corrupt PNG: the %s chunk at byte %zu has a bad CRC", type, pos);
       return SG_IMAGE_ECORRUPT;
     }
     if (!memcmp(data + pos + 4, "IEND", 4)) return 0;
@@ -205,6 +219,58 @@ static int png_scan_chunks(const uint8_t *data, size_t len, char *err, size_t er
   return SG_IMAGE_ECORRUPT;
 }
 
+/* Inflates the IDAT stream once with its output discarded, and refuses it (ECORRUPT) when it holds more than the
+ * bytes its IHDR implies (filter bytes and rows of every pass) plus 64 KiB: libpng, once it has the last row,
+ * inflates whatever follows in 1 KiB steps to warn of extra data, and 16 MiB of deflated zeros are 16 GiB of it.
+ * An unknown layout or a broken stream is left to libpng to report. Returns 0 or SG_IMAGE_ECORRUPT. */
+static int png_check_idat_size(const uint8_t *data, size_t len, char *err, size_t errlen) {
+  static const int samples[7] = {1, 0, 3, 1, 2, 0, 4};
+  static const uint8_t adam7[7][4] = {{0, 0, 8, 8}, {4, 0, 8, 8}, {0, 4, 4, 8}, {2, 0, 4, 4},
+                                      {0, 2, 2, 4}, {1, 0, 2, 2}, {0, 1, 1, 2}};
+  uint64_t w = be32(data + 16), h = be32(data + 20);
+  int depth = data[24], type = data[25], interlace = data[28];
+  if (type > 6 || !samples[type] || depth < 1 || depth > 16 || interlace > 1) return 0;
+  uint64_t bits = (uint64_t)samples[type] * (uint64_t)depth, want = 0;
+  for (int p = 0; p < (interlace ? 7 : 1); p++) {
+    const uint8_t *a = interlace ? adam7[p] : (const uint8_t[4]){0, 0, 1, 1};
+    uint64_t cols = w > a[0] ? (w - a[0] + a[2] - 1) / a[2] : 0, rows = h > a[1] ? (h - a[1] + a[3] - 1) / a[3] : 0;
+    if (cols && rows) want += rows * (1 + (cols * bits + 7) / 8);
+  }
+  z_stream z;
+  memset(&z, 0, sizeof z);
+  if (inflateInit(&z) != Z_OK) return 0; /* libpng will meet the same shortage */
+  uint8_t out[1 << 16];
+  uint64_t got = 0;
+  int ret = Z_OK;
+  for (size_t pos = sizeof png_signature; ret == Z_OK && len - pos >= 12;) {
+    uint32_t n = be32(data + pos);
+    if (!memcmp(data + pos + 4, "IEND", 4)) break;
+    if (!memcmp(data + pos + 4, "IDAT", 4)) {
+      z.next_in = (Bytef *)(uintptr_t)(data + pos + 8);
+      z.avail_in = n;
+      while (ret == Z_OK && (z.avail_in > 0 || z.avail_out == 0)) {
+        z.next_out = out;
+        z.avail_out = sizeof out;
+        ret = inflate(&z, Z_NO_FLUSH);
+        got += sizeof out - z.avail_out;
+        if (got > want + sizeof out) break;
+        if (ret == Z_BUF_ERROR) ret = Z_OK; /* wants the next chunk */
+        if (z.avail_in == 0 && z.avail_out != 0) break;
+      }
+    }
+    if (got > want + sizeof out) break;
+    pos += 12 + (size_t)n; /* png_scan_chunks has checked every length */
+  }
+  inflateEnd(&z);
+  if (got > want + sizeof out) {
+    sg_set_err(err, errlen, "corrupt PNG: its image data inflates to over %llu bytes, where a %llu x %llu image "
+               "needs %llu", (unsigned long long)got, (unsigned long long)w, (unsigned long long)h,
+               (unsigned long long)want);
+    return SG_IMAGE_ECORRUPT;
+  }
+  return 0;
+}
+
 static int decode_png(const uint8_t *data, size_t len, sg_image_params p, sg_image *out, char *err, size_t errlen) {
   /* The size is refused from the IHDR bytes alone, even when nothing valid follows them; libpng checks the
    * chunk itself below. */
@@ -216,6 +282,7 @@ static int decode_png(const uint8_t *data, size_t len, sg_image_params p, sg_ima
     }
   }
   int rc = png_scan_chunks(data, len, err, errlen);
+  if (!rc && len >= 33 && memcmp(data + 12, "IHDR", 4) == 0) rc = png_check_idat_size(data, len, err, errlen);
   if (rc) return rc;
   png_reader r;
   memset(&r, 0, sizeof r);
@@ -246,6 +313,41 @@ static int decode_png(const uint8_t *data, size_t len, sg_image_params p, sg_ima
 }
 
 /* ---- JPEG decoding ---- */
+
+/* Counts the scans (SOS markers) of a JPEG by walking its markers and skipping each scan's entropy-coded data,
+ * as libjpeg reads them, so that a progressive file of countless cheap scans (each one makes libjpeg visit every
+ * block of the image) is refused before decoding. Stops quietly where the structure breaks: libjpeg then reports
+ * it. Returns 0, or SG_IMAGE_ETOOBIG past SG_IMAGE_JPEG_MAX_SCANS scans. */
+static int jpeg_check_scans(const uint8_t *d, size_t len, char *err, size_t errlen) {
+  size_t pos = 2, scans = 0;
+  while (pos + 4 <= len && d[pos] == 0xff) {
+    while (pos + 4 <= len && d[pos + 1] == 0xff) pos++; /* fill bytes */
+    uint8_t m = d[pos + 1];
+    if (m == 0xd9 || m == 0x00 || pos + 4 > len) break;
+    if ((m >= 0xd0 && m <= 0xd7) || m == 0x01) { /* RSTn, TEM: no length */
+      pos += 2;
+      continue;
+    }
+    size_t seg = (size_t)d[pos + 2] << 8 | d[pos + 3];
+    if (seg < 2 || seg > len - pos - 2) break;
+    pos += 2 + seg;
+    if (m != 0xda) continue;
+    if (++scans > SG_IMAGE_JPEG_MAX_SCANS) {
+      sg_set_err(err, errlen, "JPEG has more than %d scans, the limit", SG_IMAGE_JPEG_MAX_SCANS);
+      return SG_IMAGE_ETOOBIG;
+    }
+    /* entropy-coded data runs to the next marker other than a stuffed zero or RSTn */
+    for (;;) {
+      const uint8_t *ff = pos < len ? memchr(d + pos, 0xff, len - pos) : NULL;
+      if (!ff || (size_t)(ff - d) + 1 >= len) return 0;
+      pos = (size_t)(ff - d);
+      uint8_t next = d[pos + 1];
+      if (next != 0x00 && !(next >= 0xd0 && next <= 0xd7)) break; /* a marker, perhaps after fill bytes */
+      pos += 2;
+    }
+  }
+  return 0;
+}
 
 static int decode_jpeg(const uint8_t *data, size_t len, sg_image_params p, sg_image *out, char *err,
                        size_t errlen) {
@@ -279,6 +381,7 @@ static int decode_jpeg(const uint8_t *data, size_t len, sg_image_params p, sg_im
     goto done;
   }
   if ((rc = check_size("JPEG", w, h, p.max_pixels, err, errlen)) != 0) goto done;
+  if ((rc = jpeg_check_scans(data, len, err, errlen)) != 0) goto done;
   int ch = colorspace == TJCS_GRAY ? 1 : 3;
   pixels = malloc((size_t)w * (size_t)h * (size_t)ch);
   if (!pixels) {
@@ -286,8 +389,8 @@ static int decode_jpeg(const uint8_t *data, size_t len, sg_image_params p, sg_im
     rc = SG_IMAGE_ENOMEM;
     goto done;
   }
-  /* A warning (such as premature end of data) leaves part of the image grey: stop and call it corrupt. The scan
-   * limit guards against progressive files built to take forever. */
+  /* A warning (such as premature end of data) leaves part of the image grey: stop and call it corrupt. libjpeg's
+   * own scan limit (500) backs up jpeg_check_scans. */
   if (tjDecompress2(tj, data, (unsigned long)len, pixels, w, 0, h, ch == 1 ? TJPF_GRAY : TJPF_RGB,
                     TJFLAG_ACCURATEDCT | TJFLAG_STOPONWARNING | TJFLAG_LIMITSCANS) != 0) {
     const char *msg = tjGetErrorStr2(tj);

@@ -24,14 +24,15 @@
  * (SG_IMAGE_EUNSUPPORTED); EXIF orientation is not applied.
  *
  * Cost of one decode, bounded before allocation (docs/config.md gives the figures measured at the default):
- * PNG: the chunk layout is walked first, so a chunk that declares more bytes than the data holds is refused at
- * once (ECORRUPT), as is a file with more than SG_IMAGE_PNG_MAX_CHUNKS chunks besides IDAT (ETOOBIG). Every
- * ancillary chunk but tRNS (text, zTXt, iTXt, sPLT, iCCP, eXIf, ...) is skipped unread: nothing is inflated but
- * the image data, and the image data only up to width x height pixels (at most 1 KiB more is inflated to
- * notice extra data). Memory: the pixels (at most 4 bytes a pixel) plus two libpng rows of the file's samples
- * (at most 8 bytes a pixel of one row each) plus under 100 KiB. JPEG: the pixels (3 bytes a pixel), plus for
- * progressive and multi-scan files libjpeg's coefficient buffer (2 bytes a sample, 6 a pixel for 4:4:4 color),
- * with at most 500 scans (more is ECORRUPT). Time grows with the pixels and the data's size.
+ * PNG: the chunk layout is walked first (critical chunks' CRCs checked), so a chunk that declares more bytes
+ * than the data holds is refused at once (ECORRUPT), as is a file with more than SG_IMAGE_PNG_MAX_CHUNKS chunks
+ * besides IDAT (ETOOBIG). Every ancillary chunk but tRNS (tEXt, zTXt, iTXt, sPLT, iCCP, eXIf, ...) is skipped
+ * unread: nothing is inflated but the image data, and that only up to the last row (image data past it is
+ * ignored). Memory: the pixels (at most 4 bytes a pixel) plus two libpng rows of the file's samples (at most 8
+ * bytes a pixel of the width each) plus under 1 MiB. JPEG: the scans are counted first (more than
+ * SG_IMAGE_JPEG_MAX_SCANS is ETOOBIG); memory is the pixels (3 bytes a pixel) plus, for progressive and
+ * multi-scan files, libjpeg's coefficient buffer (2 bytes a sample: 6 a pixel for 4:4:4 color) plus under 2 MiB.
+ * Time grows with the pixels, the scans and the data's size.
  *
  * Every function returns 0 (SG_IMAGE_OK) or a negative SG_IMAGE_E* code with a message in err (errlen bytes,
  * may be NULL). Nothing here prints, exits or keeps global state: all calls are thread-safe.
@@ -62,12 +63,15 @@ typedef struct {
 
 /* A PNG with more chunks than this besides IDAT is refused (SG_IMAGE_ETOOBIG) before libpng reads it. */
 #define SG_IMAGE_PNG_MAX_CHUNKS 1000
+/* A JPEG with more scans than this is refused (SG_IMAGE_ETOOBIG) before decoding: libjpeg visits every block of
+ * the image in each progressive scan, and encoders write at most a few dozen (libjpeg's progressive mode 10). */
+#define SG_IMAGE_JPEG_MAX_SCANS 100
 
 enum {
   SG_IMAGE_OK = 0,
   SG_IMAGE_EINVAL = -1,       /* a bad argument */
   SG_IMAGE_EUNSUPPORTED = -2, /* not PNG/JPEG by magic bytes, or an unsupported variant (CMYK JPEG) */
-  SG_IMAGE_ETOOBIG = -3,      /* width x height over max_pixels, or a PNG over SG_IMAGE_PNG_MAX_CHUNKS */
+  SG_IMAGE_ETOOBIG = -3,      /* width x height over max_pixels, or over SG_IMAGE_PNG_MAX_CHUNKS or _JPEG_MAX_SCANS */
   SG_IMAGE_ECORRUPT = -4,     /* truncated or corrupt */
   SG_IMAGE_ENOMEM = -5,       /* out of memory */
   SG_IMAGE_EIO = -6,          /* file read/write */
@@ -85,8 +89,8 @@ const char *sg_image_format_name(sg_image_format f);
 
 /* Decodes len bytes of PNG or JPEG data (not retained) into *out, which the caller frees with sg_image_free.
  * Returns 0, or a negative SG_IMAGE_E* code with *out zeroed: EUNSUPPORTED for other data (also empty data),
- * ETOOBIG over p.max_pixels (or over SG_IMAGE_PNG_MAX_CHUNKS), ECORRUPT for truncated or corrupt data (a PNG
- * chunk longer than the data left, a JPEG of more than 500 scans), ENOMEM. */
+ * ETOOBIG over p.max_pixels (or over SG_IMAGE_PNG_MAX_CHUNKS or SG_IMAGE_JPEG_MAX_SCANS), ECORRUPT for truncated
+ * or corrupt data (also a PNG chunk longer than the data left), ENOMEM. */
 int sg_image_decode(const uint8_t *data, size_t len, sg_image_params p, sg_image *out, char *err, size_t errlen);
 
 /* Reads the file at path and decodes it as sg_image_decode does. Returns 0 or a negative SG_IMAGE_E* code

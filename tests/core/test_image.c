@@ -5,6 +5,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <turbojpeg.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -512,6 +515,392 @@ static void test_malformed(void) {
   free(gray);
 }
 
+/* ---- hostile input: each decode in a fresh process, its peak RSS growth against a bound from max_pixels ---- */
+
+/* A growing byte buffer for the files built below. */
+typedef struct {
+  uint8_t *b;
+  size_t len, cap;
+} bytes;
+
+static void put(bytes *o, const void *p, size_t n) {
+  if (o->len + n > o->cap) {
+    while (o->len + n > o->cap) o->cap = o->cap ? o->cap * 2 : 4096;
+    o->b = realloc(o->b, o->cap);
+    if (!o->b) abort();
+  }
+  memcpy(o->b + o->len, p, n);
+  o->len += n;
+}
+
+static void put32(bytes *o, uint32_t v) {
+  uint8_t b[4] = {v >> 24, v >> 16, v >> 8, v};
+  put(o, b, 4);
+}
+
+/* A chunk of n data bytes whose length field says declared, with the CRC of what is written. */
+static void png_chunk(bytes *o, const char *type, const void *data, uint32_t n, uint32_t declared) {
+  put32(o, declared);
+  size_t at = o->len;
+  put(o, type, 4);
+  if (n) put(o, data, n);
+  put32(o, (uint32_t)crc32(0, o->b + at, 4 + n));
+}
+
+static void png_start(bytes *o, uint32_t w, uint32_t h, int depth, int color_type) {
+  static const uint8_t sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+  uint8_t ihdr[13] = {w >> 24, w >> 16, w >> 8, w, h >> 24, h >> 16, h >> 8, h, (uint8_t)depth, (uint8_t)color_type,
+                      0, 0, 0};
+  put(o, sig, 8);
+  png_chunk(o, "IHDR", ihdr, 13, 13);
+}
+
+/* zlib data inflating to n zero bytes (level 9: about 1030 to 1). */
+static void zeros_deflated(bytes *o, uint64_t n) {
+  static uint8_t zero[1 << 16], buf[1 << 16];
+  z_stream z;
+  memset(&z, 0, sizeof z);
+  deflateInit(&z, 9);
+  int flush;
+  do {
+    size_t k = n < sizeof zero ? (size_t)n : sizeof zero;
+    n -= k;
+    z.next_in = zero;
+    z.avail_in = (uInt)k;
+    flush = n ? Z_NO_FLUSH : Z_FINISH;
+    do {
+      z.next_out = buf;
+      z.avail_out = sizeof buf;
+      deflate(&z, flush);
+      put(o, buf, sizeof buf - z.avail_out);
+    } while (z.avail_out == 0);
+  } while (flush != Z_FINISH);
+  deflateEnd(&z);
+}
+
+/* A w x h PNG (filter 0, all samples zero) whose IDAT inflates to exactly its rows, or to extra more bytes. */
+static void png_zero_image(bytes *o, uint32_t w, uint32_t h, int depth, int color_type, uint64_t extra) {
+  static const int samples[7] = {1, 0, 3, 1, 2, 0, 4};
+  png_start(o, w, h, depth, color_type);
+  if (color_type == 3) {
+    uint8_t plte[3] = {0, 0, 0};
+    png_chunk(o, "PLTE", plte, 3, 3);
+  }
+  bytes z = {0};
+  uint64_t rowbytes = ((uint64_t)w * samples[color_type] * depth + 7) / 8;
+  zeros_deflated(&z, (uint64_t)h * (1 + rowbytes) + extra);
+  png_chunk(o, "IDAT", z.b, (uint32_t)z.len, (uint32_t)z.len);
+  free(z.b);
+}
+
+static void png_finish(bytes *o) { png_chunk(o, "IEND", NULL, 0, 0); }
+
+/* A 4096 x 4096 gray progressive JPEG of all-zero coefficients with 1 + 63 x 14 = 883 scans, each valid in
+ * sequence (DC, then every AC coefficient alone at Al 13 and refined bit by bit to 0), coded with end-of-band
+ * runs so that each AC scan takes a few bytes yet makes libjpeg visit all 262144 blocks. With scans_kept below
+ * 883 only that many scans are written, a file libjpeg decodes without complaint. */
+typedef struct {
+  bytes *o;
+  uint32_t acc;
+  int n;
+} bitw;
+
+static void bits(bitw *w, uint32_t v, int n) {
+  for (int i = n - 1; i >= 0; i--) {
+    w->acc = w->acc << 1 | ((v >> i) & 1);
+    if (++w->n == 8) {
+      uint8_t b = (uint8_t)w->acc, zero = 0;
+      put(w->o, &b, 1);
+      if (b == 0xff) put(w->o, &zero, 1); /* byte stuffing */
+      w->acc = 0;
+      w->n = 0;
+    }
+  }
+}
+
+static void bits_flush(bitw *w) {
+  while (w->n) bits(w, 1, 1);
+}
+
+static void jpeg_many_scans(bytes *o, int scans_kept) {
+  enum { SIDE = 4096, BLOCKS = (SIDE / 8) * (SIDE / 8) };
+  static const uint8_t soi[2] = {0xff, 0xd8}, eoi[2] = {0xff, 0xd9};
+  put(o, soi, 2);
+  uint8_t dqt[5 + 64] = {0xff, 0xdb, 0, 67, 0};
+  memset(dqt + 5, 1, 64);
+  put(o, dqt, sizeof dqt);
+  uint8_t sof2[] = {0xff, 0xc2, 0, 11, 8, SIDE >> 8, SIDE & 0xff, SIDE >> 8, SIDE & 0xff, 1, 1, 0x11, 0};
+  put(o, sof2, sizeof sof2);
+  /* DC table 0: category 0 only, code 0. AC table 0: EOB14 (run of 2^14 + 14 bits) code 0, EOB3 code 10. */
+  uint8_t dht[] = {0xff, 0xc4, 0, 2 + 17 + 1 + 17 + 2, 0x00, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                   0x10, 1,    1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,    0, 0, 0xe0, 0x30};
+  put(o, dht, sizeof dht);
+  int scans = 0;
+  for (int k = 0; k <= 63 && scans < scans_kept; k++) {
+    for (int al = k ? 13 : 0; al >= 0 && scans < scans_kept; al--, scans++) {
+      int ah = k && al < 13 ? al + 1 : 0;
+      uint8_t sos[] = {0xff, 0xda, 0, 8, 1, 1, 0x00, (uint8_t)k, (uint8_t)k, (uint8_t)(ah << 4 | al)};
+      put(o, sos, sizeof sos);
+      bitw w = {o, 0, 0};
+      if (k == 0) {
+        for (int b = 0; b < BLOCKS; b++) bits(&w, 0, 1);
+      } else {
+        int left = BLOCKS;
+        for (; left >= 32767; left -= 32767) bits(&w, 0, 1), bits(&w, 32767 - 16384, 14);
+        if (left) bits(&w, 2, 2), bits(&w, (uint32_t)left - 8, 3); /* EOB3: 8 to 15 blocks */
+      }
+      bits_flush(&w);
+    }
+  }
+  put(o, eoi, 2);
+}
+
+/* What one decode in a child process did. */
+typedef struct {
+  int rc;
+  double seconds;
+  long grew_kib; /* VmHWM after minus before, -1 when unknown */
+  int32_t width, height, channels;
+  char err[256];
+} decode_cost;
+
+static long vm_hwm_kib(void) {
+  FILE *f = fopen("/proc/self/status", "r");
+  char line[256];
+  long v = -1;
+  while (f && fgets(line, sizeof line, f))
+    if (!strncmp(line, "VmHWM:", 6)) v = atol(line + 6);
+  if (f) fclose(f);
+  return v;
+}
+
+/* Decodes data in a forked child (its peak RSS starts from its own, not this process's, and the libraries' code
+ * is paged in first by decoding two tiny images) and reports rc, time and the peak's growth. */
+static decode_cost measure_decode(const uint8_t *data, size_t len, sg_image_params p) {
+  decode_cost c;
+  memset(&c, 0, sizeof c);
+  c.rc = 1;
+  int fd[2];
+  if (pipe(fd)) return c;
+  fflush(NULL);
+  pid_t pid = fork();
+  if (pid == 0) {
+    close(fd[0]);
+    sg_image im;
+    char e[256];
+    uint8_t one = 9, *png, *jpg = NULL;
+    size_t png_len;
+    unsigned long jpg_len = 0;
+    if (sg_png_encode(&one, 1, 1, 1, NULL, 0, &png, &png_len, e, sizeof e) == 0) {
+      sg_image_decode(png, png_len, p, &im, e, sizeof e);
+      sg_image_free(&im);
+      free(png);
+    }
+    tjhandle tj = tjInitCompress();
+    uint8_t rgb[8 * 8 * 3] = {0};
+    if (tj && tjCompress2(tj, rgb, 8, 0, 8, TJPF_RGB, &jpg, &jpg_len, TJSAMP_444, 90, TJFLAG_PROGRESSIVE) == 0) {
+      sg_image_decode(jpg, jpg_len, p, &im, e, sizeof e);
+      sg_image_free(&im);
+    }
+    tjFree(jpg);
+    tjDestroy(tj);
+    FILE *f = fopen("/proc/self/clear_refs", "w"); /* resets VmHWM to the current RSS where allowed */
+    if (f) {
+      fputs("5", f);
+      fclose(f);
+    }
+    long before = vm_hwm_kib();
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    decode_cost r;
+    memset(&r, 0, sizeof r);
+    r.rc = sg_image_decode(data, len, p, &im, r.err, sizeof r.err);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    long after = vm_hwm_kib();
+    r.grew_kib = before >= 0 && after >= 0 ? after - before : -1;
+    r.seconds = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    r.width = im.width, r.height = im.height, r.channels = im.channels;
+    sg_image_free(&im);
+    ssize_t put_n = write(fd[1], &r, sizeof r);
+    _exit(put_n == (ssize_t)sizeof r ? 0 : 1);
+  }
+  close(fd[1]);
+  if (pid > 0) {
+    ssize_t got = read(fd[0], &c, sizeof c);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (got != (ssize_t)sizeof c || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      memset(&c, 0, sizeof c);
+      c.rc = 1;
+      snprintf(c.err, sizeof c.err, "the decoding child died (status %d)", status);
+    }
+  }
+  close(fd[0]);
+  return c;
+}
+
+/* One hostile case: the code and message wanted, and the bound on the peak RSS growth in KiB. */
+static void expect_cost(const char *what, const bytes *file, sg_image_params p, int want_rc, const char *want_err,
+                        long bound_kib) {
+  decode_cost c = measure_decode(file->b, file->len, p);
+  printf("hostile %-44s %8zu bytes: rc %d, peak RSS +%ld KiB (bound %ld), %.3f s%s%s\n", what, file->len, c.rc,
+         c.grew_kib, bound_kib, c.seconds, c.rc ? ": " : "", c.rc ? c.err : "");
+  CHECK(c.rc == want_rc, "%s: rc %d (%s), want %d", what, c.rc, c.err, want_rc);
+  CHECK(!want_err || strstr(c.err, want_err), "%s: message \"%s\" lacks \"%s\"", what, c.err, want_err);
+  CHECK(c.grew_kib >= 0 && c.grew_kib <= bound_kib, "%s: peak RSS grew by %ld KiB, over the bound of %ld KiB", what,
+        c.grew_kib, bound_kib);
+}
+
+/* The PNG bound: the pixels kept, two libpng rows of the file's samples, and 1 MiB for libpng and zlib. */
+static long png_bound_kib(uint64_t w, uint64_t h, int out_channels, int in_bytes_per_pixel) {
+  return (long)((w * h * (uint64_t)out_channels + 2 * (w * (uint64_t)in_bytes_per_pixel + 1)) / 1024) + 1024;
+}
+
+static void test_hostile(void) {
+  sg_image_params p = sg_image_default_params();
+  const long small = 1024; /* KiB: what a refused or pixel-free decode may cost, libpng and zlib included */
+  /* a chunk declaring 2^31 - 1 bytes after a valid 1 x 1 header: 2 GiB and seconds in libpng 1.6 */
+  const char *text_types[] = {"tEXt", "zTXt", "iTXt", "sPLT", "iCCP", "eXIf", "prIv"};
+  for (size_t i = 0; i < sizeof text_types / sizeof *text_types; i++) {
+    bytes f = {0};
+    png_start(&f, 1, 1, 8, 2);
+    uint8_t body[100];
+    memset(body, 'a', sizeof body);
+    memcpy(body, "Comment", 8);
+    png_chunk(&f, text_types[i], body, sizeof body, 0x7fffffff);
+    char what[64];
+    snprintf(what, sizeof what, "%s declaring 2^31-1 bytes", text_types[i]);
+    expect_cost(what, &f, p, SG_IMAGE_ECORRUPT, "declares 2147483647 bytes", small);
+    free(f.b);
+  }
+  /* real compressed text and profiles inflating to 256 MiB, in a 1 x 1 image that is otherwise fine */
+  const char *bomb_types[] = {"zTXt", "iTXt", "iCCP"};
+  const char *bomb_heads[] = {"Comment\0\0", "Comment\0\1\0\0\0", "icc\0\0"};
+  const size_t head_len[] = {9, 12, 5};
+  for (size_t i = 0; i < 3; i++) {
+    bytes z = {0}, f = {0};
+    put(&z, bomb_heads[i], head_len[i]);
+    zeros_deflated(&z, (uint64_t)256 << 20);
+    png_start(&f, 1, 1, 8, 0);
+    png_chunk(&f, bomb_types[i], z.b, (uint32_t)z.len, (uint32_t)z.len);
+    bytes idat = {0};
+    zeros_deflated(&idat, 2);
+    png_chunk(&f, "IDAT", idat.b, (uint32_t)idat.len, (uint32_t)idat.len);
+    png_finish(&f);
+    char what[64];
+    snprintf(what, sizeof what, "%s inflating to 256 MiB", bomb_types[i]);
+    expect_cost(what, &f, p, 0, NULL, small);
+    free(z.b);
+    free(f.b);
+    free(idat.b);
+  }
+  /* many chunks: IHDR and 999 tEXt are the limit and pass, one more is refused before libpng parses any */
+  const int counts[] = {SG_IMAGE_PNG_MAX_CHUNKS - 1, SG_IMAGE_PNG_MAX_CHUNKS, 100000};
+  for (size_t c = 0; c < sizeof counts / sizeof *counts; c++) {
+    int n = counts[c];
+    bytes f = {0};
+    png_start(&f, 1, 1, 8, 0);
+    for (int i = 0; i < n; i++) png_chunk(&f, "tEXt", "k\0v", 3, 3);
+    bytes idat = {0};
+    zeros_deflated(&idat, 2);
+    png_chunk(&f, "IDAT", idat.b, (uint32_t)idat.len, (uint32_t)idat.len);
+    png_finish(&f);
+    char what[64];
+    snprintf(what, sizeof what, "%d tEXt chunks", n);
+    expect_cost(what, &f, p, n < SG_IMAGE_PNG_MAX_CHUNKS ? 0 : SG_IMAGE_ETOOBIG,
+                n < SG_IMAGE_PNG_MAX_CHUNKS ? NULL : "more than 1000 chunks", small);
+    free(f.b);
+    free(idat.b);
+  }
+  /* decompression bombs: a small IDAT filling the largest image allowed decodes within the bound */
+  struct {
+    const char *what;
+    uint32_t w, h;
+    int depth, color_type, out_ch, in_bpp;
+  } bombs[] = {
+      {"4096 x 4096 RGBA 16-bit from zeros", 4096, 4096, 16, 6, 4, 8},
+      {"2^24 x 1 RGBA 16-bit from zeros (widest rows)", 1u << 24, 1, 16, 6, 4, 8},
+      {"1 x 2^24 gray from zeros (most rows)", 1, 1u << 24, 8, 0, 1, 1},
+      {"4096 x 4096 palette 1-bit from zeros", 4096, 4096, 1, 3, 3, 1},
+  };
+  for (size_t i = 0; i < sizeof bombs / sizeof *bombs; i++) {
+    bytes f = {0};
+    png_zero_image(&f, bombs[i].w, bombs[i].h, bombs[i].depth, bombs[i].color_type, 0);
+    png_finish(&f);
+    expect_cost(bombs[i].what, &f, p, 0, NULL,
+                png_bound_kib(bombs[i].w, bombs[i].h, bombs[i].out_ch, bombs[i].in_bpp));
+    free(f.b);
+  }
+  /* image data inflating far past the image is refused once 64 KiB too many have come out (libpng would go on
+   * to the end: 16 GiB for 16 MiB of deflated zeros); a little extra is ignored as libpng ignores it */
+  bytes f = {0};
+  png_zero_image(&f, 1, 1, 8, 0, (uint64_t)256 << 20);
+  png_finish(&f);
+  expect_cost("1 x 1 whose IDAT inflates to 256 MiB", &f, p, SG_IMAGE_ECORRUPT, "image data inflates to over",
+              small);
+  free(f.b);
+  f = (bytes){0};
+  png_zero_image(&f, 1, 1, 8, 0, 60000);
+  png_finish(&f);
+  expect_cost("1 x 1 whose IDAT has 60000 bytes too many", &f, p, 0, NULL, small);
+  free(f.b);
+  /* the largest header with its data cut short: refused, the pixels never touched */
+  f = (bytes){0};
+  png_start(&f, 4096, 4096, 16, 6);
+  bytes idat = {0};
+  zeros_deflated(&idat, 1000);
+  png_chunk(&f, "IDAT", idat.b, (uint32_t)idat.len, (uint32_t)idat.len);
+  png_finish(&f);
+  expect_cost("4096 x 4096 RGBA 16-bit, 1000 bytes of data", &f, p, SG_IMAGE_ECORRUPT, "corrupt PNG", small);
+  free(f.b);
+  free(idat.b);
+
+  /* JPEG: the largest progressive color image allowed (libjpeg keeps every coefficient: 2 bytes a sample) */
+  tjhandle tj = tjInitCompress();
+  CHECK(tj != NULL, "tjInitCompress");
+  if (!tj) return;
+  uint8_t *rgb = calloc((size_t)4096 * 4096, 3), *jpg = NULL;
+  unsigned long jpg_len = 0;
+  for (size_t i = 0; i < (size_t)4096 * 4096 * 3; i += 97) rgb[i] = (uint8_t)rnd();
+  CHECK(tjCompress2(tj, rgb, 4096, 0, 4096, TJPF_RGB, &jpg, &jpg_len, TJSAMP_444, 75, TJFLAG_PROGRESSIVE) == 0,
+        "progressive 4096^2: %s", tjGetErrorStr2(tj));
+  free(rgb);
+  f = (bytes){jpg, (size_t)jpg_len, (size_t)jpg_len};
+  /* pixels 3 bytes a pixel, coefficients 6, and 2 MiB for libjpeg's rows and tables */
+  expect_cost("progressive 4096 x 4096 4:4:4 JPEG", &f, p, 0, NULL, (long)((uint64_t)4096 * 4096 * 9 / 1024) + 2048);
+  tjFree(jpg);
+  tjDestroy(tj);
+  /* many scans: the limit decodes, one more is refused before decoding (libjpeg's own limit is 500) */
+  const int scans[] = {SG_IMAGE_JPEG_MAX_SCANS, SG_IMAGE_JPEG_MAX_SCANS + 1, 883};
+  for (size_t i = 0; i < sizeof scans / sizeof *scans; i++) {
+    f = (bytes){0};
+    jpeg_many_scans(&f, scans[i]);
+    char what[64];
+    snprintf(what, sizeof what, "gray 4096 x 4096 JPEG of %d scans", scans[i]);
+    int over = scans[i] > SG_IMAGE_JPEG_MAX_SCANS;
+    /* gray: pixels 1 byte a pixel, coefficients 2 */
+    expect_cost(what, &f, p, over ? SG_IMAGE_ETOOBIG : 0, over ? "more than 100 scans" : NULL,
+                over ? small : (long)((uint64_t)4096 * 4096 * 3 / 1024) + 2048);
+    free(f.b);
+  }
+  /* 200 comment markers of 65533 bytes each are skipped in place */
+  size_t small_len;
+  uint8_t *small_jpg = read_file("rgb.jpg", &small_len);
+  CHECK(small_jpg != NULL, "rgb.jpg");
+  if (small_jpg) {
+    f = (bytes){0};
+    put(&f, small_jpg, 2);
+    uint8_t *com = calloc(65535, 1);
+    com[0] = 0xff, com[1] = 0xfe, com[2] = 0xff, com[3] = 0xfd; /* 2 marker bytes, 65533 counted */
+    for (int i = 0; i < 200; i++) put(&f, com, 65535);
+    put(&f, small_jpg + 2, small_len - 2);
+    free(com);
+    expect_cost("JPEG after 200 COM markers of 64 KiB", &f, p, 0, NULL, small);
+    free(f.b);
+    free(small_jpg);
+  }
+}
+
 int main(int argc, char **argv) {
   if (argc != 2) {
     fprintf(stderr, "usage: %s DATA_DIR (tests/core/data/images)\n", argv[0]);
@@ -523,6 +912,7 @@ int main(int argc, char **argv) {
   json_error_t jerr;
   json_t *root = json_load_file(path, 0, &jerr);
   CHECK(root != NULL, "%s: %s", path, jerr.text);
+  test_hostile(); /* first, while this process is small: each decode forks it */
   test_sniff_and_names();
   test_png_roundtrip();
   test_interlaced();
