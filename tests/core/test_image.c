@@ -844,14 +844,16 @@ static void test_hostile(void) {
   png_finish(&f);
   expect_cost("1 x 1 whose IDAT has 60000 bytes too many", &f, p, 0, NULL, small);
   free(f.b);
-  /* the largest header with its data cut short: refused, the pixels never touched */
+  /* the largest header with its data cut short: refused (the pixel buffer exists by then: under meson's
+   * MALLOC_PERTURB_ glibc fills it, so the bound is the decode's own) */
   f = (bytes){0};
   png_start(&f, 4096, 4096, 16, 6);
   bytes idat = {0};
   zeros_deflated(&idat, 1000);
   png_chunk(&f, "IDAT", idat.b, (uint32_t)idat.len, (uint32_t)idat.len);
   png_finish(&f);
-  expect_cost("4096 x 4096 RGBA 16-bit, 1000 bytes of data", &f, p, SG_IMAGE_ECORRUPT, "corrupt PNG", small);
+  expect_cost("4096 x 4096 RGBA 16-bit, 1000 bytes of data", &f, p, SG_IMAGE_ECORRUPT, "Not enough image data",
+              png_bound_kib(4096, 4096, 4, 8));
   free(f.b);
   free(idat.b);
 
