@@ -1,5 +1,6 @@
 /* Tests of shim/torchshim: plain C over libtorch (this file also proves the header is valid C). Needs a model
- * directory (argument 1, the bundled model) and the random-number reference file from Python (argument 2). */
+ * directory (argument 1, the bundled model) and the random-number reference from Python (argument 2, written on this
+ * machine by gen_randn.py). */
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
