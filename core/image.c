@@ -239,7 +239,8 @@ static int png_check_idat_size(const uint8_t *data, size_t len, char *err, size_
   z_stream z;
   memset(&z, 0, sizeof z);
   if (inflateInit(&z) != Z_OK) return 0; /* libpng will meet the same shortage */
-  uint8_t out[1 << 16];
+  uint8_t out[16384];
+  const uint64_t slack = 65536;
   uint64_t got = 0;
   int ret = Z_OK;
   for (size_t pos = sizeof png_signature; ret == Z_OK && len - pos >= 12;) {
@@ -253,16 +254,16 @@ static int png_check_idat_size(const uint8_t *data, size_t len, char *err, size_
         z.avail_out = sizeof out;
         ret = inflate(&z, Z_NO_FLUSH);
         got += sizeof out - z.avail_out;
-        if (got > want + sizeof out) break;
+        if (got > want + slack) break;
         if (ret == Z_BUF_ERROR) ret = Z_OK; /* wants the next chunk */
         if (z.avail_in == 0 && z.avail_out != 0) break;
       }
     }
-    if (got > want + sizeof out) break;
+    if (got > want + slack) break;
     pos += 12 + (size_t)n; /* png_scan_chunks has checked every length */
   }
   inflateEnd(&z);
-  if (got > want + sizeof out) {
+  if (got > want + slack) {
     sg_set_err(err, errlen, "corrupt PNG: its image data inflates to over %llu bytes, where a %llu x %llu image "
                "needs %llu", (unsigned long long)got, (unsigned long long)w, (unsigned long long)h,
                (unsigned long long)want);
