@@ -17,6 +17,9 @@ const BIN = process.env.SKETCHGUIDE_BIN || path.join(ROOT, 'build', 'server', 's
 const OUT = process.env.SKETCHGUIDE_OUT || path.join(ROOT, 'build', 'tests', 'server', 'web');
 const CHROMIUM = process.env.SKETCHGUIDE_CHROMIUM || '/usr/bin/chromium';
 const TOKEN = 'test-token-7f3a';
+// The limit of any one wait (and Playwright's default for its actions): generations run on a CPU that other work may
+// keep busy, so no wait assumes a speed; a wait that passes its limit fails the test.
+const WAIT = 120000;
 
 function loadPlaywright() {
   for (const where of ['playwright-core', path.join(ROOT, 'node_modules', 'playwright-core')]) {
@@ -76,13 +79,18 @@ process.on('exit', () => { for (const proc of servers) proc.kill('SIGKILL'); });
 function startServer(extraEnv = {}) {
   return new Promise((resolve, reject) => {
     const env = {...process.env, OPENBLAS_NUM_THREADS: '1', ...extraEnv};
-    const proc = spawn(BIN, ['serve', '--port', '0', '--threads', '1'], {env, stdio: ['ignore', 'pipe', 'pipe']});
+    // --max-steps 999 (the sampler's most): the job that keeps the worker busy, and the one cancelled while it runs,
+    // last far longer than the page's steps around them, however fast the machine
+    const proc = spawn(BIN, ['serve', '--port', '0', '--threads', '1', '--max-steps', '999'],
+      {env, stdio: ['ignore', 'pipe', 'pipe']});
     servers.add(proc);
     proc.on('exit', () => servers.delete(proc));
     let url = null;
     let log = '';
-    const timer = setTimeout(() => { proc.kill('SIGKILL'); reject(new Failure(`the server was not ready in 60 s:\n${log}`)); },
-      60000);
+    const timer = setTimeout(() => {
+      proc.kill('SIGKILL');
+      reject(new Failure(`the server was not ready in ${WAIT / 1000} s:\n${log}`));
+    }, WAIT);
     const onData = (chunk) => {
       log += chunk;
       const m = /listening on (http:\/\/\S+)/.exec(log);
@@ -167,17 +175,78 @@ async function stroke(page, points) {
   await page.mouse.up();
 }
 
-/* Records every value the <progress> takes from now on (window.__progress). */
+/* Records every value the <progress> takes from now on (window.__progress: [value, max] pairs). A page slowed down
+   can read several events in one go and set the bar several times before the observer runs: each record's old value,
+   then the attribute's current one, give every value it took, in order. */
 function recordProgress(page) {
   return page.evaluate(() => {
     const bar = document.querySelector('#progress');
     window.__progress = [];
     window.__progressObserver?.disconnect();
-    window.__progressObserver = new MutationObserver(() => window.__progress.push([bar.value, bar.max]));
-    window.__progressObserver.observe(bar, {attributes: true, attributeFilter: ['value', 'max']});
-    new MutationObserver(() => window.__progress.push([bar.value, bar.max])).observe(document.querySelector('#step'),
-      {childList: true, characterData: true, subtree: true});
+    const state = {value: bar.getAttribute('value'), max: bar.getAttribute('max')};
+    window.__progressObserver = new MutationObserver((records) => {
+      records.forEach((r, i) => {
+        const next = records.slice(i + 1).find((q) => q.attributeName === r.attributeName);
+        state[r.attributeName] = next ? next.oldValue : bar.getAttribute(r.attributeName);
+        window.__progress.push([Number(state.value), Number(state.max)]);
+      });
+    });
+    window.__progressObserver.observe(bar, {attributes: true, attributeOldValue: true, attributeFilter: ['value', 'max']});
   });
+}
+
+/* The progress recorder can see: five values set in one task (one observer callback) are all recorded, in order. */
+async function progressRecorder(page) {
+  await recordProgress(page);
+  const seen = await page.evaluate(() => new Promise((resolve) => {
+    const bar = document.querySelector('#progress');
+    const before = {value: bar.getAttribute('value'), max: bar.getAttribute('max')};
+    bar.max = 5;
+    for (let v = 1; v <= 5; v++) bar.value = v;
+    setTimeout(() => {        // after the observer's callback (a microtask)
+      const got = window.__progress.slice();
+      window.__progressObserver.disconnect();
+      for (const [k, v] of Object.entries(before)) if (v === null) bar.removeAttribute(k); else bar.setAttribute(k, v);
+      resolve(got);
+    }, 0);
+  }));
+  const values = seen.map(([v]) => v).slice(1);
+  check(values.join() === '1,2,3,4,5' && seen.every(([, max]) => max === 5),
+    `the progress recorder sees every value set in one task (${JSON.stringify(seen)})`);
+  passed('the progress recorder sees every value the bar takes, several in one task included');
+}
+
+/* Submits a job of the most steps and images the service allows, which keeps its only worker busy until release():
+   the page's next job waits in the queue meanwhile. Resolves to the job's id. */
+function occupyWorker(page, info, token) {
+  return page.evaluate(async ([steps, n, t]) => {
+    const form = new FormData();
+    form.append('prompt', 'a blue circle');
+    form.append('steps', steps);
+    form.append('n', n);
+    const c = document.createElement('canvas');
+    c.width = c.height = 16;
+    const ctx = c.getContext('2d');
+    ctx.fillStyle = '#fff';
+    ctx.fillRect(0, 0, 16, 16);
+    form.append('sketch', await new Promise((r) => c.toBlob(r, 'image/png')), 's.png');
+    const r = await fetch('v1/generate', {method: 'POST', body: form,
+      headers: {Prefer: 'respond-async', ...(t ? {Authorization: 'Bearer ' + t} : {})}});
+    return (await r.json()).id;
+  }, [String(info.limits.max_steps), String(info.limits.max_images), token || '']);
+}
+
+/* Cancels the job occupyWorker() submitted; resolves to the DELETE's status. */
+function release(page, id, token) {
+  return page.evaluate(async ([i, t]) => (await fetch(`v1/jobs/${i}`, {method: 'DELETE',
+    headers: t ? {Authorization: 'Bearer ' + t} : {}})).status, [id, token || '']);
+}
+
+/* A promise of the page's next event stream (its response headers: the job is watched from then on). */
+function eventStream(page) {
+  const p = page.waitForResponse((r) => /\/v1\/jobs\/[0-9a-f]{32}\/events$/.test(r.url()), {timeout: WAIT});
+  p.catch(() => {});    // awaited later; a failure before then must not end the process unreported
+  return p;
 }
 
 const text = (page, sel) => page.locator(sel).innerText();
@@ -187,7 +256,7 @@ const apiJSON = (page, url, token) => page.evaluate(async ([u, t]) => {
   return {status: r.status, body: await r.json()};
 }, [url, token || '']);
 
-async function waitForStatus(page, pattern, timeout = 30000) {
+async function waitForStatus(page, pattern, timeout = WAIT) {
   try {
     await page.waitForFunction((src) => new RegExp(src, 'i').test(document.querySelector('#status').textContent),
       pattern.source, {timeout});
@@ -249,7 +318,11 @@ async function generation(page, info, srv) {
   await page.fill('#prompt', 'a red star on a plain blue background');
   await page.fill('#steps', '24');
   await page.fill('#seed', '');
+  // Another job holds the worker until the page follows its own job's events: every step's progress reaches the page,
+  // however slowly the browser runs beside the server.
+  const blocker = await occupyWorker(page, info);
   await recordProgress(page);
+  const stream = eventStream(page);
   const posted = page.waitForRequest((r) => r.url().endsWith('/v1/generate') && r.method() === 'POST');
   const imageResponse = page.waitForResponse((r) => /\/v1\/jobs\/[0-9a-f]{32}\/images\/0$/.test(r.url()));
   posted.catch(() => {});        // awaited below; a failure before then must not end the process unreported
@@ -290,11 +363,14 @@ async function generation(page, info, srv) {
     return {dark, light};
   }, [...sketchBytes]);
   check(ink.dark > 20 && ink.light > ink.dark, `the sent sketch is dark strokes on white (${ink.dark} dark, ${ink.light} light)`);
+  await stream;
+  const released = await release(page, blocker);
+  check(released === 200 || released === 202, `the job that held the worker is cancelled (${released})`);
 
   try {
-    await page.waitForSelector('#history > li', {timeout: 30000});
+    await page.waitForSelector('#history > li', {timeout: WAIT});
   } catch {
-    throw new Failure(`no result within 30 s (status "${await text(page, '#status')}", error "${await text(page, '#error')}")`);
+    throw new Failure(`no result within ${WAIT / 1000} s (status "${await text(page, '#status')}", error "${await text(page, '#error')}")`);
   }
   check(await text(page, '#error') === '', 'no error is shown after a generation');
   const seen = await page.evaluate(() => window.__progress);
@@ -371,40 +447,28 @@ async function cancelling(page, info, srv) {
   const max = String(info.limits.max_steps);
   await page.fill('#seed', '');
   // A job submitted by someone else keeps the only worker busy, so the page's job waits in the queue.
-  const other = await page.evaluate(async (steps) => {
-    const form = new FormData();
-    form.append('prompt', 'a blue circle');
-    form.append('steps', steps);
-    const c = document.createElement('canvas');
-    c.width = c.height = 16;
-    const ctx = c.getContext('2d');
-    ctx.fillStyle = '#fff';
-    ctx.fillRect(0, 0, 16, 16);
-    form.append('sketch', await new Promise((r) => c.toBlob(r, 'image/png')), 's.png');
-    const r = await fetch('v1/generate', {method: 'POST', body: form, headers: {Prefer: 'respond-async'}});
-    return (await r.json()).id;
-  }, max);
+  const other = await occupyWorker(page, info);
   await page.fill('#steps', max);
   await page.click('#generate');
-  await waitForStatus(page, /waiting/, 10000);
+  await waitForStatus(page, /waiting/);
   const queuedId = await page.locator('#job').getAttribute('data-job-id');
   await page.click('#cancel');
-  await waitForStatus(page, /^cancelled/, 10000);
+  await waitForStatus(page, /^cancelled/);
   const queued = await apiJSON(page, `${srv.url}/v1/jobs/${queuedId}`);
   check(queued.body.status === 'cancelled' && queued.body.started_at === null,
     `the queued job is cancelled before it started (status ${queued.body.status})`);
-  const del = await page.evaluate(async (id) => (await fetch(`v1/jobs/${id}`, {method: 'DELETE'})).status, other);
+  const del = await release(page, other);
   check(del === 200 || del === 202, `the other job is cancelled (${del})`);
   passed(`cancel while queued: the page says "${await text(page, '#status')}", the API says cancelled`);
 
   await recordProgress(page);
   await page.click('#generate');
-  await page.waitForFunction(() => document.querySelector('#progress').value >= 2, null, {timeout: 20000});
+  await page.waitForFunction(() => document.querySelector('#progress').value >= 2, null, {timeout: WAIT});
   const runningId = await page.locator('#job').getAttribute('data-job-id');
   check(runningId && runningId !== queuedId, 'a new job runs');
   check(await page.locator('#cancel').isVisible(), 'the Cancel button is shown while a job runs');
   await page.keyboard.press('Escape');
-  await waitForStatus(page, /^cancelled at step \d+ of \d+/, 20000);
+  await waitForStatus(page, /^cancelled at step \d+ of \d+/);
   const running = await apiJSON(page, `${srv.url}/v1/jobs/${runningId}`);
   check(running.body.status === 'cancelled', `the running job's status is cancelled (${running.body.status})`);
   check(running.body.progress.step < Number(max), `it stopped early (step ${running.body.progress.step} of ${max})`);
@@ -415,12 +479,12 @@ async function cancelling(page, info, srv) {
     `${running.body.progress.step} of ${max}`);
 }
 
-async function errors(page, expect) {
+async function errors(page, info, expect) {
   expect.http.add(422);
   await page.fill('#prompt', '');
   await page.fill('#steps', '5');
   await page.click('#generate');
-  await page.waitForFunction(() => document.querySelector('#error').textContent.trim() !== '', null, {timeout: 10000});
+  await page.waitForFunction(() => document.querySelector('#error').textContent.trim() !== '', null, {timeout: WAIT});
   const message = await text(page, '#error');
   check(/^Prompt\b/.test(message) && /empty/i.test(message), `the error names the prompt in words (got "${message}")`);
   check(await page.locator('#error').getAttribute('role') === 'alert' && await page.locator('#error').isVisible(),
@@ -428,9 +492,9 @@ async function errors(page, expect) {
   check(await page.getAttribute('#prompt', 'aria-invalid') === 'true', 'the prompt field is marked invalid');
   check(await page.evaluate(() => document.activeElement.id) === 'prompt', 'the focus moves to the prompt');
   await page.fill('#prompt', 'a red star');
-  await page.fill('#steps', '999');
+  await page.fill('#steps', String(info.limits.max_steps + 1));
   await page.click('#generate');
-  await page.waitForFunction(() => /^Steps/.test(document.querySelector('#error').textContent), null, {timeout: 10000});
+  await page.waitForFunction(() => /^Steps/.test(document.querySelector('#error').textContent), null, {timeout: WAIT});
   const steps = await text(page, '#error');
   check(/^Steps: must be between 1 and \d+/.test(steps), `a bad steps value is named (got "${steps}")`);
   expect.http.delete(422);
@@ -458,7 +522,7 @@ async function persistence(page, info) {
     let k = 0;
     for (let i = 0; i < d.length; i += 4) if (d[i] + d[i + 1] + d[i + 2] < 384) k++;
     return k === n;
-  }, ink, {timeout: 5000}).catch(() => {});
+  }, ink, {timeout: WAIT}).catch(() => {});     // the check below says what was found
   const kept = {
     prompt: await page.inputValue('#prompt'), negative_prompt: await page.inputValue('#negative_prompt'),
     beta: await page.inputValue('#beta'), stop: await page.inputValue('#stop'), steps: await page.inputValue('#steps'),
@@ -512,14 +576,14 @@ async function keyboard(page) {
   await page.fill('#n', '1');
   await page.focus('#prompt');
   await page.keyboard.press('Control+Enter');
-  await page.waitForFunction((n) => document.querySelectorAll('#history > li').length === n + 1, before, {timeout: 30000})
+  await page.waitForFunction((n) => document.querySelectorAll('#history > li').length === n + 1, before, {timeout: WAIT})
     .catch(async () => { throw new Failure(`Ctrl+Enter did not generate (status "${await text(page, '#status')}", error "${await text(page, '#error')}")`); });
   passed(`keyboard: Tab reaches Generate after ${visited.length} stops, all named with a visible focus; Ctrl+Enter generates`);
 }
 
 async function phone(page) {
   await page.setViewportSize({width: 360, height: 740});
-  await page.waitForTimeout(200);
+  await page.waitForFunction(() => window.innerWidth === 360);     // then reading the layout lays the page out
   const width = await page.evaluate(() => document.scrollingElement.scrollWidth);
   check(width <= 360, `no horizontal scroll at 360 px (scrollWidth ${width})`);
   const columns = await page.evaluate(() => {
@@ -579,14 +643,15 @@ async function accessibility(browser, srv, problems) {
   let audited = 0;
   for (const colorScheme of ['light', 'dark']) {
     const context = await browser.newContext({viewport: {width: 1280, height: 900}, colorScheme, bypassCSP: true});
+    context.setDefaultTimeout(WAIT);
     const page = await openPage(context, problems, {http: new Set()});
     await page.goto(srv.url + '/');
-    await page.waitForFunction(() => /×/.test(document.querySelector('#model-info').textContent), null, {timeout: 10000});
+    await page.waitForFunction(() => /×/.test(document.querySelector('#model-info').textContent), null, {timeout: WAIT});
     await stroke(page, [[0.2, 0.2], [0.8, 0.2], [0.8, 0.8]]);
     await page.fill('#prompt', 'a red star on a plain blue background');
     await page.fill('#steps', '2');
     await page.click('#generate');
-    await page.locator('#history > li').first().waitFor({timeout: 60000});
+    await page.locator('#history > li').first().waitFor({timeout: WAIT});
     await page.addScriptTag({path: axePath});
     for (const width of [1280, 360]) {
       await page.setViewportSize({width, height: 900});
@@ -605,10 +670,11 @@ async function withToken(browser, problems) {
   const srv = await startServer({SKETCHGUIDE_TOKEN: TOKEN});
   const expect = {http: new Set([401])};
   const context = await browser.newContext({viewport: {width: 1280, height: 900}});
+  context.setDefaultTimeout(WAIT);
   try {
     const page = await openPage(context, problems, expect);
     await page.goto(srv.url + '/');
-    await page.waitForSelector('#auth:not([hidden])', {timeout: 10000});
+    await page.waitForSelector('#auth:not([hidden])', {timeout: WAIT});
     const message = await text(page, '#error');
     check(/token/i.test(message), `without a token the page asks for one (error "${message}")`);
     await page.fill('#token', 'wrong-token');
@@ -617,15 +683,21 @@ async function withToken(browser, problems) {
     check(await page.locator('#auth').isVisible(), 'a wrong token keeps the token box open');
     await page.fill('#token', TOKEN);
     await page.click('#auth-form button[type=submit]');
-    await page.waitForSelector('#auth', {state: 'hidden', timeout: 10000});
+    await page.waitForSelector('#auth', {state: 'hidden', timeout: WAIT});
     await page.waitForFunction(() => /×/.test(document.querySelector('#model-info').textContent));
     expect.http.clear();
     await stroke(page, [[0.3, 0.3], [0.7, 0.7]]);
     await page.fill('#prompt', 'a yellow square');
     await page.fill('#steps', '16');
+    const info = (await apiJSON(page, `${srv.url}/v1/info`, TOKEN)).body;
+    const blocker = await occupyWorker(page, info, TOKEN);     // as in generation(): every step reaches the page
     await recordProgress(page);
+    const stream = eventStream(page);
     await page.click('#generate');
-    await page.waitForSelector('#history > li', {timeout: 30000}).catch(async () => {
+    await stream;
+    const released = await release(page, blocker, TOKEN);
+    check(released === 200 || released === 202, `the job that held the worker is cancelled (${released})`);
+    await page.waitForSelector('#history > li', {timeout: WAIT}).catch(async () => {
       throw new Failure(`no result with a token (status "${await text(page, '#status')}", error "${await text(page, '#error')}")`);
     });
     const steps = [...new Set((await page.evaluate(() => window.__progress)).map(([v]) => v).filter((v) => v > 0 && v < 16))];
@@ -653,6 +725,7 @@ async function main() {
   try {
     browser = await chromium.launch({executablePath: CHROMIUM, args: ['--no-sandbox']});
     const context = await browser.newContext({viewport: {width: 1400, height: 1000}});
+    context.setDefaultTimeout(WAIT);
     const expect = {http: new Set()};
     const page = await openPage(context, problems, expect);
     const home = await page.goto(srv.url + '/');
@@ -661,15 +734,16 @@ async function main() {
     check(/default-src 'none'/.test(csp), `the page is served with a strict Content-Security-Policy (${csp})`);
     const info = (await apiJSON(page, `${srv.url}/v1/info`)).body;
     check(info.model && info.model.image_size > 0, 'v1/info describes the model');
-    await page.waitForFunction(() => /×/.test(document.querySelector('#model-info').textContent), null, {timeout: 10000});
+    await page.waitForFunction(() => /×/.test(document.querySelector('#model-info').textContent), null, {timeout: WAIT});
     check(await page.title() !== '' && await page.locator('h1').count() === 1, 'the page has a title and one h1');
     passed(`page: / loads with its CSP; model ${info.model.name}, ${info.model.image_size}x${info.model.image_size}`);
 
+    await progressRecorder(page);
     await drawing(page);
     const seed = await generation(page, info, srv);
     await history(page, seed);
     await cancelling(page, info, srv);
-    await errors(page, expect);
+    await errors(page, info, expect);
     await persistence(page, info);
     await keyboard(page);
     await page.screenshot({path: path.join(OUT, 'sketchpad.png'), fullPage: true});
