@@ -50,7 +50,8 @@ typedef struct {
   int32_t threads;               /* torch CPU threads; 0 = all processors */
   int32_t http_threads;          /* HTTP event-loop threads; 2 */
   int32_t max_connections;       /* 256 */
-  int32_t connection_timeout_s;  /* idle connections are closed after it; 30 (0 = never) */
+  int32_t connection_timeout_s;  /* idle or stalled connections are closed after it; 30 (1 .. 3600: never 0, which
+                                    would let stalled clients hold every connection) */
   int32_t sse_keepalive_s;       /* 15: a comment line on event streams quiet this long (sg_http_params) */
   int32_t max_queue;             /* 16 jobs waiting for a worker */
   int64_t max_body_bytes;        /* 16 MiB */

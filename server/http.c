@@ -47,7 +47,11 @@
 #include "web_assets.h"
 
 #define WATCHDOG_MS 200
-#define PP_BUFFER 65536        /* MHD_PostProcessor's buffer; must exceed the boundary and part headers */
+#define MAX_HEADERS 64      /* header fields of a request; more get 431 */
+#define MAX_QUERY_ARGS 32   /* query arguments of a request; more get 414 */
+#define MAX_HEADER_BYTES 32768 /* names and values of a request's header fields together; more get 431 */
+#define CONN_MEMORY 131072  /* libmicrohttpd's memory per connection (32 KiB by default): the request head, its
+                               header fields and query arguments must fit in it for the checks here to see them */
 
 /* ---- errors: the one table of kinds and statuses, and the codes of other modules mapped onto it ---- */
 
@@ -67,6 +71,8 @@ typedef enum {
   E_NOT_READY,
   E_DRAINING,
   E_CANCELLED,
+  E_URI_TOO_LONG,
+  E_HEADERS_TOO_LARGE,
 } err_kind;
 
 static const struct {
@@ -89,6 +95,8 @@ static const struct {
     [E_NOT_READY] = {503, "not_ready", "not_ready"},
     [E_DRAINING] = {503, "draining", "draining"},
     [E_CANCELLED] = {409, "cancelled", "cancelled"},
+    [E_URI_TOO_LONG] = {414, "uri_too_long", "uri_too_long"},
+    [E_HEADERS_TOO_LARGE] = {431, "header_fields_too_large", "header_fields_too_large"},
 };
 
 typedef enum { D_JOBS, D_JOB_ERROR, D_IMAGE, D_REQUEST } err_domain;
@@ -179,7 +187,7 @@ static double now_s(void) {
 
 /* ---- the server and its requests ---- */
 
-typedef enum { BODY_NONE = 0, BODY_DISCARD, BODY_MULTIPART, BODY_JSON } body_kind;
+typedef enum { BODY_NONE = 0, BODY_DISCARD, BODY_PARSED } body_kind;
 typedef enum { PH_NEW = 0, PH_WAIT, PH_STREAM } phase;
 
 typedef struct route route;
@@ -205,6 +213,7 @@ struct sg_http {
   int wd_stop;
   pthread_t wd;
   int wd_started;
+  req *uploading;       /* requests whose body is being read (the watchdog looks for clients that left) */
   char start_err[256];  /* libmicrohttpd's last message while starting */
   int starting;
 };
@@ -228,9 +237,8 @@ struct req {
   int submit_failed;    /* the job manager refused the job (and counted it) */
   /* the request body */
   body_kind body;
-  uint64_t received;
+  _Atomic uint64_t received;
   int abort_conn;
-  struct MHD_PostProcessor *pp;
   sg_request *q;        /* the parameters of a generation (request.c) */
   int has_err;          /* an error of the transport (body size, multipart framing); the parameters' own are q's */
   err_kind ekind;
@@ -257,6 +265,13 @@ struct req {
   size_t ev_off;
   int ev_end;
   double ev_t;          /* when the last event or keep-alive was queued */
+  /* reading the body (h->uploading, h->mu) */
+  int up_registered;
+  req *uprev, *unext;
+  int up_fd;
+  int up_eof;           /* watchdog ticks that found the peer's end closed while the body was incomplete */
+  uint64_t up_eof_at;   /* r->received when that was first seen */
+  int close_conn;       /* the response says Connection: close (a refused request head) */
 };
 
 typedef enum MHD_Result (*handler_fn)(req *r);
@@ -296,6 +311,7 @@ static enum MHD_Result send_response(req *r, int status, struct MHD_Response *re
     MHD_add_response_header(resp, "Access-Control-Expose-Headers", EXPOSED);
   }
   if (r->h->n_origins || r->h->any_origin) MHD_add_response_header(resp, "Vary", "Origin");
+  if (r->close_conn) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
   enum MHD_Result ret = MHD_queue_response(r->conn, (unsigned)status, resp);
   MHD_destroy_response(resp);
   r->responded = 1;
@@ -561,9 +577,54 @@ static void *watchdog_main(void *arg) {
       }
       pthread_mutex_unlock(&r->mu);
     }
+    /* a client that closed (or half-closed) its end before its body was complete will send no more: libmicrohttpd
+     * would wait for the rest until connection_timeout_s. Seen on two ticks with no byte received in between (so
+     * that a body whose last bytes arrived with the FIN is still handed over), the socket is shut down, which makes
+     * libmicrohttpd close the connection at once. The fd stays valid: on_completed unlinks r under h->mu first. */
+    for (req *r = h->uploading; r; r = r->unext) {
+      uint64_t got = atomic_load(&r->received);
+      if (r->up_eof < 0 || !peer_gone(r->up_fd)) {
+        if (r->up_eof > 0) r->up_eof = 0;
+        continue;
+      }
+      if (r->up_eof == 0 || r->up_eof_at != got) {
+        r->up_eof = 1;
+        r->up_eof_at = got;
+      } else {
+        logf_(h, SG_JOBS_LOG_DEBUG, "%s: a client left in the middle of its body (%llu bytes); closing", __func__,
+              (unsigned long long)got);
+        shutdown(r->up_fd, SHUT_RDWR);
+        r->up_eof = -1;
+      }
+    }
   }
   pthread_mutex_unlock(&h->mu);
   return NULL;
+}
+
+/* Puts r on the list of requests whose body is being read, or takes it off. */
+static void upload_add(req *r) {
+  sg_http *h = r->h;
+  const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+  if (!ci) return;
+  pthread_mutex_lock(&h->mu);
+  r->up_fd = ci->connect_fd;
+  r->unext = h->uploading;
+  if (h->uploading) h->uploading->uprev = r;
+  h->uploading = r;
+  r->up_registered = 1;
+  pthread_mutex_unlock(&h->mu);
+}
+
+static void upload_remove(req *r) {
+  if (!r->up_registered) return;
+  sg_http *h = r->h;
+  pthread_mutex_lock(&h->mu);
+  if (r->uprev) r->uprev->unext = r->unext;
+  else h->uploading = r->unext;
+  if (r->unext) r->unext->uprev = r->uprev;
+  r->up_registered = 0;
+  pthread_mutex_unlock(&h->mu);
 }
 
 /* ---- a synchronous generation: the watch callback and the answer ---- */
@@ -692,15 +753,6 @@ static const char *safe_name(const char *s, char *out, size_t cap) {
   return out;
 }
 
-/* MHD_PostProcessor's iterator: one call per piece of a part (off counts the part's bytes so far), handed to the
- * parser; returning MHD_NO stops the post processor at the first error. */
-static enum MHD_Result on_part(void *cls, enum MHD_ValueKind kind, const char *key, const char *filename,
-                               const char *content_type, const char *transfer_encoding, const char *data,
-                               uint64_t off, size_t size) {
-  req *r = cls;
-  return sg_request_add_field(r->q, key, off, data, size) ? MHD_NO : MHD_YES;
-}
-
 /* A new parser with the service's limits and the model's defaults (only once the server is ready). Returns NULL
  * when out of memory. */
 static sg_request *request_new(sg_http *h) {
@@ -714,6 +766,7 @@ static sg_request *request_new(sg_http *h) {
   lim.default_timeout_ms = P->default_timeout_ms;
   lim.max_timeout_ms = P->max_timeout_ms;
   lim.image_size = h->model->image_size;
+  lim.has_lgp = h->model->has_lgp;
   lim.defaults = sg_jobs_default_request(h->jobs);
   return sg_request_new(&lim);
 }
@@ -747,11 +800,6 @@ static int work_refused(req *r, enum MHD_Result *ret) {
 static enum MHD_Result h_generate(req *r) {
   sg_http *h = r->h;
   if (r->ph == PH_WAIT) return sync_resumed(r);
-  if (r->pp) {
-    enum MHD_Result ok = MHD_destroy_post_processor(r->pp);
-    r->pp = NULL;
-    if (ok != MHD_YES) record_error(r, E_BAD_REQUEST, NULL, "malformed or truncated multipart/form-data body");
-  }
   if (failed(r)) return send_recorded(r);
   enum MHD_Result ret;
   if (work_refused(r, &ret)) return ret;
@@ -1232,12 +1280,110 @@ static enum MHD_Result options_answer(req *r) {
   return send_response(r, 204, resp, 0);
 }
 
+/* ---- the request head: framing checks before any body byte is read ---- */
+
+typedef struct {
+  int n, n_cl, n_te, bad_name;
+  size_t bytes;
+  const char *cl, *te;
+} head_scan;
+
+/* RFC 9110 token characters, those of a header name. */
+static int is_tchar(unsigned char c) { return c > 32 && c < 127 && !strchr("\"(),/:;<=>?@[\\]{}", c); }
+
+static enum MHD_Result on_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
+  head_scan *s = cls;
+  s->n++;
+  s->bytes += (key ? strlen(key) : 0) + (value ? strlen(value) : 0);
+  if (!key || !*key) s->bad_name = 1;
+  for (const unsigned char *k = (const unsigned char *)key; k && *k; k++)
+    if (!is_tchar(*k)) s->bad_name = 1;
+  if (key && !strcasecmp(key, "Content-Length")) {
+    s->n_cl++;
+    s->cl = value ? value : "";
+  } else if (key && !strcasecmp(key, "Transfer-Encoding")) {
+    s->n_te++;
+    s->te = value ? value : "";
+  }
+  return MHD_YES;
+}
+
+static enum MHD_Result on_query_arg(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
+  (*(int *)cls)++;
+  return MHD_YES;
+}
+
+/* Refuses a request whose head could frame its body in more than one way (the way requests are smuggled past a
+ * proxy), or that has too many header fields or query arguments: the answer says Connection: close, so that no
+ * byte after the head is ever read as another request. Returns 1 after queuing the refusal in *ret. */
+static int head_refused(req *r, enum MHD_Result *ret) {
+  head_scan s;
+  memset(&s, 0, sizeof s);
+  MHD_get_connection_values(r->conn, MHD_HEADER_KIND, on_header, &s);
+  int n_args = 0;
+  MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, on_query_arg, &n_args);
+  char shown[48];
+  r->close_conn = 1;
+  if (s.n > MAX_HEADERS)
+    *ret = send_error(r, E_HEADERS_TOO_LARGE, NULL, "more than %d header fields", MAX_HEADERS);
+  else if (s.bytes > MAX_HEADER_BYTES)
+    *ret = send_error(r, E_HEADERS_TOO_LARGE, NULL, "header fields of more than %d bytes in all", MAX_HEADER_BYTES);
+  else if (n_args > MAX_QUERY_ARGS)
+    *ret = send_error(r, E_URI_TOO_LONG, NULL, "more than %d query arguments", MAX_QUERY_ARGS);
+  else if (s.bad_name)
+    *ret = send_error(r, E_BAD_REQUEST, NULL, "a malformed header name (white space or a separator in it)");
+  else if (s.n_cl && s.n_te)
+    *ret = send_error(r, E_BAD_REQUEST, NULL, "Content-Length and Transfer-Encoding together");
+  else if (s.n_cl > 1 || s.n_te > 1)
+    *ret = send_error(r, E_BAD_REQUEST, NULL, "more than one %s header", s.n_cl > 1 ? "Content-Length" : "Transfer-Encoding");
+  else if (s.n_cl && (!*s.cl || strspn(s.cl, "0123456789") != strlen(s.cl)))
+    *ret = send_error(r, E_BAD_REQUEST, NULL, "Content-Length '%s' is not one decimal number", safe_name(s.cl, shown, sizeof shown));
+  else if (s.n_te && strcasecmp(s.te, "chunked"))
+    *ret = send_error(r, E_BAD_REQUEST, NULL, "Transfer-Encoding '%s' is not supported (only chunked)",
+                      safe_name(s.te, shown, sizeof shown));
+  else {
+    r->close_conn = 0;
+    return 0;
+  }
+  return 1;
+}
+
+/* libmicrohttpd's URI callback, called with the request line before the query is parsed. A query of more arguments
+ * than libmicrohttpd's connection memory holds leaves the request unanswered until connection_timeout_s (0.9.75),
+ * so a query over MAX_QUERY_ARGS is refused here, before that parse: the JSON 414 goes out on the socket directly
+ * (nothing else has been written on it yet) and the socket is shut down, which closes the connection at once.
+ * Returns NULL (no request state yet). */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c) {
+  sg_http *h = cls;
+  const char *q = uri ? strchr(uri, '?') : NULL;
+  int n = 0;
+  for (const char *p = q; p && *p; p++) n += *p == '&' || p == q;
+  if (n <= MAX_QUERY_ARGS) return NULL;
+  const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+  if (!ci) return NULL;
+  char body[160], resp[512];
+  int bn = snprintf(body, sizeof body,
+                    "{\"error\":{\"code\":\"uri_too_long\",\"message\":\"more than %d query arguments\",\"param\":null}}",
+                    MAX_QUERY_ARGS);
+  int rn = snprintf(resp, sizeof resp,
+                    "HTTP/1.1 414 URI Too Long\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                    "Cache-Control: no-store\r\nContent-Length: %d\r\n\r\n%s",
+                    bn, body);
+  ssize_t sent = send(ci->connect_fd, resp, (size_t)rn, MSG_NOSIGNAL | MSG_DONTWAIT);
+  shutdown(ci->connect_fd, SHUT_RDWR);
+  logf_(h, SG_JOBS_LOG_INFO, "%s: a query of %d arguments refused (414%s)", __func__, n, sent == rn ? "" : ", not sent");
+  sg_metrics_request(h->metrics, "OTHER", "other", 414, 0.0);
+  return NULL;
+}
+
 /* The first call of a request: route, auth, early refusals (answered before the body, which is then skipped),
  * and the body's parser. */
 static enum MHD_Result first_call(req *r, const char *url, const char *method) {
   sg_http *h = r->h;
   struct MHD_Connection *c = r->conn;
   r->origin = allowed_origin(h, c);
+  enum MHD_Result hret;
+  if (head_refused(r, &hret)) return hret;
   int known = 0;
   if (!strcmp(method, "OPTIONS")) {
     route_find(r, "OPTIONS", url, &known);
@@ -1266,24 +1412,15 @@ static enum MHD_Result first_call(req *r, const char *url, const char *method) {
   }
   enum MHD_Result ret;
   if (work_refused(r, &ret)) return ret;
-  const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
-  int multipart = ct && !strncasecmp(ct, "multipart/form-data", 19);
-  int json = ct && !strncasecmp(ct, "application/json", 16);
-  if (!multipart && !json)
-    return send_error(r, E_UNSUPPORTED, NULL, "the body must be multipart/form-data or application/json");
   if (!(r->q = request_new(h))) return send_error(r, E_INTERNAL, NULL, "out of memory");
-  if (multipart) {
-    r->body = BODY_MULTIPART;
-    r->pp = MHD_create_post_processor(c, PP_BUFFER, on_part, r);
-    if (!r->pp) return send_error(r, E_BAD_REQUEST, NULL, "multipart/form-data needs a boundary parameter");
-    return MHD_YES;
-  }
-  r->body = BODY_JSON;
-  sg_request_add_json(r->q, "", 0); /* an empty body is JSON too (and malformed) */
+  if (sg_request_begin(r->q, MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE)))
+    return send_recorded(r); /* another media type, or multipart without a boundary */
+  r->body = BODY_PARSED;
+  upload_add(r);
   return MHD_YES;
 }
 
-/* One piece of the body: counted against the limit, then parsed (multipart), kept (JSON) or dropped. */
+/* One piece of the body: counted against the limit, then handed to the parser or dropped. */
 static void body_chunk(req *r, const char *data, size_t n) {
   uint64_t limit = (uint64_t)r->h->p.max_body_bytes;
   r->received += n;
@@ -1293,12 +1430,7 @@ static void body_chunk(req *r, const char *data, size_t n) {
     return;
   }
   if (failed(r)) return;
-  if (r->body == BODY_MULTIPART && r->pp) {
-    if (MHD_post_process(r->pp, data, n) != MHD_YES)
-      record_error(r, E_BAD_REQUEST, NULL, "malformed multipart/form-data body");
-  } else if (r->body == BODY_JSON) {
-    sg_request_add_json(r->q, data, n);
-  }
+  if (r->body == BODY_PARSED) sg_request_add_body(r->q, data, n);
 }
 
 static req *req_new(sg_http *h, struct MHD_Connection *c, const char *url, const char *method) {
@@ -1322,7 +1454,6 @@ static req *req_new(sg_http *h, struct MHD_Connection *c, const char *url, const
 }
 
 static void req_free(req *r) {
-  if (r->pp) MHD_destroy_post_processor(r->pp);
   sg_request_free(r->q);
   for (int32_t i = 0; i < r->n_png; i++) free(r->png[i]);
   buf_free(&r->ev);
@@ -1348,6 +1479,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
     *upload_size = 0;
     return r->abort_conn ? MHD_NO : MHD_YES;
   }
+  upload_remove(r); /* the body is complete */
   if (failed(r) && r->ph == PH_NEW) return send_recorded(r);
   return r->rt->fn(r);
 }
@@ -1369,6 +1501,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
   if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && unfinished)
     cancelled = sg_jobs_cancel(h->jobs, r->job_id) == 0;
   reg_remove(r);
+  upload_remove(r);
   double ms = (now_s() - r->t0) * 1000.0;
   int status = r->responded ? r->status : 499; /* 499: the client went away before an answer */
   static const char *const why[] = {"", " (connection failed)", " (timed out)", " (server stopped)",
@@ -1437,7 +1570,8 @@ sg_http *sg_http_start(sg_http_params p, sg_metrics *metrics, char *err, size_t 
   if (!metrics || p.port < 0 || p.port > 65535 || p.threads < 1 || p.threads > 64 || p.max_connections < 1 ||
       p.max_body_bytes < 1 || p.max_image_pixels < 1 || p.max_steps < 1 || p.max_images < 1 ||
       p.max_images > SG_JOBS_MAX_IMAGES || p.max_prompt_bytes < 1 || p.default_timeout_ms < 1 ||
-      p.max_timeout_ms < p.default_timeout_ms || p.connection_timeout_s < 0 || p.sse_keepalive_s < 0) {
+      p.max_timeout_ms < p.default_timeout_ms || p.connection_timeout_s < 1 || p.connection_timeout_s > 3600 ||
+      p.sse_keepalive_s < 0) {
     sg_set_err(err, errlen, "http: bad parameters");
     return NULL;
   }
@@ -1521,8 +1655,10 @@ sg_http *sg_http_start(sg_http_params p, sg_metrics *metrics, char *err, size_t 
                           MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h,               //
                           MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,         //
                           MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,         //
+                          MHD_OPTION_URI_LOG_CALLBACK, on_uri, h,               //
                           MHD_OPTION_CONNECTION_LIMIT, (unsigned)p.max_connections, //
                           MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)p.connection_timeout_s, //
+                          MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY, //
                           MHD_OPTION_ARRAY, pool,                               //
                           MHD_OPTION_END);
   h->starting = 0;

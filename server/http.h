@@ -1,4 +1,5 @@
-/* The HTTP API over the job manager: routes, request parsing (multipart and JSON), responses, auth, CORS, SSE.
+/* The HTTP API over the job manager: routes, the request head's checks, bodies handed to request.h, responses,
+ * auth, CORS, SSE.
  *
  * Basic usage:
  *   sg_http_params p = sg_http_default_params();
@@ -45,7 +46,8 @@ typedef struct {
   int32_t port;                  /* 8080; 0 = any free port (see sg_http_port) */
   int32_t threads;               /* event-loop threads; 2 */
   int32_t max_connections;       /* 256 */
-  int32_t connection_timeout_s;  /* 30; 0 = none. Suspended connections (waiting requests, streams) never time out */
+  int32_t connection_timeout_s;  /* 30; 1 .. 3600 (0 is refused). Suspended connections (waiting requests, streams)
+                                    never time out */
   int32_t sse_keepalive_s;       /* 15: an event stream quiet this long gets a comment line, so that proxies and load
                                     balancers with idle timeouts keep it open; 0 = never */
   int64_t max_body_bytes;        /* 16 MiB */

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/random.h>
 #include <time.h>
 
@@ -44,8 +45,22 @@ typedef struct {
   size_t len, cap;
 } buf;
 
+/* The multipart parser's states (RFC 7578 and RFC 2046 5.1.1). */
+typedef enum {
+  MP_PREAMBLE,   /* before the first delimiter */
+  MP_AFTER_DELIM, /* a delimiter was read: "--" (the end), or transport padding and CRLF (a part) */
+  MP_HEADERS,    /* the part's header lines, up to an empty line */
+  MP_DATA,       /* the part's value, up to the next delimiter */
+  MP_END,        /* after the close delimiter: the epilogue is ignored */
+} mp_state;
+
+#define MP_MAX_BOUNDARY 70   /* RFC 2046 */
+#define MP_MAX_HEADER_LINE 1024
+#define MP_MAX_HEADERS 16
+
 struct sg_request {
   sg_request_limits lim;
+  int kind;            /* 0 = not known yet, 1 = JSON, 2 = multipart */
   buf raw;             /* a JSON body */
   int json;            /* the body is JSON */
   buf vals[P_COUNT];
@@ -54,6 +69,17 @@ struct sg_request {
   int has_err;
   sg_request_error err;
   float *map;
+  /* multipart */
+  char delim[MP_MAX_BOUNDARY + 5]; /* "\r\n--" boundary */
+  size_t delim_len, matched;       /* bytes of delim matched so far */
+  mp_state mp;
+  int mp_parts;
+  int after_dashes;                /* MP_AFTER_DELIM: dashes seen (1 = one '-') */
+  int after_cr;                    /* MP_AFTER_DELIM / MP_HEADERS: a CR was the last byte */
+  buf line;                        /* the header line being read */
+  int n_headers;
+  int part;                        /* the current part's parameter, -1 before a Content-Disposition */
+  int has_disposition;
 };
 
 /* Appends n bytes (keeping a NUL after them). Returns 0, or -1 when out of memory. */
@@ -189,36 +215,60 @@ static int field_add(sg_request *q, int p, const void *data, size_t size) {
   return 0;
 }
 
+static int part_begin(sg_request *q, const char *name);
+
 int sg_request_add_field(sg_request *q, const char *name, uint64_t off, const void *data, size_t size) {
   if (q->has_err) return q->err.code;
-  char shown[48];
-  int p = name ? param_index(name) : -1;
-  if (p < 0)
-    return sg_request_fail(q, SG_REQUEST_EBAD, NULL, "unknown parameter '%s'",
-                           safe_name(name ? name : "", shown, sizeof shown));
-  /* a part starts at off 0; a piece of the same part continues at off == bytes so far */
-  int continues = p == q->last_param && off == q->vals[p].len && off > 0;
-  int empty_start = p == q->last_param && off == 0 && q->vals[p].len == 0;
-  if (!continues && !empty_start) {
-    if (q->present[p] || off != 0)
-      return sg_request_fail(q, SG_REQUEST_EBAD, PARAM_NAMES[p], "%s: given more than once", PARAM_NAMES[p]);
-    q->present[p] = 1;
-    q->last_param = p;
+  if (off == 0) {
+    if (part_begin(q, name)) return q->err.code;
+  } else {
+    int p = name ? param_index(name) : -1;
+    if (p < 0 || p != q->last_param || off != q->vals[p].len)
+      return sg_request_fail(q, SG_REQUEST_EBAD, NULL, "a piece of a field out of order");
   }
-  return size ? field_add(q, p, data, size) : 0;
+  return size ? field_add(q, q->last_param, data, size) : 0;
 }
 
 int sg_request_add_json(sg_request *q, const void *data, size_t n) {
   if (q->has_err) return q->err.code;
   q->json = 1;
+  q->kind = 1;
   if (buf_add(&q->raw, data, n)) return sg_request_fail(q, SG_REQUEST_ENOMEM, NULL, "out of memory");
   return 0;
+}
+
+/* A JSON number too large for jansson (an integer beyond 64 bits, a real beyond double): names the parameter whose
+ * value it is (the key before the number that jansson stopped at). Returns the recorded error's code (EINVALID). */
+static int number_overflow(sg_request *q, const json_error_t *je) {
+  const char *t = (const char *)q->raw.data;
+  size_t k = je->position < (int)q->raw.len ? (size_t)je->position : q->raw.len;
+  while (k > 0 && strchr("0123456789+-.eE", t[k - 1])) k--;
+  while (k > 0 && strchr(" \t\r\n", t[k - 1])) k--;
+  if (k > 0 && t[k - 1] == ':') {
+    k--;
+    while (k > 0 && strchr(" \t\r\n", t[k - 1])) k--;
+    if (k > 1 && t[k - 1] == '"') {
+      size_t end = k - 1, start = end;
+      while (start > 0 && t[start - 1] != '"') start--;
+      for (int p = 0; start > 0 && p < P_COUNT; p++)
+        if (strlen(PARAM_NAMES[p]) == end - start && !strncmp(t + start, PARAM_NAMES[p], end - start))
+          return sg_request_fail(q, SG_REQUEST_EINVALID, PARAM_NAMES[p],
+                                 "%s: the number is out of range (integers must fit in 64 bits)", PARAM_NAMES[p]);
+    }
+  }
+  return sg_request_fail(q, SG_REQUEST_EINVALID, NULL, "a number out of range (line %d, column %d): %s", je->line,
+                         je->column, je->text);
 }
 
 /* Fills the parameters from the JSON body. Returns 0 or the recorded error's code. */
 static int parse_json_body(sg_request *q) {
   json_error_t je;
+  size_t blank = strspn(q->raw.data ? (const char *)q->raw.data : "", " \t\r\n");
+  if (blank == q->raw.len)
+    return sg_request_fail(q, SG_REQUEST_EBAD, NULL, "the JSON body is empty: send an object of parameters");
   json_t *root = json_loadb((const char *)q->raw.data, q->raw.len, JSON_REJECT_DUPLICATES, &je);
+  if (!root && json_error_code(&je) == json_error_numeric_overflow)
+    return number_overflow(q, &je);
   if (!root)
     return sg_request_fail(q, SG_REQUEST_EBAD, NULL, "malformed JSON (line %d, column %d): %s", je.line, je.column,
                            je.text);
@@ -281,6 +331,197 @@ static int parse_json_body(sg_request *q) {
   return q->has_err ? q->err.code : 0;
 }
 
+/* ---- multipart/form-data ---- */
+
+/* Starts a part called name (a parameter given at most once). Returns 0 or the recorded error's code. */
+static int part_begin(sg_request *q, const char *name) {
+  char shown[48];
+  int p = name ? param_index(name) : -1;
+  if (p < 0)
+    return sg_request_fail(q, SG_REQUEST_EBAD, NULL, "unknown parameter '%s'",
+                           safe_name(name ? name : "", shown, sizeof shown));
+  if (q->present[p])
+    return sg_request_fail(q, SG_REQUEST_EBAD, PARAM_NAMES[p], "%s: given more than once", PARAM_NAMES[p]);
+  q->present[p] = 1;
+  q->last_param = p;
+  return 0;
+}
+
+/* Returns the value of parameter key (case-insensitive) in a header's "; key=value" list (a token or a quoted
+ * string, backslash escapes undone) written into out, or NULL when it is absent or malformed. */
+static const char *header_param(const char *v, const char *key, char *out, size_t cap) {
+  size_t kn = strlen(key);
+  for (const char *p = strchr(v, ';'); p; p = strchr(p, ';')) {
+    p++;
+    while (*p == ' ' || *p == '\t') p++;
+    if (strncasecmp(p, key, kn) || p[kn] != '=') continue;
+    p += kn + 1;
+    size_t o = 0;
+    if (*p == '"') {
+      for (p++; *p && *p != '"'; p++) {
+        if (*p == '\\' && p[1]) p++;
+        if (o + 1 >= cap) return NULL;
+        out[o++] = *p;
+      }
+      if (*p != '"') return NULL;
+    } else {
+      for (; *p && *p != ';' && *p != ' ' && *p != '\t'; p++) {
+        if (o + 1 >= cap) return NULL;
+        out[o++] = *p;
+      }
+    }
+    out[o] = 0;
+    return out;
+  }
+  return NULL;
+}
+
+/* One header line of a part (without its CRLF). Returns 0 or the recorded error's code. */
+static int part_header(sg_request *q, const char *line) {
+  if (++q->n_headers > MP_MAX_HEADERS)
+    return sg_request_fail(q, SG_REQUEST_EBAD, NULL, "multipart/form-data: more than %d headers in a part",
+                           MP_MAX_HEADERS);
+  const char *colon = strchr(line, ':');
+  if (!colon || colon == line || strcspn(line, " \t") < (size_t)(colon - line))
+    return sg_request_fail(q, SG_REQUEST_EBAD, NULL, "multipart/form-data: a malformed part header");
+  if ((size_t)(colon - line) != 19 || strncasecmp(line, "Content-Disposition", 19)) return 0; /* others: ignored */
+  const char *v = colon + 1;
+  while (*v == ' ' || *v == '\t') v++;
+  if (q->has_disposition)
+    return sg_request_fail(q, SG_REQUEST_EBAD, NULL, "multipart/form-data: two Content-Disposition headers in a part");
+  q->has_disposition = 1;
+  if (strncasecmp(v, "form-data", 9) || (v[9] && v[9] != ';' && v[9] != ' ' && v[9] != '\t'))
+    return sg_request_fail(q, SG_REQUEST_EBAD, NULL, "multipart/form-data: a part that is not form-data");
+  char name[64];
+  if (!header_param(v, "name", name, sizeof name))
+    return sg_request_fail(q, SG_REQUEST_EBAD, NULL, "multipart/form-data: a part without a name");
+  return part_begin(q, name);
+}
+
+/* Feeds n bytes of a multipart body through the state machine. Returns 0 or the recorded error's code. */
+static int multipart_feed(sg_request *q, const uint8_t *d, size_t n) {
+  const char *delim = q->delim;
+  for (size_t i = 0; i < n && !q->has_err;) {
+    uint8_t c = d[i];
+    switch (q->mp) {
+    case MP_PREAMBLE:
+    case MP_DATA:
+      if (q->matched == 0 && c != '\r') { /* a run of value bytes: up to the next CR */
+        const uint8_t *cr = memchr(d + i, '\r', n - i);
+        size_t run = cr ? (size_t)(cr - (d + i)) : n - i;
+        if (q->mp == MP_DATA && field_add(q, q->part, d + i, run)) return q->err.code;
+        i += run;
+        continue;
+      }
+      if (c == (uint8_t)delim[q->matched]) {
+        i++;
+        if (++q->matched == q->delim_len) {
+          q->matched = 0;
+          q->mp = MP_AFTER_DELIM;
+          q->after_dashes = q->after_cr = 0;
+        }
+        continue;
+      }
+      /* a mismatch: the bytes matched so far were data (no CR inside the delimiter but the first byte, so the
+       * match restarts only at this byte) */
+      if (q->mp == MP_DATA && field_add(q, q->part, delim, q->matched)) return q->err.code;
+      q->matched = 0;
+      continue;
+    case MP_AFTER_DELIM:
+      i++;
+      if (q->after_cr) {
+        if (c != '\n') return sg_request_fail(q, SG_REQUEST_EBAD, NULL, "multipart/form-data: a malformed delimiter");
+        q->mp = MP_HEADERS;
+        q->after_cr = 0;
+        q->line.len = 0;
+        q->n_headers = 0;
+        q->part = -1;
+        q->has_disposition = 0;
+        q->mp_parts++;
+      } else if (c == '-' && q->after_dashes >= 0) {
+        if (++q->after_dashes == 2) q->mp = MP_END;
+      } else if (q->after_dashes == 1) {
+        return sg_request_fail(q, SG_REQUEST_EBAD, NULL, "multipart/form-data: a malformed delimiter");
+      } else if (c == ' ' || c == '\t') {
+        q->after_dashes = -1; /* transport padding */
+      } else if (c == '\r') {
+        q->after_cr = 1;
+      } else {
+        return sg_request_fail(q, SG_REQUEST_EBAD, NULL, "multipart/form-data: a malformed delimiter");
+      }
+      continue;
+    case MP_HEADERS:
+      i++;
+      if (q->after_cr) {
+        q->after_cr = 0;
+        if (c != '\n') return sg_request_fail(q, SG_REQUEST_EBAD, NULL, "multipart/form-data: a bare CR in a part header");
+        if (q->line.len == 0) { /* the empty line: the value follows */
+          if (!q->has_disposition)
+            return sg_request_fail(q, SG_REQUEST_EBAD, NULL, "multipart/form-data: a part without Content-Disposition");
+          q->mp = MP_DATA;
+          q->part = q->last_param;
+          q->matched = 0;
+          continue;
+        }
+        if (part_header(q, (const char *)q->line.data)) return q->err.code;
+        q->line.len = 0;
+        continue;
+      }
+      if (c == '\r') {
+        q->after_cr = 1;
+        continue;
+      }
+      if (c == 0 || c == '\n' || q->line.len >= MP_MAX_HEADER_LINE)
+        return sg_request_fail(q, SG_REQUEST_EBAD, NULL, "multipart/form-data: a malformed or too long part header");
+      if (buf_add(&q->line, &c, 1)) return sg_request_fail(q, SG_REQUEST_ENOMEM, NULL, "out of memory");
+      continue;
+    case MP_END:
+      return 0; /* the epilogue */
+    }
+  }
+  return q->has_err ? q->err.code : 0;
+}
+
+/* Returns 1 when the media type at ct (up to ';', white space or its end) is type, case-insensitively. */
+static int media_type_is(const char *ct, const char *type) {
+  size_t n = strlen(type);
+  if (strncasecmp(ct, type, n)) return 0;
+  const char *p = ct + n;
+  while (*p == ' ' || *p == '\t') p++;
+  return *p == 0 || *p == ';';
+}
+
+int sg_request_begin(sg_request *q, const char *content_type) {
+  if (q->has_err) return q->err.code;
+  const char *ct = content_type ? content_type : "";
+  while (*ct == ' ' || *ct == '\t') ct++;
+  if (media_type_is(ct, "application/json")) {
+    q->kind = 1;
+    q->json = 1;
+    return 0;
+  }
+  if (!media_type_is(ct, "multipart/form-data"))
+    return sg_request_fail(q, SG_REQUEST_EUNSUPPORTED, NULL, "the body must be multipart/form-data or application/json");
+  char b[MP_MAX_BOUNDARY + 2];
+  const char *bd = header_param(ct, "boundary", b, sizeof b);
+  if (!bd || !*bd || strlen(bd) > MP_MAX_BOUNDARY || strpbrk(bd, "\r\n"))
+    return sg_request_fail(q, SG_REQUEST_EBAD, NULL,
+                           "multipart/form-data needs a boundary parameter of 1 to %d characters", MP_MAX_BOUNDARY);
+  q->kind = 2;
+  q->delim_len = (size_t)snprintf(q->delim, sizeof q->delim, "\r\n--%s", bd);
+  /* the first delimiter may open the body without a CRLF before it: as if the body began with one */
+  q->matched = 2;
+  q->mp = MP_PREAMBLE;
+  return 0;
+}
+
+int sg_request_add_body(sg_request *q, const void *data, size_t n) {
+  if (q->has_err) return q->err.code;
+  if (q->kind == 1) return sg_request_add_json(q, data, n);
+  if (q->kind == 2) return multipart_feed(q, data, n);
+  return sg_request_fail(q, SG_REQUEST_EBAD, NULL, "a body before its media type");
+}
+
 /* ---- the parameters ---- */
 
 /* The text of parameter p, NULL when absent. Numbers and names must not contain NUL bytes. */
@@ -289,38 +530,124 @@ static const char *param_text(sg_request *q, int p) {
   return q->vals[p].data ? (const char *)q->vals[p].data : "";
 }
 
-/* Parses parameter p as a number in [lo, hi] into *out. Returns 0 (absent: *out unchanged), 1, or a negative code
- * with the error recorded: EBAD when it is not a number, EINVALID when out of range (or not whole for an
- * integer). */
-static int param_number(sg_request *q, int p, double lo, double hi, int integer, double *dout, int64_t *iout) {
+/* The one grammar of every numeric value, JSON's: an optional '-', digits without a leading zero, an optional
+ * fraction, an optional exponent ("-12", "0.5", "1e3", "2.5E-1"); no '+', hex, "inf", "nan" or white space. Returns
+ * 1 when s is such a number and fills the decimal digits (without leading zeros) into digits (up to cap - 1 of
+ * them, *nd counts them all) and the power of ten they are scaled by into *exp10. */
+static int number_syntax(const char *s, int *neg, char *digits, size_t cap, size_t *nd, long *exp10) {
+  const char *p = s;
+  *neg = *p == '-';
+  if (*neg) p++;
+  if (!(*p >= '0' && *p <= '9')) return 0;
+  if (*p == '0' && p[1] >= '0' && p[1] <= '9') return 0;
+  size_t n = 0;
+  long e = 0;
+  for (; *p >= '0' && *p <= '9'; p++)
+    if (n || *p != '0') {
+      if (n + 1 < cap) digits[n] = *p;
+      n++;
+    }
+  if (*p == '.') {
+    p++;
+    if (!(*p >= '0' && *p <= '9')) return 0;
+    size_t zeros = 0; /* zeros not yet known to be followed by another digit: trailing ones change nothing */
+    for (; *p >= '0' && *p <= '9'; p++) {
+      if (*p == '0') {
+        zeros++;
+        continue;
+      }
+      for (; zeros; zeros--, e--)
+        if (n) {
+          if (n + 1 < cap) digits[n] = '0';
+          n++;
+        }
+      if (n + 1 < cap) digits[n] = *p;
+      n++;
+      e--;
+    }
+  }
+  if (*p == 'e' || *p == 'E') {
+    p++;
+    int eneg = *p == '-';
+    if (*p == '-' || *p == '+') p++;
+    if (!(*p >= '0' && *p <= '9')) return 0;
+    long x = 0;
+    for (; *p >= '0' && *p <= '9'; p++)
+      if (x < 100000) x = x * 10 + (*p - '0');
+    e += eneg ? -x : x;
+  }
+  if (*p) return 0;
+  digits[n < cap ? n : cap - 1] = 0;
+  *nd = n;
+  *exp10 = e;
+  return 1;
+}
+
+/* The text of parameter p checked against the number grammar, or NULL with an error recorded (EBAD). */
+static const char *number_text(sg_request *q, int p, int *neg, char *digits, size_t cap, size_t *nd, long *exp10) {
   const char *s = param_text(q, p);
-  if (!s) return 0;
-  const char *name = PARAM_NAMES[p];
   char shown[40];
-  safe_name(s, shown, sizeof shown);
-  if (strlen(s) != q->vals[p].len || !*s)
-    return sg_request_fail(q, SG_REQUEST_EBAD, name, "%s: '%s' is not a number", name, shown);
-  char *end;
-  errno = 0;
-  long long iv = strtoll(s, &end, 10);
-  if (integer && !*end && !errno) {
-    if (iv < lo || iv > hi)
-      return sg_request_fail(q, SG_REQUEST_EINVALID, name, "%s: must be between %.0f and %.0f", name, lo, hi);
-    *iout = iv;
-    return 1;
+  if (strlen(s) != q->vals[p].len || !number_syntax(s, neg, digits, cap, nd, exp10)) {
+    sg_request_fail(q, SG_REQUEST_EBAD, PARAM_NAMES[p], "%s: '%s' is not a decimal number", PARAM_NAMES[p],
+                    safe_name(s, shown, sizeof shown));
+    return NULL;
   }
+  return s;
+}
+
+/* Parses parameter p as a whole number in [lo, hi] into *out, exactly (no trip through double: "1e3" and "1000.0"
+ * are 1000, "2.5" is not whole). Returns 0 (absent: *out unchanged), 1, or a negative code with the error
+ * recorded: EBAD when it is not a number, EINVALID when it is not whole or out of range. */
+static int int_param(sg_request *q, int p, int64_t lo, int64_t hi, int64_t *out) {
+  if (!q->present[p]) return 0;
+  const char *name = PARAM_NAMES[p];
+  int neg;
+  char digits[MAX_FIELD_BYTES + 8];
+  size_t nd;
+  long e;
+  if (!number_text(q, p, &neg, digits, sizeof digits, &nd, &e)) return q->err.code;
+  if (nd >= sizeof digits) /* cannot happen within MAX_FIELD_BYTES; refused rather than misread */
+    return sg_request_fail(q, SG_REQUEST_EINVALID, name, "%s: must be between %lld and %lld", name, (long long)lo,
+                           (long long)hi);
+  /* whole: the digits scaled away (e < 0) are zeros; a fraction's trailing zeros are not digits already, and a
+   * value is at most MAX_FIELD_BYTES long, so every digit is in the buffer */
+  while (e < 0 && nd > 0 && digits[nd - 1] == '0') nd--, e++;
+  if (nd == 0) e = 0; /* zero */
+  if (e < 0) return sg_request_fail(q, SG_REQUEST_EINVALID, name, "%s: must be a whole number", name);
+  /* |value| = digits x 10^e; anything of more than 19 digits is beyond int64 */
+  uint64_t mag = 0;
+  int big = nd + (size_t)e > 19;
+  for (size_t k = 0; !big && k < nd + (size_t)e; k++) {
+    unsigned dgt = k < nd ? (unsigned)(digits[k] - '0') : 0;
+    if (mag > (UINT64_MAX - dgt) / 10) big = 1;
+    else mag = mag * 10 + dgt;
+  }
+  int ok = !big && (neg ? mag <= (uint64_t)INT64_MAX + 1 : mag <= (uint64_t)INT64_MAX);
+  int64_t v = 0;
+  if (ok) v = neg ? (mag == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)mag) : (int64_t)mag;
+  if (!ok || v < lo || v > hi)
+    return sg_request_fail(q, SG_REQUEST_EINVALID, name, "%s: must be between %lld and %lld", name, (long long)lo,
+                           (long long)hi);
+  *out = v;
+  return 1;
+}
+
+/* Parses parameter p as a number in [lo, hi] into *out. Returns 0 (absent: *out unchanged), 1, or a negative code
+ * with the error recorded: EBAD when it is not a number, EINVALID when out of range. */
+static int real_param(sg_request *q, int p, double lo, double hi, double *out) {
+  if (!q->present[p]) return 0;
+  const char *name = PARAM_NAMES[p];
+  int neg;
+  char digits[32];
+  size_t nd;
+  long e;
+  const char *s = number_text(q, p, &neg, digits, sizeof digits, &nd, &e);
+  if (!s) return q->err.code;
   errno = 0;
-  double v = strtod(s, &end);
-  if (end == s || *end || !isfinite(v))
-    return sg_request_fail(q, SG_REQUEST_EBAD, name, "%s: '%s' is not a%s number", name, shown,
-                           isfinite(v) ? "" : " finite");
-  if (integer && v != floor(v)) return sg_request_fail(q, SG_REQUEST_EINVALID, name, "%s: must be a whole number", name);
-  if (!(v >= lo && v <= hi)) {
-    if (integer) return sg_request_fail(q, SG_REQUEST_EINVALID, name, "%s: must be between %.0f and %.0f", name, lo, hi);
+  double v = strtod(s, NULL); /* the grammar above is a subset of strtod's */
+  if (!isfinite(v) || !(v >= lo && v <= hi))
     return sg_request_fail(q, SG_REQUEST_EINVALID, name, "%s: must be between %g and %g", name, lo, hi);
-  }
-  if (integer) *iout = (int64_t)v;
-  else *dout = v;
+  *out = v;
   return 1;
 }
 
@@ -351,23 +678,23 @@ static int gen_parse(sg_request *q, sg_request_params *a) {
   int64_t i;
   int rc;
   int32_t max_steps = P->max_steps;
-  if ((rc = param_number(q, P_STEPS, 1, max_steps, 1, &d, &i)) < 0) return rc;
+  if ((rc = int_param(q, P_STEPS, 1, max_steps, &i)) < 0) return rc;
   if (rc) a->jr.steps = (int32_t)i;
   if (a->jr.steps > max_steps) a->jr.steps = max_steps;
-  if ((rc = param_number(q, P_BETA, 0, 100, 0, &d, &i)) < 0) return rc;
+  if ((rc = real_param(q, P_BETA, 0, 100, &d)) < 0) return rc;
   if (rc) a->jr.beta = d;
   if (q->present[P_STOP] && q->present[P_STOP_STEP])
     return sg_request_fail(q, SG_REQUEST_EINVALID, "stop_step", "stop_step: give stop or stop_step, not both");
-  if ((rc = param_number(q, P_STOP, 0, 1, 0, &d, &i)) < 0) return rc;
+  if ((rc = real_param(q, P_STOP, 0, 1, &d)) < 0) return rc;
   if (rc) a->jr.stop = d;
-  if ((rc = param_number(q, P_STOP_STEP, 0, a->jr.steps, 1, &d, &i)) < 0) return rc;
+  if ((rc = int_param(q, P_STOP_STEP, 0, a->jr.steps, &i)) < 0) return rc;
   if (rc) a->jr.stop_step = (int32_t)i;
-  if ((rc = param_number(q, P_CFG, 0, 100, 0, &d, &i)) < 0) return rc;
+  if ((rc = real_param(q, P_CFG, 0, 100, &d)) < 0) return rc;
   if (rc) a->jr.cfg = d;
-  if ((rc = param_number(q, P_ETA, 0, 10, 0, &d, &i)) < 0) return rc;
+  if ((rc = real_param(q, P_ETA, 0, 10, &d)) < 0) return rc;
   if (rc) a->jr.eta = d;
   int64_t seed = -1;
-  if ((rc = param_number(q, P_SEED, -1, (double)(INT64_MAX - SG_JOBS_MAX_IMAGES), 1, &d, &seed)) < 0) return rc;
+  if ((rc = int_param(q, P_SEED, -1, INT64_MAX - SG_JOBS_MAX_IMAGES, &seed)) < 0) return rc;
   if (seed < 0) {
     uint32_t v = 0;
     if (getrandom(&v, sizeof v, 0) != sizeof v) v = (uint32_t)(now_s() * 1e6);
@@ -375,10 +702,12 @@ static int gen_parse(sg_request *q, sg_request_params *a) {
     a->seed_random = 1;
   }
   a->jr.seed = seed;
-  if ((rc = param_number(q, P_N, 1, P->max_images, 1, &d, &i)) < 0) return rc;
+  if ((rc = int_param(q, P_N, 1, P->max_images, &i)) < 0) return rc;
   if (rc) a->jr.n_images = (int32_t)i;
-  if ((rc = param_number(q, P_TIMEOUT_MS, 1, (double)P->max_timeout_ms, 1, &d, &i)) < 0) return rc;
+  if ((rc = int_param(q, P_TIMEOUT_MS, 1, P->max_timeout_ms, &i)) < 0) return rc;
   if (rc) a->timeout_ms = i;
+  if (a->jr.beta > 0 && !P->has_lgp && sg_generate_guided_steps(a->jr.steps, a->jr.stop, a->jr.stop_step) > 0)
+    return sg_request_fail(q, SG_REQUEST_EINVALID, "beta", "beta: this model has no LGP, so it cannot follow a sketch");
   char shown[40];
   const char *s = param_text(q, P_SAMPLER);
   if (s) {
@@ -459,6 +788,7 @@ sg_request_limits sg_request_default_limits(void) {
   l.default_timeout_ms = 300000;
   l.max_timeout_ms = 3600000;
   l.image_size = 64;
+  l.has_lgp = 1;
   l.defaults.steps = 50;
   l.defaults.beta = 1.6;
   l.defaults.stop = 0.5;
@@ -489,6 +819,9 @@ void sg_request_free(sg_request *q) {
 int sg_request_parse(sg_request *q, sg_request_params *out) {
   memset(out, 0, sizeof *out);
   if (!q->has_err && q->json) parse_json_body(q);
+  /* a body in which the boundary never shows has no parts (and so no prompt); one cut short is malformed */
+  if (!q->has_err && q->kind == 2 && q->mp != MP_END && (q->mp != MP_PREAMBLE || q->mp_parts))
+    sg_request_fail(q, SG_REQUEST_EBAD, NULL, "malformed or truncated multipart/form-data body (no closing delimiter)");
   if (q->has_err) return q->err.code;
   return gen_parse(q, out);
 }
@@ -511,7 +844,9 @@ char *sg_request_describe(const sg_request_params *a) {
   json_object_set_new(p, "beta", json_real(j->beta));
   json_object_set_new(p, "stop", json_real(j->stop));
   json_object_set_new(p, "stop_step", j->stop_step >= 0 ? json_integer(j->stop_step) : json_null());
-  json_object_set_new(p, "guided_steps", json_integer(sg_generate_guided_steps(j->steps, j->stop, j->stop_step)));
+  /* as sg_generate counts them: none without a sketch or at beta 0 */
+  int32_t guided = j->sketch && j->beta > 0 ? sg_generate_guided_steps(j->steps, j->stop, j->stop_step) : 0;
+  json_object_set_new(p, "guided_steps", json_integer(guided));
   json_object_set_new(p, "cfg", json_real(j->cfg));
   json_object_set_new(p, "eta", json_real(j->eta));
   json_object_set_new(p, "seed", json_integer(j->seed));

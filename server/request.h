@@ -5,17 +5,15 @@
  *   lim.image_size = model_info->image_size;         // the sketch map's size
  *   lim.defaults = sg_jobs_default_request(jobs);    // the model's defaults
  *   sg_request *q = sg_request_new(&lim);
- *   // a multipart body: every piece of every part, as libmicrohttpd's post processor hands them over
- *   sg_request_add_field(q, "prompt", 0, "a star", 6);
- *   sg_request_add_field(q, "sketch", 0, png, png_len);
- *   // or a JSON body, in as many pieces as it arrives
- *   sg_request_add_json(q, text, len);
+ *   if (sg_request_begin(q, content_type_header) == 0)   // "multipart/form-data; boundary=..." or "application/json"
+ *     for (each piece of the body as it arrives) sg_request_add_body(q, piece, piece_len);
+ *   // or, without a body to parse: fields one by one (sg_request_add_field), or a JSON text (sg_request_add_json)
  *   sg_request_params out;
  *   if (sg_request_parse(q, &out) == 0) ... out.jr is ready for sg_jobs_submit, out.dry_run says what to do
  *   else { const sg_request_error *e = sg_request_get_error(q); ... e->code, e->param, e->message }
  *   sg_request_free(q);                               // frees out's strings and sketch map too
  *
- * A request is one body: either fields or JSON, never both. The limits are those of sg_http_params (the sketch
+ * A request is one body: either multipart or JSON, never both. The limits are those of sg_http_params (the sketch
  * counts against max_body_bytes, prompts against max_prompt_bytes, every other value against 256 bytes).
  *
  * Errors: sg_request_new returns NULL when out of memory. Every other call returns 0 (SG_REQUEST_OK) or a negative
@@ -55,6 +53,7 @@ typedef struct {
   int64_t default_timeout_ms; /* 300000 */
   int64_t max_timeout_ms;     /* 3600000 */
   int32_t image_size;         /* 64: the sketch map's width and height (the model's image size) */
+  int has_lgp;                /* 1: the model can follow a sketch (beta > 0 is refused otherwise, as sg_jobs does) */
   sg_job_request defaults;    /* steps, beta, stop, stop_step, cfg, sampler, eta of a request that omits them */
 } sg_request_limits;
 
@@ -87,8 +86,20 @@ sg_request *sg_request_new(const sg_request_limits *lim);
 /* Frees q and everything it handed out. NULL is ignored. */
 void sg_request_free(sg_request *q);
 
+/* Chooses the body's parser from its Content-Type (NULL = none): the media type must be exactly application/json
+ * or multipart/form-data (any case, parameters allowed after ';'; "application/jsonx" is neither), and multipart
+ * needs a boundary parameter of 1 to 70 characters. Returns 0, SG_REQUEST_EUNSUPPORTED for another media type, or
+ * SG_REQUEST_EBAD for a multipart type without a usable boundary. */
+int sg_request_begin(sg_request *q, const char *content_type);
+
+/* Feeds the next n bytes of the body (after sg_request_begin) to its parser: multipart/form-data is parsed as it
+ * arrives (RFC 7578: a part per parameter, each given once, named by its Content-Disposition; the preamble and
+ * epilogue are ignored), JSON is kept for sg_request_parse. Returns 0 or a negative code. */
+int sg_request_add_body(sg_request *q, const void *data, size_t n);
+
 /* Adds a piece of the multipart part called name: off is the number of bytes of this part before data (0 for a
- * part's first piece). An unknown name, a parameter given twice, or a value over its limit is an error. Returns 0
+ * part's first piece: every piece at offset 0 starts a new part). An unknown name, a parameter given twice
+ * (even after an empty first part), a piece out of order, or a value over its limit is an error. Returns 0
  * or a negative code. */
 int sg_request_add_field(sg_request *q, const char *name, uint64_t off, const void *data, size_t n);
 

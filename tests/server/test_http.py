@@ -270,6 +270,8 @@ def test_settings_precedence_and_errors(tmp_path):
         (["--log-level", "loud"], {}, "--log-level: 'loud'"),
         (["--devices", "gpu"], {}, "devices:"),
         (["--default-timeout-ms", "10", "--max-timeout-ms", "5"], {}, "default_timeout_ms"),
+        (["--connection-timeout-s", "0"], {}, "--connection-timeout-s: 0 is out of range"),  # stalled clients forever
+        ([], {"SKETCHGUIDE_CONNECTION_TIMEOUT_S": "100000"}, "SKETCHGUIDE_CONNECTION_TIMEOUT_S"),
         ([], {"SKETCHGUIDE_MAX_STEPS": "many"}, "SKETCHGUIDE_MAX_STEPS: 'many' is not an integer"),
         ([], {"SKETCHGUIDE_TOKEN": "has space"}, "SKETCHGUIDE_TOKEN"),
         (["--config", str(tmp_path / "missing.json")], {}, "missing.json"),
@@ -640,15 +642,30 @@ def test_400_malformed(srv):
         (json.dumps({"prompt": PROMPT}).encode(), "application/json", "sketch"),
         (json.dumps({"prompt": PROMPT, "sketch": "AAAA", "what": 1}).encode(), "application/json", None),
         (b'{"prompt": "x", "prompt": "y"}', "application/json", None),
-        (json.dumps({"prompt": PROMPT, "steps": 99999999999999999999999}).encode(), "application/json", None),
         (json.dumps({"prompt": PROMPT, "sketch": base64.b64encode(star_bytes()[:200]).decode()}).encode(),
          "application/json", "sketch"),  # a truncated PNG
+        # a repeated parameter after an empty first part (libmicrohttpd's post processor merged them)
+        (multipart([("prompt", ""), ("prompt", PROMPT), ("steps", 2)])[0], ctype, "prompt"),
+        (multipart(default_fields() + [("steps", "")])[0], ctype, "steps"),
+        (multipart([("prompt", PROMPT), ("seed", ""), ("seed", 5)])[0], ctype, "seed"),
     ]
+    # one grammar for every number (JSON's, in a multipart field or a JSON string): no hex, no hex floats, no '+',
+    # no white space, no leading zeros or bare points
+    for name, v in [("steps", "0x10"), ("steps", "0x1p3"), ("seed", "0x7"), ("beta", "0x1p0"), ("seed", "+5"),
+                    ("steps", " 5"), ("steps", "5 "), ("cfg", "1e"), ("cfg", ".5"), ("cfg", "5."), ("seed", "007"),
+                    ("n", "1_0"), ("eta", "infinity"), ("timeout_ms", "1e3x"), ("stop", "--1")]:
+        cases.append((multipart(default_fields(**{name: v}))[0], ctype, name))
+        cases.append((json.dumps({"prompt": PROMPT, "sketch": "AAAA", name: v}).encode(), "application/json", name))
     for b, ct, param in cases:
         st, _, data = srv.request("POST", "/v1/generate", b, {"Content-Type": ct})
         assert st == 400, (ct, b[:80], st, data)
         e = error_of(data)
         assert e["code"] == "bad_request" and e["param"] == param, (b[:80], e)
+    # an empty JSON body gets a plain message
+    for b in [b"", b"  \r\n"]:
+        st, _, data = srv.request("POST", "/v1/generate", b, {"Content-Type": "application/json"})
+        e = error_of(data)
+        assert st == 400 and e["param"] is None and e["message"].startswith("the JSON body is empty"), (b, e)
 
 
 def test_401_with_token(tmp_path):
@@ -719,9 +736,15 @@ def test_415(srv):
         assert e["code"] == "unsupported_media_type" and e["param"] == "sketch"
     png_as_gif = srv.generate(files=[("sketch", "x.gif", star_bytes())])
     assert png_as_gif[0] == 200
-    for ct in ["text/plain", "application/x-www-form-urlencoded", None]:
+    for ct in ["text/plain", "application/x-www-form-urlencoded", None, "application/jsonx", "application/json-seq",
+               "application/json+x; charset=utf-8", "multipart/form-dataX; boundary=" + BOUNDARY, "application/ json"]:
         st, _, body = srv.request("POST", "/v1/generate", b"prompt=x", {"Content-Type": ct} if ct else {})
-        assert st == 415 and error_of(body)["param"] is None
+        assert st == 415 and error_of(body)["param"] is None, (ct, body)
+    # the exact media types, any case, parameters allowed
+    good = json.dumps({"prompt": PROMPT, "sketch": base64.b64encode(star_bytes()).decode(), "dry_run": True})
+    for ct in ["application/json", "Application/JSON; charset=utf-8", "application/json ;charset=utf-8"]:
+        st, _, body = srv.request("POST", "/v1/generate", good, {"Content-Type": ct})
+        assert st == 200 and json.loads(body)["valid"] is True, (ct, body)
 
 
 def test_422_names_the_parameter(srv):
@@ -747,6 +770,55 @@ def test_422_names_the_parameter(srv):
     body = json.dumps({"prompt": PROMPT, "sketch": base64.b64encode(star_bytes()).decode(), "steps": 1e99})
     st, _, data = srv.request("POST", "/v1/generate", body, {"Content-Type": "application/json"})
     assert st == 422 and error_of(data)["param"] == "steps"
+
+
+def dry_run_params(srv, **kw):
+    """The dry-run answer's params for default_fields(**kw) sent as multipart, or (status, error)."""
+    st, _, data = srv.generate(dry_run="true", **kw)
+    return json.loads(data)["params"] if st == 200 else (st, error_of(data))
+
+
+def test_numbers_are_parsed_exactly(srv):
+    """Integers are read as decimal integers, never through a double: the seed's last accepted value is
+    2^63 - 65 (image k uses seed + k, up to 64 images), the values above it up to 2^63 - 1, 2^63 and beyond are
+    refused (not wrapped, not turned into a random seed), and an exponent or a fraction of zeros is exact."""
+    top = 2 ** 63 - 65
+    assert dry_run_params(srv, seed=top)["seed"] == top
+    assert dry_run_params(srv, seed="9.223372036854775743e18")["seed"] == top
+    assert dry_run_params(srv, seed="1e3")["seed"] == 1000 and dry_run_params(srv, seed="12.000")["seed"] == 12
+    assert dry_run_params(srv, seed="-0")["seed"] == 0 and dry_run_params(srv, steps="3e0")["steps"] == 3
+    for v in [top + 1, 2 ** 63 - 64, 2 ** 63 - 1, 2 ** 63, 2 ** 63 + 7, 2 ** 64, 2 ** 64 + 1, 10 ** 30, -2,
+              -(2 ** 63), -(2 ** 63) - 1, "9.3e18", "1e19", "1e100000", "12.5", "1e-1"]:
+        st, e = dry_run_params(srv, seed=v)
+        assert st == 422 and e["param"] == "seed" and e["code"] == "invalid_parameter", (v, e)
+        st, h, data = srv.generate(seed=v, headers={"Prefer": "respond-async"})  # a real submission agrees
+        assert st == 422 and error_of(data)["param"] == "seed", (v, data)
+    # JSON integers beyond 64 bits and reals beyond double: a clear 422 naming the parameter
+    sketch = base64.b64encode(star_bytes()).decode()
+    for name, v in [("seed", "9223372036854775808"), ("seed", "-9223372036854775809"), ("steps", "1" + "0" * 30),
+                    ("seed", "1e400"), ("cfg", "-1e400")]:
+        body = '{"prompt": "x", "sketch": "%s", "%s": %s, "dry_run": true}' % (sketch, name, v)
+        st, _, data = srv.request("POST", "/v1/generate", body, {"Content-Type": "application/json"})
+        e = error_of(data)
+        assert st == 422 and e["param"] == name and name in e["message"], (name, v, e)
+    # the same seeds in JSON as numbers and as strings
+    for v in [top, "%d" % top]:
+        body = json.dumps({"prompt": "x", "sketch": sketch, "seed": v, "dry_run": True})
+        st, _, data = srv.request("POST", "/v1/generate", body, {"Content-Type": "application/json"})
+        assert st == 200 and json.loads(data)["params"]["seed"] == top, data
+
+
+def test_dry_run_agrees_with_the_job(srv):
+    """What dry_run reports (steps, seed, guided steps, sampler, numbers) is what the job then runs with."""
+    for kw in [dict(beta=0), dict(beta=0, stop_step=2), dict(beta="1.6", stop_step=1), dict(stop="0.5"),
+               dict(stop=1), dict(beta="0.0", stop=1)]:
+        p = dry_run_params(srv, steps=2, seed=5, **kw)
+        st, h, data = srv.generate(steps=2, seed=5, headers={"Prefer": "respond-async"}, **kw)
+        assert st == 202, data
+        o = srv.wait_state(json.loads(data)["id"], ("succeeded",))
+        assert (o["seed"], o["progress"]["total"], o["guided_steps"]) == (p["seed"], p["steps"], p["guided_steps"]), \
+            (kw, p, o)
+    assert dry_run_params(srv, steps=2, beta=0)["guided_steps"] == 0
 
 
 def test_422_sketch_over_the_pixel_limit():
@@ -955,6 +1027,122 @@ def test_cors(srv):
     finally:
         assert s.stop() == 0
         s.close()
+
+
+# --- the request head: framing, limits, clients that leave ----------------------------------------------------
+
+SMUGGLED = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def head(extra, method="POST", path="/v1/generate"):
+    return ("%s %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n%s\r\n" % (method, path, extra)).encode()
+
+
+def test_ambiguous_framing_is_refused_and_closed(srv):
+    """A head that could frame its body two ways (how a request is smuggled past a proxy) gets one JSON 400 naming
+    the problem and the connection closes: the bytes after the head are never run as a second request. The reads
+    go on until the server closes (a socket timeout, not a measured time, bounds a server that does not)."""
+    body = b'{"prompt": "x"}'
+    cases = [
+        (head("Content-Length: 5\r\nTransfer-Encoding: chunked\r\n") + b"0\r\n\r\n", "Transfer-Encoding"),
+        (head("Transfer-Encoding: chunked\r\nContent-Length: 15\r\n") + body, "Transfer-Encoding"),
+        (head("Content-Length: 15\r\nContent-Length: 0\r\n") + body, "Content-Length"),
+        (head("Content-Length: 0\r\nContent-Length: 0\r\n"), "Content-Length"),
+        (head("Transfer-Encoding: xchunked\r\n"), "xchunked"),
+        (head("Transfer-Encoding: xchunked\r\nContent-Length: 15\r\n") + body, "Transfer-Encoding"),
+        (head("Transfer-Encoding: gzip, chunked\r\n") + b"0\r\n\r\n", "gzip, chunked"),
+        (head("Transfer-Encoding: chunked, identity\r\n") + b"0\r\n\r\n", "chunked, identity"),
+        (head("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n") + b"0\r\n\r\n", "Transfer-Encoding"),
+        (head("Content-Length : 40\r\n"), "header name"),
+        (head("Transfer-Encoding : chunked\r\nContent-Length: 5\r\n") + b"0\r\n\r\n", "header name"),
+        (head("Content-Length: 0\r\n", "GET", "/healthz").replace(b"Host: x", b"Ho st: x"), "header name"),
+    ]
+    for req, needle in cases:
+        resp = raw_exchange(srv.port, [req + SMUGGLED], timeout=20)
+        assert resp.count(b"HTTP/1.1 ") == 1, (req, resp)
+        st, h, data = parse_raw(resp)
+        e = error_of(data)
+        assert st == 400 and e["code"] == "bad_request" and needle in e["message"], (req, st, data)
+        assert h["connection"] == "close" and h["content-type"] == "application/json", h
+    # a Content-Length that is a list, negative or signed: libmicrohttpd answers them itself (its own 400 page,
+    # docs/config.md), and closes too; nothing after them runs
+    for cl in [b"15, 15", b"-5", b"+15", b"1 5"]:
+        resp = raw_exchange(srv.port, [head("Content-Length: %s\r\n" % cl.decode()) + body + SMUGGLED], timeout=20)
+        assert resp.startswith(b"HTTP/1.1 400") and b'"status":"ok"' not in resp, (cl, resp)
+    assert srv.request("GET", "/healthz")[0] == 200
+
+
+def test_header_and_query_limits(srv):
+    """More than 64 header fields (or 32 KiB of them) get a JSON 431 and more than 32 query arguments a JSON 414,
+    at once (1000 arguments used to get no answer until the idle timeout)."""
+    def get(path, n_headers=0):
+        req = ("GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" % path).encode()
+        req += b"".join(b"X-H%d: v\r\n" % i for i in range(n_headers)) + b"\r\n"
+        return parse_raw(raw_exchange(srv.port, [req], timeout=20))
+
+    for n in [33, 200, 1000, 5000]:
+        st, h, data = get("/healthz?" + "&".join("a%d=1" % i for i in range(n)))
+        e = error_of(data)
+        assert st == 414 and e["code"] == "uri_too_long" and "32 query arguments" in e["message"], (n, data)
+        assert h["content-type"] == "application/json"
+    assert get("/healthz?" + "&".join("a%d=1" % i for i in range(32)))[0] == 200
+    for n in [63, 200, 1000]:  # Host and Connection are two more
+        st, h, data = get("/healthz", n)
+        e = error_of(data)
+        assert st == 431 and e["code"] == "header_fields_too_large" and "64 header fields" in e["message"], (n, data)
+    assert get("/healthz", 62)[0] == 200
+    for size in [40000, 100000]:  # one huge field
+        req = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: " + b"a" * size + b"\r\n\r\n"
+        st, h, data = parse_raw(raw_exchange(srv.port, [req], timeout=20))
+        assert st == 431 and "32768 bytes" in error_of(data)["message"], (size, data)
+    assert srv.request("GET", "/healthz")[0] == 200
+
+
+def test_client_half_closing_mid_upload_is_released():
+    """A client that half-closes (or closes) its end before its body is complete is released at once, whatever
+    connection_timeout_s says: such sockets no longer fill a small --max-connections."""
+    s = Server("--connection-timeout-s", "3600", "--max-connections", "3", "--http-threads", "1")
+    try:
+        body, ctype = multipart(default_fields())
+        socks = []
+        for k in range(3):
+            c = socket.create_connection(("127.0.0.1", s.port), timeout=60)
+            c.sendall(request_head("/v1/generate", ctype, len(body) + 1000) + body[:len(body) // (k + 2)])
+            c.shutdown(socket.SHUT_WR)
+            socks.append(c)
+        for c in socks:  # the server closes each one (recv returns b"" once it has); old servers held them an hour
+            got = b""
+            while True:
+                d = c.recv(65536)
+                if not d:
+                    break
+                got += d
+            assert got == b"" or got.startswith(b"HTTP/1.1 4"), got[:100]
+            c.close()
+        assert wait_for(lambda: s.request("GET", "/healthz", timeout=30)[0] == 200, what="a free connection")
+        assert s.generate(steps=1)[0] == 200
+    finally:
+        assert s.stop() == 0
+        s.close()
+
+
+def test_whole_request_then_half_close_is_answered(srv):
+    """A client that sends its whole request and then half-closes still gets its answer."""
+    body, ctype = multipart(default_fields(dry_run="true"))
+    c = socket.create_connection(("127.0.0.1", srv.port), timeout=60)
+    try:
+        c.sendall(request_head("/v1/generate", ctype, len(body)) + body)
+        c.shutdown(socket.SHUT_WR)
+        got = b""
+        while True:
+            d = c.recv(65536)
+            if not d:
+                break
+            got += d
+    finally:
+        c.close()
+    st, _, data = parse_raw(got)
+    assert st == 200 and json.loads(data)["valid"] is True
 
 
 # --- streaming parser and hostile input -------------------------------------------------------------------------

@@ -44,7 +44,8 @@ PROMPT = "a red star on a plain blue background"
 TOKEN = "conformance-Token_1"
 AUTH = {"Authorization": "Bearer " + TOKEN}
 ORIGIN = "http://allowed.example"
-LONG = 150  # steps of a job that keeps the worker busy until it is cancelled
+LONG = 999  # steps of a job that keeps the worker busy until it is cancelled (server A's --max-steps, the sampler's
+#            most: it outlasts the requests made while it runs, however fast the machine or slow the client)
 METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NO_JOB = "0" * 32
@@ -579,10 +580,11 @@ def test_source_tables_match_spec(contract):
 @pytest.fixture(scope="module")
 def live(contract):
     """Server A behind Prism: a token (/metrics too), CORS for one origin, one queued job at most, bodies up to
-    256 KiB, the debug log (it names the jobs of synchronous requests)."""
+    256 KiB, the debug log (it names the jobs of synchronous requests), LONG steps at most, a drain no busy machine
+    outlasts (test_draining cancels its job itself)."""
     srv = start_server("--max-queue", 1, "--max-body-bytes", 262144, "--cors-origins", ORIGIN,
                        "--metrics-require-token", "true", "--log-level", "debug", "--warmup-steps", 1,
-                       env=server_env(SKETCHGUIDE_TOKEN=TOKEN))
+                       "--max-steps", LONG, "--drain-seconds", 600, env=server_env(SKETCHGUIDE_TOKEN=TOKEN))
     prism = None
     try:
         prism = start_prism(SPEC_PATH, srv.port)
@@ -810,13 +812,19 @@ def test_errors(live):
         path = tpl.replace("{id}", NO_JOB).replace("{i}", "0").replace("{name}", "app.js")
         st, _, _ = cl.raw(m, path, b"Authorization: Bearer %s\r\n" % TOKEN.encode())
         assert st == 413, (m, path, st)
+        # 414 and 431: more query arguments or header fields than the limits, on every route, before the rest
+        if m != "HEAD":  # a 414 is answered from the request line, before the method is read (the spec says so)
+            st, _, _ = cl.raw(m, path + "?" + "&".join("a%d=1" % i for i in range(40)))
+            assert st == 414, (m, path, st)
+        st, _, _ = cl.raw(m, path, b"".join(b"X-Extra-%d: v\r\n" % i for i in range(70)))
+        assert st == 431, (m, path, st)
     # 415: neither multipart nor JSON; a sketch that is neither PNG nor JPEG
     assert cl.request("POST", "/v1/generate", b"prompt=x", {"Content-Type": "text/plain"}, valid=False)[0] == 415
     gif = base64.b64encode(b"GIF89a\x01\x00\x01\x00\x00\x00\x00;").decode()
     st, _, data = cl.generate_json(gen(sketch=gif))
     assert st == 415 and json.loads(data)["error"]["param"] == "sketch"
     # 422: out of range; what the spec can say it says, the limits of settings it gives in words
-    for params, valid in [(gen(steps=0), False), (gen(steps=151), None), (gen(sampler="plms"), False),
+    for params, valid in [(gen(steps=0), False), (gen(steps=LONG + 1), None), (gen(sampler="plms"), False),
                           (gen(stop=0.5, stop_step=1), False), (gen(prompt=""), False), (gen(beta=101), False),
                           (gen(n=5), None), (gen(invert="maybe"), False), (gen(timeout_ms=0), False),
                           (gen(seed=-2), False), (gen(prompt="x" * 2001), None)]:
@@ -873,7 +881,8 @@ def test_not_ready_and_gone(contract):
     """Server B, no token, the sketch pad off (404), a long warm-up: every route while the model loads (503
     not_ready, /v1/info without a model), then, keeping one finished job only, 410 for an evicted one. Straight to
     the server (its port is known only once it listens, and the window is short), checked by the validator."""
-    srv = start_server("--warmup-steps", 60, "--keep-finished-count", 1, "--ui", "false", wait_ready=False)
+    # the longest warm-up there is (100 steps) holds the window open: the probes take a small part of it
+    srv = start_server("--warmup-steps", 100, "--keep-finished-count", 1, "--ui", "false", wait_ready=False)
     try:
         cl = Client(contract, srv.port)
         st, hd, _ = cl.request("GET", "/readyz", via="direct")

@@ -1,0 +1,236 @@
+/* Unit tests of server/request.c without a server: the number grammar (exact integers), the multipart parser split at
+ * every byte, repeated and empty parts, media types, JSON edges, and dry-run descriptions. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "request.h"
+
+static uint8_t *sketch;
+static size_t sketch_len;
+
+/* A multipart body of (name, value) pairs and the sketch file, written into out (cap bytes). Returns its length. */
+static size_t multipart(char *out, size_t cap, const char *const *kv, int n) {
+  size_t o = 0;
+  for (int i = 0; i < n; i++)
+    o += (size_t)snprintf(out + o, cap - o, "--BB\r\nContent-Disposition: form-data; name=\"%s\"\r\n\r\n%s\r\n", kv[2 * i],
+                          kv[2 * i + 1]);
+  o += (size_t)snprintf(out + o, cap - o,
+                        "--BB\r\nContent-Disposition: form-data; name=\"sketch\"; filename=\"s.png\"\r\n"
+                        "Content-Type: image/png\r\n\r\n");
+  memcpy(out + o, sketch, sketch_len);
+  o += sketch_len;
+  o += (size_t)snprintf(out + o, cap - o, "\r\n--BB--\r\n");
+  return o;
+}
+
+/* Parses a body given in pieces cut at the offsets in cuts (ascending, ncut of them). Returns the parse's code;
+ * *out gets the parameters, *q the request (the caller frees it). */
+static int parse_pieces(const char *ct, const char *body, size_t len, const size_t *cuts, int ncut, sg_request **q,
+                        sg_request_params *out) {
+  sg_request_limits lim = sg_request_default_limits();
+  *q = sg_request_new(&lim);
+  int rc = sg_request_begin(*q, ct);
+  size_t at = 0;
+  for (int i = 0; i <= ncut && !rc; i++) {
+    size_t end = i < ncut ? cuts[i] : len;
+    rc = sg_request_add_body(*q, body + at, end - at);
+    at = end;
+  }
+  return sg_request_parse(*q, out);
+}
+
+static int parse(const char *ct, const char *body, size_t len, sg_request **q, sg_request_params *out) {
+  return parse_pieces(ct, body, len, NULL, 0, q, out);
+}
+
+/* The seed parsed from a multipart field with this text, or the error code (negative) as an int64. */
+static int64_t seed_of(const char *text, const char **param) {
+  static char body[65536];
+  const char *kv[] = {"prompt", "a star", "seed", text};
+  size_t n = multipart(body, sizeof body, kv, 2);
+  sg_request *q;
+  sg_request_params p;
+  int rc = parse("multipart/form-data; boundary=BB", body, n, &q, &p);
+  int64_t v = rc ? rc : p.jr.seed;
+  if (param) *param = rc ? (sg_request_get_error(q)->param[0] ? "seed" : "") : "";
+  sg_request_free(q);
+  return v;
+}
+
+static void test_numbers(void) {
+  const struct {
+    const char *text;
+    int64_t want;
+  } ok[] = {{"0", 0}, {"-0", 0}, {"42", 42}, {"1e3", 1000}, {"1E3", 1000}, {"1000.000", 1000}, {"1.5e1", 15},
+            {"9223372036854775743", INT64_MAX - 64}, {"9.223372036854775743e18", INT64_MAX - 64},
+            {"92233720368547757430e-1", INT64_MAX - 64}, {"0.0000000000000000000000000000000000000012e40", 12},
+            {"1.000000000000000000000000000000000000000000000", 1}};
+  for (size_t i = 0; i < sizeof ok / sizeof *ok; i++)
+    CHECK(seed_of(ok[i].text, NULL) == ok[i].want, "seed %s: %lld", ok[i].text, (long long)seed_of(ok[i].text, NULL));
+  const char *invalid[] = {"9223372036854775744", "9223372036854775807", "9223372036854775808", "18446744073709551616",
+                           "99999999999999999999999999999", "-2", "-9223372036854775808", "1e19", "1e100000", "2.5",
+                           "1e-1", "1.25e1"};
+  for (size_t i = 0; i < sizeof invalid / sizeof *invalid; i++) {
+    const char *param;
+    int64_t v = seed_of(invalid[i], &param);
+    CHECK(v == SG_REQUEST_EINVALID && !strcmp(param, "seed"), "seed %s: %lld", invalid[i], (long long)v);
+  }
+  const char *bad[] = {"", "0x10", "0x1p3", "+5", " 5", "5 ", ".5", "5.", "1e", "007", "1_0", "inf", "nan", "--1", "1e+",
+                       "١"};
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    const char *param;
+    int64_t v = seed_of(bad[i], &param);
+    CHECK(v == SG_REQUEST_EBAD && !strcmp(param, "seed"), "seed '%s': %lld", bad[i], (long long)v);
+  }
+  CHECK(seed_of("-1", NULL) >= 0, "-1 draws a seed");
+}
+
+static void test_multipart_splits(void) {
+  static char body[65536];
+  const char *kv[] = {"prompt", "a star\r\n--B not a delimiter\r\r\n", "steps", "3", "seed", "42", "negative_prompt",
+                      "", "dry_run", "true"};
+  size_t n = multipart(body, sizeof body, kv, 5);
+  sg_request *q;
+  sg_request_params ref;
+  const char *ct = "multipart/form-data; boundary=\"BB\"";
+  CHECK(parse(ct, body, n, &q, &ref) == 0, "whole body: %s", sg_request_get_error(q)->message);
+  char *want = sg_request_describe(&ref);
+  CHECK(want && strstr(want, "\"prompt\":\"a star\\r\\n--B not a delimiter\\r\\r\\n\"") && strstr(want, "\"seed\":42") &&
+            strstr(want, "\"steps\":3") && strstr(want, "\"negative_prompt\":\"\""),
+        "%s", want ? want : "(null)");
+  sg_request_free(q);
+  for (size_t k = 1; k < n; k++) { /* two pieces cut at every byte, and three pieces */
+    sg_request_params p;
+    size_t cuts[2] = {k, k + (n - k) / 2};
+    for (int ncut = 1; ncut <= 2; ncut++) {
+      int rc = parse_pieces(ct, body, n, cuts, ncut, &q, &p);
+      char *got = rc ? NULL : sg_request_describe(&p);
+      CHECK(!rc && got && !strcmp(got, want), "cut at %zu (%d): %s", k, ncut, rc ? sg_request_get_error(q)->message : got);
+      free(got);
+      sg_request_free(q);
+    }
+  }
+  size_t *every = malloc(sizeof *every * n);
+  for (size_t k = 0; k + 1 < n; k++) every[k] = k + 1;
+  sg_request_params p;
+  int rc = parse_pieces(ct, body, n, every, (int)n - 1, &q, &p);
+  char *got = rc ? NULL : sg_request_describe(&p);
+  CHECK(!rc && got && !strcmp(got, want), "byte by byte: %s", got ? got : sg_request_get_error(q)->message);
+  free(got);
+  sg_request_free(q);
+  free(every);
+  free(want);
+}
+
+/* The error (code and param) of a multipart body of these pairs. */
+static void expect_multipart_error(const char *const *kv, int n, int code, const char *param) {
+  static char body[65536];
+  size_t len = multipart(body, sizeof body, kv, n);
+  sg_request *q;
+  sg_request_params p;
+  int rc = parse("multipart/form-data; boundary=BB", body, len, &q, &p);
+  const sg_request_error *e = sg_request_get_error(q);
+  CHECK(rc == code && e && !strcmp(e->param, param), "%s=%s...: %d %s", kv[0], kv[1], rc, e ? e->message : "");
+  sg_request_free(q);
+}
+
+static void test_multipart_errors(void) {
+  const char *empty_first[] = {"prompt", "", "prompt", "a star"};
+  expect_multipart_error(empty_first, 2, SG_REQUEST_EBAD, "prompt");
+  const char *empty_steps[] = {"prompt", "x", "steps", "", "steps", "3"};
+  expect_multipart_error(empty_steps, 3, SG_REQUEST_EBAD, "steps");
+  const char *twice[] = {"prompt", "x", "seed", "1", "seed", "1"};
+  expect_multipart_error(twice, 3, SG_REQUEST_EBAD, "seed");
+  const char *unknown[] = {"prompt", "x", "colour", "red"};
+  expect_multipart_error(unknown, 2, SG_REQUEST_EBAD, "");
+  const char *empty_num[] = {"prompt", "x", "cfg", ""};
+  expect_multipart_error(empty_num, 2, SG_REQUEST_EBAD, "cfg");
+  const char *beta0[] = {"prompt", "x", "beta", "0", "steps", "10", "dry_run", "1"};
+  static char body[65536];
+  size_t len = multipart(body, sizeof body, beta0, 4);
+  sg_request *q;
+  sg_request_params p;
+  CHECK(parse("multipart/form-data; boundary=BB", body, len, &q, &p) == 0, "beta 0");
+  char *d = sg_request_describe(&p);
+  CHECK(d && strstr(d, "\"guided_steps\":0"), "beta 0 guides no step: %s", d ? d : "");
+  free(d);
+  sg_request_free(q);
+  /* framing: truncated, no closing delimiter, a part without a name, a bad delimiter line */
+  const char *bodies[] = {"--BB\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\nx",
+                          "--BB\r\nContent-Disposition: form-data; nom=\"prompt\"\r\n\r\nx\r\n--BB--\r\n",
+                          "--BB\r\n\r\nx\r\n--BB--\r\n", "--BBx\r\n", "--BB\r\n--BB\r\n", "--BB-x"};
+  for (size_t i = 0; i < sizeof bodies / sizeof *bodies; i++) {
+    int rc = parse("multipart/form-data; boundary=BB", bodies[i], strlen(bodies[i]), &q, &p);
+    CHECK(rc == SG_REQUEST_EBAD && !sg_request_get_error(q)->param[0], "body %zu: %d", i, rc);
+    sg_request_free(q);
+  }
+}
+
+static void test_media_types_and_json(void) {
+  const char *unsupported[] = {NULL, "", "text/plain", "application/jsonx", "application/json-seq",
+                               "multipart/form-dataX; boundary=BB", "application/x-www-form-urlencoded"};
+  sg_request_limits lim = sg_request_default_limits();
+  for (size_t i = 0; i < sizeof unsupported / sizeof *unsupported; i++) {
+    sg_request *q = sg_request_new(&lim);
+    CHECK(sg_request_begin(q, unsupported[i]) == SG_REQUEST_EUNSUPPORTED, "%s", unsupported[i] ? unsupported[i] : "NULL");
+    sg_request_free(q);
+  }
+  const char *no_boundary[] = {"multipart/form-data", "multipart/form-data; boundary=",
+                               "multipart/form-data; boundary=\"unterminated"};
+  for (size_t i = 0; i < sizeof no_boundary / sizeof *no_boundary; i++) {
+    sg_request *q = sg_request_new(&lim);
+    CHECK(sg_request_begin(q, no_boundary[i]) == SG_REQUEST_EBAD, "%s", no_boundary[i]);
+    sg_request_free(q);
+  }
+  const char *json_types[] = {"application/json", "APPLICATION/JSON; charset=utf-8", "application/json ; x=y"};
+  for (size_t i = 0; i < sizeof json_types / sizeof *json_types; i++) {
+    sg_request *q = sg_request_new(&lim);
+    CHECK(sg_request_begin(q, json_types[i]) == 0, "%s", json_types[i]);
+    sg_request_free(q);
+  }
+  const struct {
+    const char *body;
+    int code;
+    const char *param, *needle;
+  } cases[] = {{"", SG_REQUEST_EBAD, "", "the JSON body is empty"},
+               {" \r\n", SG_REQUEST_EBAD, "", "the JSON body is empty"},
+               {"{\"prompt\": \"x\", \"seed\": 9223372036854775808}", SG_REQUEST_EINVALID, "seed", "seed:"},
+               {"{\"prompt\": \"x\", \"steps\":\n 1e400}", SG_REQUEST_EINVALID, "steps", "steps:"},
+               {"{\"prompt\": \"x\", \"sketch\": \"AAAA\", \"seed\": \"0x10\"}", SG_REQUEST_EBAD, "seed", "seed:"},
+               {"{\"prompt\": \"x\", \"sketch\": \"AAAA\", \"seed\": 2.5}", SG_REQUEST_EINVALID, "seed", "whole"}};
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+    sg_request *q;
+    sg_request_params p;
+    int rc = parse("application/json", cases[i].body, strlen(cases[i].body), &q, &p);
+    const sg_request_error *e = sg_request_get_error(q);
+    CHECK(rc == cases[i].code && e && !strcmp(e->param, cases[i].param) && strstr(e->message, cases[i].needle),
+          "%s: %d %s", cases[i].body, rc, e ? e->message : "");
+    sg_request_free(q);
+  }
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    fprintf(stderr, "usage: test_request SKETCH.png\n");
+    return 2;
+  }
+  FILE *f = fopen(argv[1], "rb");
+  if (!f) {
+    fprintf(stderr, "cannot open %s\n", argv[1]);
+    return 2;
+  }
+  sketch = malloc(1 << 20);
+  sketch_len = fread(sketch, 1, 1 << 20, f);
+  fclose(f);
+  test_numbers();
+  test_multipart_splits();
+  test_multipart_errors();
+  test_media_types_and_json();
+  free(sketch);
+  if (failures) fprintf(stderr, "%d failure(s)\n", failures);
+  else printf("ok\n");
+  return failures ? 1 : 0;
+}
