@@ -715,11 +715,12 @@ static void test_deadlines(void) {
         sg_job_state_name(st.state));
 
   wait_for(q, blocker, 1, 60); /* the worker is free: the next job starts before its deadline */
-  lr.deadline = sg_jobs_now() + 1.0;
+  /* it starts at once; how many steps it makes before the deadline depends on the machine's load (none is fine) */
+  lr.deadline = sg_jobs_now() + 1.0 * slow;
   submit_ok(q, &lr, d2);
   st = wait_for(q, d2, 1, 120);
-  CHECK(st.state == SG_JOB_FAILED && st.error == SG_JOB_ERR_TIMEOUT && st.started > 0 && st.step >= 1 &&
-            st.step < LONG_STEPS && strstr(st.message, "deadline"),
+  CHECK(st.state == SG_JOB_FAILED && st.error == SG_JOB_ERR_TIMEOUT && st.started > 0 && st.step < LONG_STEPS &&
+            strstr(st.message, "deadline"),
         "running deadline: %s/%s at step %d: %s", sg_job_state_name(st.state), sg_job_error_name(st.error), st.step,
         st.message);
   sg_jobs_stats s;
