@@ -38,11 +38,17 @@ static const char HELP[] =
     "  --device DEV         cpu (default), cuda, cuda:N\n"
     "  --threads N          CPU threads (default: the CPU cores this process may use that other processes are\n"
     "                       not keeping busy; more threads than free cores slow every step down)\n"
-    "  --max-steps N        the service's limits, which apply here too unless raised: most steps (150),\n"
-    "  --max-images N       images per run (4)\n"
-    "  --max-image-pixels N and sketch pixels, width x height (16777216)\n"
     "  --json               print one JSON line per image instead of a sentence\n"
     "  --quiet              no progress (a bar on a terminal; otherwise a line per tenth of the steps)\n";
+
+/* The limits' part of the help, with the service's defaults. */
+static void print_limits_help(void) {
+  sg_config d = sg_config_default_params();
+  printf("  --max-steps N        the service's limits, which apply here too unless raised: most steps (%d),\n"
+         "  --max-images N       images per run (%d)\n"
+         "  --max-image-pixels N and sketch pixels, width x height (%lld)\n",
+         (int)d.max_steps, (int)d.max_images, (long long)d.max_image_pixels);
+}
 
 /* Core parameter names (in error messages) -> this command's options. */
 static const char *const PARAM_OPTS[][2] = {
@@ -166,6 +172,7 @@ int cmd_generate(int argc, char **argv) {
   while (a.i < argc && !a.failed) {
     if (cli_flag(&a, "--help") || cli_flag(&a, "-h")) {
       fputs(HELP, stdout);
+      print_limits_help();
       return CLI_OK;
     }
     if (cli_value(&a, "--model", &v)) model_dir = v;
