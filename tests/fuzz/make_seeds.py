@@ -3,9 +3,11 @@
 
 image: the PNG and JPEG fixtures of tests/core/data/images and docs/examples, plus variants they lack (Adam7
 interlacing, text chunks, 1/2/4-bit palettes, restart markers, 4:2:0 and 4:4:4 JPEG, a truncated file, a header
-over max_image_pixels). tokenizer: the prompts of tests/core/data/clip_tricky.json and a few more.
+over max_image_pixels). tokenizer: the prompts of tests/core/data/clip_tricky.json and a few more. request: a
+Content-Type line, then a body of POST /v1/generate (multipart/form-data and JSON, valid and not).
 Run with /usr/bin/python3 (it needs PIL): python3 tests/fuzz/make_seeds.py
 """
+import base64
 import io
 import json
 import os
@@ -101,14 +103,77 @@ def tokenizer_seeds(out):
         "a red star on a plain blue background", "a green heart on a striped white background",
         "A PHOTO of  a Cat!", "don't stop 42 times", "&quot;quoted&quot; &#39;single&#39; &#x1F600; &NotEqualTilde;",
         "&amp;lt;double&amp;gt; &amp;amp;amp; &#0; &#x110000; &#128;&#150;", "tab\there\r\nnew\u2028line",
-        "\u0130stanbul \u1e9e \u01c5 \ufb03 \u0587", "\U0001f468\u200d\U0001f469\u200d\U0001f467 family", "<|endoftext|>")]
+        "\u0130stanbul \u1e9e \u01c5 \ufb03 \u0587", "\U0001f468\u200d\U0001f469\u200d\U0001f467 family", "<|endoftext|>",
+        "\u039f\u0394\u03a5\u03a3\u03a3\u0395\u03a5\u03a3 \u03a3\u0391 \u03a3. A\u03a3\u0301 \u03a3\u0301A")]
     for i, p in enumerate(prompts):
         with open(os.path.join(out, "prompt_%02d.txt" % i), "wb") as f:
             f.write(p)
 
 
+BOUNDARY = "sgfuzz7MA4YWxkTrZu0gW"
+
+
+def multipart(fields, boundary=BOUNDARY, preamble=b"", epilogue=b"", padding=b""):
+    """A multipart/form-data body: fields are (name, value bytes, filename or None, content type or None)."""
+    out = preamble
+    for name, value, filename, ctype in fields:
+        out += b"--" + boundary.encode() + padding + b"\r\n"
+        disp = 'Content-Disposition: form-data; name="%s"' % name
+        if filename:
+            disp += '; filename="%s"' % filename
+        out += disp.encode() + b"\r\n"
+        if ctype:
+            out += b"Content-Type: " + ctype.encode() + b"\r\n"
+        out += b"\r\n" + value + b"\r\n"
+    return out + b"--" + boundary.encode() + b"--\r\n" + epilogue
+
+
+def request_seeds(out):
+    png = encoded(sketch(16, 16, "L"), "PNG")
+    jpg = encoded(sketch(16, 12), "JPEG", quality=60)
+    b64 = base64.b64encode(png).decode()
+    form_ct = b"multipart/form-data; boundary=" + BOUNDARY.encode() + b"\n"
+    json_ct = b"application/json\n"
+    text = lambda name, v: (name, v.encode(), None, None)
+    seeds = {
+        "form_minimal": form_ct + multipart([text("prompt", "a red star"), ("sketch", png, "s.png", "image/png")]),
+        "form_full": form_ct + multipart([
+            text("prompt", "a green heart on a striped white background"), text("negative_prompt", "blurry"),
+            ("sketch", jpg, "heart.jpg", "image/jpeg"), text("beta", "1.6"), text("stop", "0.5"), text("steps", "30"),
+            text("cfg", "8"), text("seed", "42"), text("sampler", "dpmpp_2m"), text("n", "2"), text("invert", "auto"),
+            text("timeout_ms", "60000"), text("eta", "0"), text("dry_run", "true")]),
+        "form_data_url": form_ct + multipart([text("prompt", "caf\u00e9"), text("sketch", "data:image/png;base64," + b64),
+                                              text("stop_step", "10"), text("seed", "-1"), text("invert", "TRUE")]),
+        "form_preamble_padding": (b"multipart/form-data; charset=utf-8; boundary=\"" + BOUNDARY.encode() + b"\"\n" +
+                                  multipart([text("prompt", "x"), ("sketch", png, None, None)], preamble=b"ignored\r\n",
+                                            epilogue=b"ignored too", padding=b" \t")),
+        "form_repeated": form_ct + multipart([text("prompt", "a"), text("prompt", "b"), ("sketch", png, "s.png", None)]),
+        "form_unknown": form_ct + multipart([text("prompt", "a"), text("colour", "red"), ("sketch", png, "s", None)]),
+        "form_no_sketch": form_ct + multipart([text("prompt", "a"), text("steps", "151")]),
+        "form_truncated": (form_ct + multipart([text("prompt", "a"), ("sketch", png, "s.png", "image/png")]))[:-60],
+        "json_minimal": json_ct + json.dumps({"prompt": "a red star", "sketch": b64}).encode(),
+        "json_full": json_ct + json.dumps({
+            "prompt": "a red star", "negative_prompt": "", "sketch": "data:image/png;base64," + b64, "beta": 2,
+            "stop": 0.3, "steps": 20, "cfg": 7.5, "seed": 7, "sampler": "euler_a", "n": 4, "invert": "false",
+            "timeout_ms": 1000, "eta": 0.5, "dry_run": True}).encode(),
+        "json_strings": (b"Application/JSON; charset=utf-8\n" +
+                         json.dumps({"prompt": "\u00e9\U0001f600", "sketch": b64, "steps": "30", "seed": -1,
+                                     "stop_step": 0, "sampler": "ddpm", "invert": True}).encode()),
+        "json_escapes": json_ct + b'{"prompt": "\\ud83d\\ude00 \\u0000 \\ud800", "sketch": "' + b64.encode() + b'"}',
+        "json_numbers": json_ct + b'{"prompt": "a", "sketch": "' + b64.encode() + b'", "beta": 1e309, "steps": 2.5, '
+                                  b'"cfg": -0, "seed": 18446744073709551616, "n": 0}',
+        "json_not_object": json_ct + b'["prompt", "a"]',
+        "json_broken": json_ct + b'{"prompt": "a", "sketch": ',
+        "other_type": b"text/plain\nprompt=a",
+        "no_boundary": b"multipart/form-data\n--x\r\n\r\n",
+    }
+    for name, data in seeds.items():
+        with open(os.path.join(out, name), "wb") as f:
+            f.write(data)
+
+
 def main():
-    for name, make in (("image", image_seeds), ("tokenizer", tokenizer_seeds)):
+    for name, make in (("image", image_seeds), ("tokenizer", tokenizer_seeds), ("request", request_seeds)):
         if len(sys.argv) > 1 and name not in sys.argv[1:]:
             continue
         out = os.path.join(HERE, "corpus", name)

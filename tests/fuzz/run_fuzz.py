@@ -130,19 +130,21 @@ def main(argv):
         print("save the input under tests/fuzz/crashes-found/%s/ once fixed, so that its replay test keeps it fixed"
               % name.replace("fuzz_", ""))
         return 1
-    done = [ln for ln in log.splitlines() if re.match(r"#\d+\s+DONE", ln)]
+    # the last status line: "#N DONE cov: ..." (or "#N pulse/NEW ..."), or "#N: cov: ..." in -fork mode
+    status = re.findall(r"^#(\d+):?\s+(?:[A-Za-z]+\s+)?cov: (\d+) ft: (\d+) corp: (\d+)(?:/(\S+))?", log, re.M)
     stats = dict(re.findall(r"stat::(\w+):\s+(\d+)", log))
-    m = re.search(r"cov: (\d+) ft: (\d+) corp: (\d+)/(\S+)", done[-1] if done else "")
-    runs = int(stats.get("number_of_executed_units", 0))
-    if not m or runs == 0:
+    if not status:
         print(log[-4000:])
-        print("ERROR: no final statistics from %s" % name)
+        print("ERROR: no statistics from %s" % name)
         return 1
+    last = status[-1]
+    runs = int(stats.get("number_of_executed_units", last[0]))
+    m = {1: last[1], 2: last[2], 3: last[3], 4: last[4] or "?"}
     seeds = sum(len(os.listdir(s)) for s in args.seeds if os.path.isdir(s))
     print("%s: %d executions in %.1f s (%.0f/s wall, %.0f per CPU second), cov: %s ft: %s, corpus %s inputs (%s) "
           "from %d seeds, %d new, peak rss %s MB, no findings" %
-          (name, runs, wall, runs / max(wall, 1e-9), runs / max(cpu, 1e-9), m.group(1), m.group(2), m.group(3),
-           m.group(4), seeds, int(stats.get("new_units_added", 0)), stats.get("peak_rss_mb", "?")))
+          (name, runs, wall, runs / max(wall, 1e-9), runs / max(cpu, 1e-9), m[1], m[2], m[3], m[4], seeds,
+           int(stats.get("new_units_added", 0)), stats.get("peak_rss_mb", "?")))
     if args.cov:
         cov = line_coverage(args, corpus)
         if isinstance(cov, str):
