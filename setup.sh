@@ -10,9 +10,12 @@ PACKAGES=(
   libmicrohttpd-dev libjansson-dev libturbojpeg0-dev libpng-dev zlib1g-dev
   python3-yaml python3-jsonschema
   chromium fonts-dejavu-core nginx
+  clang libclang-rt-14-dev llvm-14
 )
 # chromium: the browser test of the sketch pad (tests/web, driven by playwright-core); nginx: the load-balanced
 # deployment test (tests/deploy). Neither runs as a service: the tests start their own.
+# clang, its libFuzzer runtime (libclang-rt-14-dev, only recommended by clang) and llvm-14 (llvm-cov): the fuzz
+# targets (tests/fuzz, docs/fuzzing.md); without them the suite `fuzz` skips its libFuzzer runs.
 # node and npm for the checks of openapi.yaml (redocly, Prism), the browser test (playwright-core, axe-core) and the Kubernetes
 # manifests' validation (kubernetes-models); Debian 12's nodejs 18 is enough. A node installed
 # another way (NodeSource, nvm) is used as it is: Debian's npm package would conflict with it.
