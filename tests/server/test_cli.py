@@ -165,10 +165,11 @@ def golden_sketch(model, tmp_path):
 
 
 def test_golden_image(sg, model, tmp_path):
-    """The same fixed-seed case as the Python golden test (tests/tools/golden), through the C engine."""
+    """The same fixed-seed case as the Python golden test (tests/tools/golden, unguided: a guided trajectory is
+    chaotic across CPUs), through the C engine."""
     out = tmp_path / "g.png"
-    r = sg("generate", "--prompt", "a yellow star on a plain blue background", "--sketch", golden_sketch(model, tmp_path),
-           "--beta", "1.6", "--stop", "0.5", "--steps", "20", "--seed", "1234", "--threads", "1", "--output", out)
+    r = sg("generate", "--prompt", "a yellow star on a plain blue background", "--steps", "20", "--seed", "1234",
+           "--threads", "1", "--output", out)
     assert r.returncode == 0, r.stderr
     want = png(os.path.join(GOLDEN, "shapes_star_seed1234.png"))
     assert np.abs(png(out).astype(int) - want.astype(int)).max() <= 1
@@ -191,18 +192,23 @@ def test_text_chunks_and_beta0_equals_unguided(sg, tmp_path):
 
 
 def test_parity_with_python_reference(sg, model, tmp_path):
-    """The same sketch file, prompt, seed and parameters through sample.py and the C command: within 1 level."""
+    """The same sketch file, prompt, seed and parameters through sample.py and the C command: within 1 level.
+    Two guided steps: enough for a wrongly read sketch to show (guidance moves the first steps most), few enough
+    that the trajectory is not chaotic (many guided steps grow a 1e-6 kernel difference into levels; the engine's
+    step-by-step parity is core / generate's)."""
     sketch = golden_sketch(model, tmp_path)
-    args = dict(prompt="a green heart on a dotted red background", seed=3, steps=30, stop=0.2)
-    r = sg("generate", "--prompt", args["prompt"], "--sketch", sketch, "--seed", 3, "--steps", 30, "--stop", 0.2,
+    args = dict(prompt="a green heart on a dotted red background", seed=3, steps=30)
+    r = sg("generate", "--prompt", args["prompt"], "--sketch", sketch, "--seed", 3, "--steps", 30, "--stop-step", 2,
            "--threads", 1, "--output", tmp_path / "c.png")
     assert r.returncode == 0, r.stderr
     import torch
     torch.set_num_threads(1)
     target = ref.edge_target(model, ref.load_sketch(str(sketch), model.size))
-    z = ref.sample(model, args["prompt"], target, beta=1.6, stop=0.2, steps=30, cfg=8.0, seed=3)
+    z = ref.sample(model, args["prompt"], target, beta=1.6, stop_step=2, steps=30, cfg=8.0, seed=3)
+    unguided = model.decode(ref.sample(model, args["prompt"], None, steps=30, cfg=8.0, seed=3))[0]
     py = model.decode(z)[0]
     assert np.abs(png(tmp_path / "c.png").astype(int) - py.astype(int)).max() <= 1
+    assert np.abs(unguided.astype(int) - py.astype(int)).max() > 8  # the two guided steps matter
 
 
 def test_several_seeds_and_images(sg, tmp_path):
