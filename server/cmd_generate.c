@@ -294,7 +294,9 @@ int cmd_generate(int argc, char **argv) {
   int irc = sketch_path ? sg_image_load(sketch_path, ip, &sk, err, sizeof err) : 0;
   if (irc) {
     cli_error("generate", "--sketch %s: %s%s", sketch_path, err,
-              irc == SG_IMAGE_ETOOBIG ? " (the service's limit; --max-image-pixels raises it)" : "");
+              irc == SG_IMAGE_ETOOBIG && strstr(err, "pixels, over the limit")
+                  ? " (the service's limit; --max-image-pixels raises it)"
+                  : "");
     rc = CLI_USAGE;
     goto done;
   }

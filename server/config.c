@@ -32,7 +32,7 @@ static const setting SETTINGS[] = {
     {{"model", "model directory (null: $SKETCHGUIDE_MODEL, else the bundled models/shapes)"}, T_STR, F(model), 0, 0},
     {{"devices", "comma-separated devices, one worker each: cpu, cuda, cuda:N (cpu,cpu: two CPU workers)"}, T_STR,
      F(devices), 0, 0},
-    {{"threads", "torch CPU threads (0: all processors)"}, T_I32, F(threads), 0, 1024},
+    {{"threads", "torch CPU threads (0: the cores this process may use)"}, T_I32, F(threads), 0, 1024},
     {{"http_threads", "HTTP event-loop threads (parsing, image decoding; never inference)"}, T_I32, F(http_threads), 1,
      64},
     {{"max_connections", "most simultaneous connections; more are refused"}, T_I32, F(max_connections), 1, 65536},

@@ -47,7 +47,7 @@ typedef struct {
   int32_t port;                  /* 8080; 0 = any free port */
   char model[4096];              /* "" = $SKETCHGUIDE_MODEL's fallback: the bundled model */
   char devices[512];             /* "cpu"; a comma-separated list, one worker each */
-  int32_t threads;               /* torch CPU threads; 0 = all processors */
+  int32_t threads;               /* torch CPU threads; 0 = the cores this process may use (cli_default_threads) */
   int32_t http_threads;          /* HTTP event-loop threads; 2 */
   int32_t max_connections;       /* 256 */
   int32_t connection_timeout_s;  /* idle or stalled connections are closed after it; 30 (1 .. 3600: never 0, which
