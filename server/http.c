@@ -272,6 +272,7 @@ struct req {
   int up_eof;           /* watchdog ticks that found the peer's end closed while the body was incomplete */
   uint64_t up_eof_at;   /* r->received when that was first seen */
   int close_conn;       /* the response says Connection: close (a refused request head) */
+  int started;          /* the access handler has seen the request (on_uri allocates it, with the head unread) */
 };
 
 typedef enum MHD_Result (*handler_fn)(req *r);
@@ -606,9 +607,10 @@ static void *watchdog_main(void *arg) {
 static void upload_add(req *r) {
   sg_http *h = r->h;
   const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-  if (!ci) return;
+  if (!ci || r->up_registered) return;
   pthread_mutex_lock(&h->mu);
   r->up_fd = ci->connect_fd;
+  r->up_eof = 0;
   r->unext = h->uploading;
   if (h->uploading) h->uploading->uprev = r;
   h->uploading = r;
@@ -1348,19 +1350,18 @@ static int head_refused(req *r, enum MHD_Result *ret) {
   return 1;
 }
 
-/* libmicrohttpd's URI callback, called with the request line before the query is parsed. A query of more arguments
- * than libmicrohttpd's connection memory holds leaves the request unanswered until connection_timeout_s (0.9.75),
- * so a query over MAX_QUERY_ARGS is refused here, before that parse: the JSON 414 goes out on the socket directly
- * (nothing else has been written on it yet) and the socket is shut down, which closes the connection at once.
- * Returns NULL (no request state yet). */
-static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c) {
-  sg_http *h = cls;
+/* Called with the request line before the query is parsed. A query of more arguments than libmicrohttpd's
+ * connection memory holds leaves the request unanswered until connection_timeout_s (0.9.75), so a query over
+ * MAX_QUERY_ARGS is refused here, before that parse: the JSON 414 goes out on the socket directly (nothing else has
+ * been written on it yet) and the socket is shut down, which closes the connection at once. Returns 1 when
+ * refused. */
+static int too_many_args(sg_http *h, const char *uri, struct MHD_Connection *c) {
   const char *q = uri ? strchr(uri, '?') : NULL;
   int n = 0;
   for (const char *p = q; p && *p; p++) n += *p == '&' || p == q;
-  if (n <= MAX_QUERY_ARGS) return NULL;
+  if (n <= MAX_QUERY_ARGS) return 0;
   const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
-  if (!ci) return NULL;
+  if (!ci) return 0;
   char body[160], resp[512];
   int bn = snprintf(body, sizeof body,
                     "{\"error\":{\"code\":\"uri_too_long\",\"message\":\"more than %d query arguments\",\"param\":null}}",
@@ -1373,7 +1374,21 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c) {
   shutdown(ci->connect_fd, SHUT_RDWR);
   logf_(h, SG_JOBS_LOG_INFO, "%s: a query of %d arguments refused (414%s)", __func__, n, sent == rn ? "" : ", not sent");
   sg_metrics_request(h->metrics, "OTHER", "other", 414, 0.0);
-  return NULL;
+  return 1;
+}
+
+static req *req_new(sg_http *h, struct MHD_Connection *c, const char *url, const char *method);
+
+/* libmicrohttpd's URI callback: allocates the request's state (freed in on_completed) and watches its socket
+ * until the head is complete, so that a client that half-closes in the middle of its head is let go at once
+ * (with this callback set, libmicrohttpd 0.9.75 would hold it until connection_timeout_s); refuses a query of
+ * too many arguments (too_many_args). Returns the state, or NULL (out of memory, or refused). */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c) {
+  sg_http *h = cls;
+  if (too_many_args(h, uri, c)) return NULL;
+  req *r = req_new(h, c, NULL, NULL);
+  if (r) upload_add(r);
+  return r;
 }
 
 /* The first call of a request: route, auth, early refusals (answered before the body, which is then skipped),
@@ -1433,6 +1448,16 @@ static void body_chunk(req *r, const char *data, size_t n) {
   if (r->body == BODY_PARSED) sg_request_add_body(r->q, data, n);
 }
 
+/* Records the request's method (one of the known ones, or OTHER) and path for the log and metrics. */
+static void req_name(req *r, const char *url, const char *method) {
+  static const char *const known[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"};
+  snprintf(r->method, sizeof r->method, "OTHER");
+  for (size_t i = 0; i < sizeof known / sizeof *known; i++)
+    if (!strcmp(method, known[i])) snprintf(r->method, sizeof r->method, "%s", known[i]);
+  safe_name(url, r->path, sizeof r->path);
+}
+
+/* A new request's state (url and method may be NULL: named later by req_name). Returns NULL when out of memory. */
 static req *req_new(sg_http *h, struct MHD_Connection *c, const char *url, const char *method) {
   req *r = calloc(1, sizeof *r);
   if (!r) return NULL;
@@ -1445,11 +1470,9 @@ static req *req_new(sg_http *h, struct MHD_Connection *c, const char *url, const
   r->conn = c;
   r->t0 = now_s();
   r->fd = -1;
-  static const char *const known[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"};
   snprintf(r->method, sizeof r->method, "OTHER");
-  for (size_t i = 0; i < sizeof known / sizeof *known; i++)
-    if (!strcmp(method, known[i])) snprintf(r->method, sizeof r->method, "%s", known[i]);
-  safe_name(url, r->path, sizeof r->path);
+  snprintf(r->path, sizeof r->path, "?");
+  if (method && url) req_name(r, url, method);
   return r;
 }
 
@@ -1465,9 +1488,14 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
                                  const char *version, const char *upload, size_t *upload_size, void **con_cls) {
   sg_http *h = cls;
   req *r = *con_cls;
-  if (!r) {
+  if (!r) { /* on_uri ran out of memory */
     if (!(r = req_new(h, c, url, method))) return MHD_NO;
     *con_cls = r;
+  }
+  if (!r->started) { /* the head is complete */
+    r->started = 1;
+    req_name(r, url, method);
+    upload_remove(r);
     return first_call(r, url, method);
   }
   if (r->responded) { /* answered early: the body is being skipped */

@@ -1101,7 +1101,7 @@ def test_header_and_query_limits(srv):
 def test_client_half_closing_mid_upload_is_released():
     """A client that half-closes (or closes) its end before its body is complete is released at once, whatever
     connection_timeout_s says: such sockets no longer fill a small --max-connections."""
-    s = Server("--connection-timeout-s", "3600", "--max-connections", "3", "--http-threads", "1")
+    s = Server("--connection-timeout-s", "3600", "--max-connections", "4", "--http-threads", "1")
     try:
         body, ctype = multipart(default_fields())
         socks = []
@@ -1110,6 +1110,10 @@ def test_client_half_closing_mid_upload_is_released():
             c.sendall(request_head("/v1/generate", ctype, len(body) + 1000) + body[:len(body) // (k + 2)])
             c.shutdown(socket.SHUT_WR)
             socks.append(c)
+        c = socket.create_connection(("127.0.0.1", s.port), timeout=60)  # and in the middle of its head
+        c.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Le")
+        c.shutdown(socket.SHUT_WR)
+        socks.append(c)
         for c in socks:  # the server closes each one (recv returns b"" once it has); old servers held them an hour
             got = b""
             while True:
