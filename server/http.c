@@ -1285,7 +1285,7 @@ static enum MHD_Result options_answer(req *r) {
 /* ---- the request head: framing checks before any body byte is read ---- */
 
 typedef struct {
-  int n, n_cl, n_te, bad_name;
+  int n, n_cl, n_te, n_host, bad_name;
   size_t bytes;
   const char *cl, *te;
 } head_scan;
@@ -1306,6 +1306,8 @@ static enum MHD_Result on_header(void *cls, enum MHD_ValueKind kind, const char 
   } else if (key && !strcasecmp(key, "Transfer-Encoding")) {
     s->n_te++;
     s->te = value ? value : "";
+  } else if (key && !strcasecmp(key, "Host")) {
+    s->n_host++;
   }
   return MHD_YES;
 }
@@ -1318,7 +1320,7 @@ static enum MHD_Result on_query_arg(void *cls, enum MHD_ValueKind kind, const ch
 /* Refuses a request whose head could frame its body in more than one way (the way requests are smuggled past a
  * proxy), or that has too many header fields or query arguments: the answer says Connection: close, so that no
  * byte after the head is ever read as another request. Returns 1 after queuing the refusal in *ret. */
-static int head_refused(req *r, enum MHD_Result *ret) {
+static int head_refused(req *r, const char *version, enum MHD_Result *ret) {
   head_scan s;
   memset(&s, 0, sizeof s);
   MHD_get_connection_values(r->conn, MHD_HEADER_KIND, on_header, &s);
@@ -1336,8 +1338,11 @@ static int head_refused(req *r, enum MHD_Result *ret) {
     *ret = send_error(r, E_BAD_REQUEST, NULL, "a malformed header name (white space or a separator in it)");
   else if (s.n_cl && s.n_te)
     *ret = send_error(r, E_BAD_REQUEST, NULL, "Content-Length and Transfer-Encoding together");
-  else if (s.n_cl > 1 || s.n_te > 1)
-    *ret = send_error(r, E_BAD_REQUEST, NULL, "more than one %s header", s.n_cl > 1 ? "Content-Length" : "Transfer-Encoding");
+  else if (s.n_cl > 1 || s.n_te > 1 || s.n_host > 1)
+    *ret = send_error(r, E_BAD_REQUEST, NULL, "more than one %s header",
+                      s.n_cl > 1 ? "Content-Length" : s.n_te > 1 ? "Transfer-Encoding" : "Host");
+  else if (!s.n_host && version && !strcmp(version, MHD_HTTP_VERSION_1_1))
+    *ret = send_error(r, E_BAD_REQUEST, NULL, "a Host header is required (HTTP version 1.1)");
   else if (s.n_cl && (!*s.cl || strspn(s.cl, "0123456789") != strlen(s.cl)))
     *ret = send_error(r, E_BAD_REQUEST, NULL, "Content-Length '%s' is not one decimal number", safe_name(s.cl, shown, sizeof shown));
   else if (s.n_te && strcasecmp(s.te, "chunked"))
@@ -1393,12 +1398,12 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c) {
 
 /* The first call of a request: route, auth, early refusals (answered before the body, which is then skipped),
  * and the body's parser. */
-static enum MHD_Result first_call(req *r, const char *url, const char *method) {
+static enum MHD_Result first_call(req *r, const char *url, const char *method, const char *version) {
   sg_http *h = r->h;
   struct MHD_Connection *c = r->conn;
   r->origin = allowed_origin(h, c);
   enum MHD_Result hret;
-  if (head_refused(r, &hret)) return hret;
+  if (head_refused(r, version, &hret)) return hret;
   int known = 0;
   if (!strcmp(method, "OPTIONS")) {
     route_find(r, "OPTIONS", url, &known);
@@ -1496,7 +1501,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
     r->started = 1;
     req_name(r, url, method);
     upload_remove(r);
-    return first_call(r, url, method);
+    return first_call(r, url, method, version);
   }
   if (r->responded) { /* answered early: the body is being skipped */
     *upload_size = 0;

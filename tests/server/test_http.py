@@ -1056,6 +1056,8 @@ def test_ambiguous_framing_is_refused_and_closed(srv):
         (head("Content-Length : 40\r\n"), "header name"),
         (head("Transfer-Encoding : chunked\r\nContent-Length: 5\r\n") + b"0\r\n\r\n", "header name"),
         (head("Content-Length: 0\r\n", "GET", "/healthz").replace(b"Host: x", b"Ho st: x"), "header name"),
+        (head("Host: y\r\n", "GET", "/healthz"), "Host"),  # two hosts: which one routes it?
+        (head("", "GET", "/healthz").replace(b"Host: x\r\n", b""), "Host"),  # HTTP/1.1 without one
     ]
     for req, needle in cases:
         resp = raw_exchange(srv.port, [req + SMUGGLED], timeout=20)
