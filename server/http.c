@@ -825,8 +825,22 @@ static enum MHD_Result h_generate(req *r) {
   a.jr.extra_text = extra;
   a.jr.n_extra_text = 1;
   a.jr.deadline = sg_jobs_now() + (double)a.timeout_ms / 1000.0;
+  const char *prefer = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Prefer");
+  int async = prefer && header_has(prefer, "respond-async");
+  r->seed = a.jr.seed;
   char err[256] = "";
-  int rc = sg_jobs_submit(h->jobs, &a.jr, r->job_id, err, sizeof err);
+  int rc;
+  if (async) {
+    rc = sg_jobs_submit(h->jobs, &a.jr, r->job_id, err, sizeof err);
+  } else {
+    /* the watch goes in with the job: a fast job could otherwise end and be evicted before a later watch */
+    const char *accept = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Accept");
+    r->want_json = accept && header_has(accept, "application/json") && !header_has(accept, "image/png");
+    r->ph = PH_WAIT;
+    reg_add(r);
+    rc = sg_jobs_submit_watch(h->jobs, &a.jr, on_sync_event, r, r->job_id, &r->watch, err, sizeof err);
+    if (rc) r->ph = PH_NEW;
+  }
   if (rc) {
     char param[32];
     err_kind k = kind_of(D_JOBS, rc);
@@ -834,9 +848,6 @@ static enum MHD_Result h_generate(req *r) {
     r->submit_failed = 1;
     return send_error(r, k, k == E_INVALID ? param : NULL, "%s", err[0] ? err : sg_jobs_strerror(rc));
   }
-  r->seed = a.jr.seed;
-  const char *prefer = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Prefer");
-  int async = prefer && header_has(prefer, "respond-async");
   logf_(h, SG_JOBS_LOG_DEBUG, "%s: job %s (%s, %d steps, %d images, seed %lld) prompt \"%s\"", __func__, r->job_id,
         async ? "async" : "sync", (int)a.jr.steps, (int)a.jr.n_images, (long long)a.jr.seed, a.jr.prompt);
   if (async) {
@@ -859,15 +870,6 @@ static enum MHD_Result h_generate(req *r) {
     MHD_add_response_header(resp, "Preference-Applied", "respond-async");
     MHD_add_response_header(resp, "X-Seed", seed);
     return send_response(r, 202, resp, n);
-  }
-  const char *accept = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Accept");
-  r->want_json = accept && header_has(accept, "application/json") && !header_has(accept, "image/png");
-  r->ph = PH_WAIT;
-  reg_add(r);
-  rc = sg_jobs_watch(h->jobs, r->job_id, on_sync_event, r, &r->watch);
-  if (rc) { /* evicted within the instant: only with tiny keep settings */
-    r->ph = PH_NEW;
-    return send_error(r, E_INTERNAL, NULL, "the job ended and was evicted before it could be watched");
   }
   pthread_mutex_lock(&r->mu);
   int suspended = !r->done && suspend_locked(r);
