@@ -57,12 +57,22 @@ typedef enum {
 #define MP_MAX_BOUNDARY 70   /* RFC 2046 */
 #define MP_MAX_HEADER_LINE 1024
 #define MP_MAX_HEADERS 16
+#define JSON_MAX_MEMBERS 64  /* members of a JSON body (there are P_COUNT parameters); more are refused unparsed */
+
+/* A member of a JSON body's object as json_prescan found it: its key's text and, for a number, the number's text
+ * (offsets into the body), so that numbers are read from what the client wrote, not from jansson's double. */
+typedef struct {
+  size_t key_off, key_len, num_off, num_len;
+  int number;
+} json_member;
 
 struct sg_request {
   sg_request_limits lim;
   int kind;            /* 0 = not known yet, 1 = JSON, 2 = multipart */
   buf raw;             /* a JSON body */
   int json;            /* the body is JSON */
+  json_member members[JSON_MAX_MEMBERS];
+  int n_members;
   buf vals[P_COUNT];
   uint8_t present[P_COUNT];
   int last_param;
@@ -260,12 +270,78 @@ static int number_overflow(sg_request *q, const json_error_t *je) {
                          je->column, je->text);
 }
 
+/* Returns the index after the JSON string that opens at t[i] (a '"'), or n when it does not end. */
+static size_t json_skip_string(const char *t, size_t i, size_t n) {
+  for (i++; i < n; i++) {
+    if (t[i] == '\\') i++;
+    else if (t[i] == '"') return i + 1;
+  }
+  return n;
+}
+
+static size_t json_skip_blank(const char *t, size_t i, size_t n) {
+  while (i < n && strchr(" \t\r\n", t[i]) && t[i]) i++;
+  return i;
+}
+
+/* Walks the top level of a JSON body before jansson sees it, so that no body costs more than its own size: an
+ * array as the whole body, or more than JSON_MAX_MEMBERS members, is refused unparsed; a member's array or object
+ * value (which is refused anyway: values are strings, numbers or booleans) is blanked to "[]" in place, however
+ * deep or long it is, so that jansson builds nothing of it; numbers' texts are recorded in q->members. Text that
+ * is not well-formed is left for jansson to report. Returns 0 or the recorded error's code. */
+static int json_prescan(sg_request *q) {
+  char *t = (char *)q->raw.data;
+  size_t n = q->raw.len, i = json_skip_blank(t, 0, n);
+  if (i < n && t[i] == '[') return sg_request_fail(q, SG_REQUEST_EBAD, NULL, "the JSON body must be an object");
+  if (i >= n || t[i] != '{') return 0;
+  for (i = json_skip_blank(t, i + 1, n); i < n && t[i] != '}';) {
+    if (t[i] != '"') return 0;
+    json_member m = {.key_off = i + 1};
+    i = json_skip_string(t, i, n);
+    if (i >= n) return 0;
+    m.key_len = i - 1 - m.key_off;
+    i = json_skip_blank(t, i, n);
+    if (i >= n || t[i] != ':') return 0;
+    i = json_skip_blank(t, i + 1, n);
+    if (i >= n) return 0;
+    if (t[i] == '"') {
+      i = json_skip_string(t, i, n);
+    } else if (t[i] == '[' || t[i] == '{') {
+      size_t start = i, depth = 0;
+      for (; i < n; i++) {
+        if (t[i] == '"') i = json_skip_string(t, i, n) - 1;
+        else if (t[i] == '[' || t[i] == '{') depth++;
+        else if ((t[i] == ']' || t[i] == '}') && --depth == 0) break;
+      }
+      if (i >= n) return sg_request_fail(q, SG_REQUEST_EBAD, NULL, "malformed JSON: an array or object never ends");
+      i++;
+      memset(t + start, ' ', i - start);
+      t[start] = '[';
+      t[start + 1] = ']';
+    } else {
+      m.number = t[i] == '-' || (t[i] >= '0' && t[i] <= '9');
+      m.num_off = i;
+      while (i < n && !strchr(" \t\r\n,}", t[i]) && t[i]) i++;
+      m.num_len = i - m.num_off;
+    }
+    if (q->n_members == JSON_MAX_MEMBERS)
+      return sg_request_fail(q, SG_REQUEST_EBAD, NULL, "the JSON body has more than %d members (unknown parameters)",
+                             JSON_MAX_MEMBERS);
+    q->members[q->n_members++] = m;
+    i = json_skip_blank(t, i, n);
+    if (i < n && t[i] == ',') i = json_skip_blank(t, i + 1, n);
+    else break;
+  }
+  return 0;
+}
+
 /* Fills the parameters from the JSON body. Returns 0 or the recorded error's code. */
 static int parse_json_body(sg_request *q) {
   json_error_t je;
   size_t blank = strspn(q->raw.data ? (const char *)q->raw.data : "", " \t\r\n");
   if (blank == q->raw.len)
     return sg_request_fail(q, SG_REQUEST_EBAD, NULL, "the JSON body is empty: send an object of parameters");
+  if (json_prescan(q)) return q->err.code;
   json_t *root = json_loadb((const char *)q->raw.data, q->raw.len, JSON_REJECT_DUPLICATES, &je);
   if (!root && json_error_code(&je) == json_error_numeric_overflow)
     return number_overflow(q, &je);
@@ -278,8 +354,10 @@ static int parse_json_body(sg_request *q) {
   }
   const char *key;
   json_t *v;
-  json_object_foreach(root, key, v) {
+  int k = -1;
+  json_object_foreach(root, key, v) { /* in the order of the text (jansson 2.8 on), as json_prescan saw them */
     char name[48];
+    k++;
     int p = param_index(key);
     if (p < 0) {
       sg_request_fail(q, SG_REQUEST_EBAD, NULL, "unknown parameter '%s'", safe_name(key, name, sizeof name));
@@ -292,6 +370,11 @@ static int parse_json_body(sg_request *q) {
     if (json_is_string(v)) {
       s = json_string_value(v);
       n = json_string_length(v);
+    } else if (json_is_number(v) && k < q->n_members && q->members[k].number &&
+               q->members[k].key_len == strlen(key) && !memcmp(q->raw.data + q->members[k].key_off, key,
+                                                                q->members[k].key_len)) {
+      s = (const char *)q->raw.data + q->members[k].num_off; /* as written: "1e-999" is not the integer 0 */
+      n = q->members[k].num_len;
     } else if (json_is_integer(v)) {
       n = (size_t)snprintf(tmp, sizeof tmp, "%lld", (long long)json_integer_value(v));
       s = tmp;
@@ -632,20 +715,44 @@ static int int_param(sg_request *q, int p, int64_t lo, int64_t hi, int64_t *out)
   return 1;
 }
 
-/* Parses parameter p as a number in [lo, hi] into *out. Returns 0 (absent: *out unchanged), 1, or a negative code
- * with the error recorded: EBAD when it is not a number, EINVALID when out of range. */
+/* Compares the number (-1)^neg x digits x 10^exp10 (number_syntax's digits, nd of them) with the whole number b,
+ * exactly. Returns <0, 0 or >0. */
+static int decimal_cmp(int neg, const char *digits, size_t nd, long exp10, int64_t b) {
+  while (nd && digits[nd - 1] == '0') nd--, exp10++;
+  if (!nd) return b > 0 ? -1 : b < 0 ? 1 : 0; /* zero, "-0" too */
+  int bneg = b < 0;
+  if (neg != bneg) return neg ? -1 : 1;
+  char bd[24];
+  long bn = b ? snprintf(bd, sizeof bd, "%llu", bneg ? 0ULL - (unsigned long long)b : (unsigned long long)b) : 0;
+  int mag; /* |number| against |b|: both 0.d1d2... x 10^(integer digits) */
+  long in = (long)nd + exp10;
+  if (!bn || in != bn) {
+    mag = !bn || in > bn ? 1 : -1;
+  } else {
+    mag = 0;
+    for (long k = 0; !mag && k < ((long)nd > bn ? (long)nd : bn); k++) {
+      char x = k < (long)nd ? digits[k] : '0', y = k < bn ? bd[k] : '0';
+      mag = x == y ? 0 : x > y ? 1 : -1;
+    }
+  }
+  return neg ? -mag : mag;
+}
+
+/* Parses parameter p as a number in [lo, hi] (whole bounds, compared exactly: 100.0000000000000000000001 is over
+ * 100 although it is 100 as a double) into *out. Returns 0 (absent: *out unchanged), 1, or a negative code with the
+ * error recorded: EBAD when it is not a number, EINVALID when out of range. */
 static int real_param(sg_request *q, int p, double lo, double hi, double *out) {
   if (!q->present[p]) return 0;
   const char *name = PARAM_NAMES[p];
   int neg;
-  char digits[32];
+  char digits[MAX_FIELD_BYTES + 8];
   size_t nd;
   long e;
   const char *s = number_text(q, p, &neg, digits, sizeof digits, &nd, &e);
   if (!s) return q->err.code;
   errno = 0;
   double v = strtod(s, NULL); /* the grammar above is a subset of strtod's */
-  if (!isfinite(v) || !(v >= lo && v <= hi))
+  if (!isfinite(v) || decimal_cmp(neg, digits, nd, e, (int64_t)lo) < 0 || decimal_cmp(neg, digits, nd, e, (int64_t)hi) > 0)
     return sg_request_fail(q, SG_REQUEST_EINVALID, name, "%s: must be between %g and %g", name, lo, hi);
   *out = v;
   return 1;

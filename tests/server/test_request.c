@@ -1,5 +1,6 @@
 /* Unit tests of server/request.c without a server: the number grammar (exact integers), the multipart parser split at
  * every byte, repeated and empty parts, media types, JSON edges, and dry-run descriptions. */
+#include <jansson.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -212,6 +213,110 @@ static void test_media_types_and_json(void) {
   }
 }
 
+/* Bytes jansson allocates (json_set_alloc_funcs): what a JSON body makes the parser build. */
+static size_t jansson_bytes;
+static void *counting_malloc(size_t n) {
+  jansson_bytes += n;
+  return malloc(n);
+}
+
+/* The JSON body of (JSON text of) members and the sketch as base64, in a buffer the caller frees. */
+static char *json_body(const char *members) {
+  static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  size_t n = strlen(members);
+  char *out = malloc(n + 4 * sketch_len / 3 + 64), *o = out;
+  o += sprintf(o, "{\"sketch\": \"");
+  for (size_t i = 0; i < sketch_len; i += 3) {
+    uint32_t v = (uint32_t)sketch[i] << 16 | (i + 1 < sketch_len ? (uint32_t)sketch[i + 1] << 8 : 0) |
+                 (i + 2 < sketch_len ? sketch[i + 2] : 0);
+    *o++ = b64[v >> 18 & 63];
+    *o++ = b64[v >> 12 & 63];
+    *o++ = i + 1 < sketch_len ? b64[v >> 6 & 63] : '=';
+    *o++ = i + 2 < sketch_len ? b64[v & 63] : '=';
+  }
+  sprintf(o, "\", %s}", members);
+  return out;
+}
+
+/* A JSON number is read from its text, with the multipart field's grammar and exactness (jansson's double made
+ * 1e-999 the whole number 0 and 2.0000000000000000001 the whole number 2); real bounds are compared exactly. */
+static void test_numbers_exact(void) {
+  const struct {
+    const char *members;
+    int code;
+    const char *param;
+  } cases[] = {{"\"prompt\": \"x\", \"seed\": 1e-999", SG_REQUEST_EINVALID, "seed"},
+               {"\"prompt\": \"x\", \"steps\": 2.0000000000000000001", SG_REQUEST_EINVALID, "steps"},
+               {"\"prompt\": \"x\", \"stop_step\": 1e-999", SG_REQUEST_EINVALID, "stop_step"},
+               {"\"prompt\": \"x\", \"cfg\": 100.0000000000000000000001", SG_REQUEST_EINVALID, "cfg"},
+               {"\"prompt\": \"x\", \"beta\": -1e-999", SG_REQUEST_EINVALID, "beta"},
+               {"\"prompt\": \"x\", \"stop\": 1.00000000000000000001", SG_REQUEST_EINVALID, "stop"},
+               {"\"prompt\": \"x\", \"eta\": \"10.0000000000000000000001\"", SG_REQUEST_EINVALID, "eta"},
+               {"\"prompt\": \"x\", \"seed\": -0, \"cfg\": 100.000, \"stop\": 1e0, \"beta\": -0.0", 0, ""},
+               {"\"prompt\": \"x\", \"steps\": 2.000e0, \"eta\": 1e-999, \"seed\": 5E0", 0, ""}};
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+    char *body = json_body(cases[i].members);
+    sg_request *q;
+    sg_request_params p;
+    int rc = parse("application/json", body, strlen(body), &q, &p);
+    const sg_request_error *e = sg_request_get_error(q);
+    CHECK(rc == cases[i].code && (!rc || !strcmp(e->param, cases[i].param)), "%s: %d %s", cases[i].members, rc,
+          e ? e->message : "");
+    sg_request_free(q);
+    free(body);
+  }
+  const char *kv[][2] = {{"cfg", "100.0000000000000000000001"}, {"beta", "-1e-999"}, {"eta", "10.00000000000000000001"},
+                         {"stop", "1.0000000000000000000000000001"}};
+  static char body[65536];
+  for (size_t i = 0; i < sizeof kv / sizeof *kv; i++) {
+    const char *f[] = {"prompt", "x", kv[i][0], kv[i][1]};
+    size_t n = multipart(body, sizeof body, f, 2);
+    sg_request *q;
+    sg_request_params p;
+    int rc = parse("multipart/form-data; boundary=BB", body, n, &q, &p);
+    CHECK(rc == SG_REQUEST_EINVALID && !strcmp(sg_request_get_error(q)->param, kv[i][0]), "%s=%s: %d", kv[i][0],
+          kv[i][1], rc);
+    sg_request_free(q);
+  }
+}
+
+/* A JSON body costs the parser no more than its size: an array as the body, a deep or long array or object as a
+ * value, or thousands of members are refused before jansson builds them (2M empty objects cost 450 MB before). */
+static void test_json_bombs(void) {
+  size_t big = 3 << 20;
+  char *t = malloc(2 * big + 64);
+  const struct {
+    const char *open, *item, *close;
+    size_t reps;
+    const char *param, *needle;
+  } cases[] = {{"[", "{},", "{}]", big / 3, "", "must be an object"},
+               {"{\"prompt\": [", "{},", "{}]}", big / 3, "prompt", "must be a string or a number"},
+               {"{\"prompt\": ", "[", "", big, "prompt", "must be a string or a number"},
+               {"{\"steps\": {", "\"a\":[\"}\"],", "\"b\":0}, \"x\": 1}", big / 8, "steps", "must be a string or a number"},
+               {"{", "\"k\": 0, ", "\"k2\": 0}", 100, "", "more than 64 members"},
+               {"{\"prompt\": \"x\", ", "\"sketch\": 0, ", "\"z\": 0}", 100000, "", "more than 64 members"}};
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+    size_t o = (size_t)sprintf(t, "%s", cases[i].open);
+    for (size_t k = 0; k < cases[i].reps; k++) o += (size_t)sprintf(t + o, "%s", cases[i].item);
+    if (!strcmp(cases[i].item, "[")) { /* deep nesting: close every level */
+      memset(t + o, ']', cases[i].reps);
+      o += cases[i].reps;
+      t[o++] = '}';
+    }
+    o += (size_t)sprintf(t + o, "%s", cases[i].close);
+    jansson_bytes = 0;
+    sg_request *q;
+    sg_request_params p;
+    int rc = parse("application/json", t, o, &q, &p);
+    const sg_request_error *e = sg_request_get_error(q);
+    CHECK(rc == SG_REQUEST_EBAD && !strcmp(e->param, cases[i].param) && strstr(e->message, cases[i].needle),
+          "bomb %zu: %d %s", i, rc, e ? e->message : "");
+    CHECK(jansson_bytes < 65536, "bomb %zu (%zu bytes of text): jansson allocated %zu bytes", i, o, jansson_bytes);
+    sg_request_free(q);
+  }
+  free(t);
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     fprintf(stderr, "usage: test_request SKETCH.png\n");
@@ -229,6 +334,9 @@ int main(int argc, char **argv) {
   test_multipart_splits();
   test_multipart_errors();
   test_media_types_and_json();
+  json_set_alloc_funcs(counting_malloc, free);
+  test_numbers_exact();
+  test_json_bombs();
   free(sketch);
   if (failures) fprintf(stderr, "%d failure(s)\n", failures);
   else printf("ok\n");
