@@ -1287,7 +1287,7 @@ static enum MHD_Result options_answer(req *r) {
 /* ---- the request head: framing checks before any body byte is read ---- */
 
 typedef struct {
-  int n, n_cl, n_te, n_host, bad_name;
+  int n, n_cl, n_te, n_host, bad_name, bad_value;
   size_t bytes;
   const char *cl, *te;
 } head_scan;
@@ -1295,9 +1295,15 @@ typedef struct {
 /* RFC 9110 token characters, those of a header name. */
 static int is_tchar(unsigned char c) { return c > 32 && c < 127 && !strchr("\"(),/:;<=>?@[\\]{}", c); }
 
-static enum MHD_Result on_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
+static enum MHD_Result on_header(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_size,
+                                 const char *value, size_t value_size) {
   head_scan *s = cls;
   s->n++;
+  /* a NUL (the value is longer than its C string) or another control character but HTAB in a value: a peer may
+   * read the head otherwise ("chunked\0", a bare CR that another parser ends the line at) */
+  if ((key && strlen(key) != key_size) || (value && strlen(value) != value_size)) s->bad_value = 1;
+  for (const unsigned char *v = (const unsigned char *)value; v && *v; v++)
+    if ((*v < 0x20 && *v != '\t') || *v == 0x7f) s->bad_value = 1;
   s->bytes += (key ? strlen(key) : 0) + (value ? strlen(value) : 0);
   if (!key || !*key) s->bad_name = 1;
   for (const unsigned char *k = (const unsigned char *)key; k && *k; k++)
@@ -1325,7 +1331,7 @@ static enum MHD_Result on_query_arg(void *cls, enum MHD_ValueKind kind, const ch
 static int head_refused(req *r, const char *version, enum MHD_Result *ret) {
   head_scan s;
   memset(&s, 0, sizeof s);
-  MHD_get_connection_values(r->conn, MHD_HEADER_KIND, on_header, &s);
+  MHD_get_connection_values_n(r->conn, MHD_HEADER_KIND, on_header, &s);
   int n_args = 0;
   MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, on_query_arg, &n_args);
   char shown[48];
@@ -1338,6 +1344,8 @@ static int head_refused(req *r, const char *version, enum MHD_Result *ret) {
     *ret = send_error(r, E_URI_TOO_LONG, NULL, "more than %d query arguments", MAX_QUERY_ARGS);
   else if (s.bad_name)
     *ret = send_error(r, E_BAD_REQUEST, NULL, "a malformed header name (white space or a separator in it)");
+  else if (s.bad_value)
+    *ret = send_error(r, E_BAD_REQUEST, NULL, "a header value with a NUL, CR or other control character in it");
   else if (s.n_cl && s.n_te)
     *ret = send_error(r, E_BAD_REQUEST, NULL, "Content-Length and Transfer-Encoding together");
   else if (s.n_cl > 1 || s.n_te > 1 || s.n_host > 1)

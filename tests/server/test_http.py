@@ -1074,6 +1074,24 @@ def test_ambiguous_framing_is_refused_and_closed(srv):
     assert srv.request("GET", "/healthz")[0] == 200
 
 
+def test_control_characters_in_header_values_are_refused(srv):
+    """A bare CR (which another parser may end the line at, reading "X-A: b" as its own header) or another
+    control character in a header value gets a JSON 400 and the connection closed; HTAB is allowed."""
+    for req in [b"GET /healthz HTTP/1.1\r\nHost: x\rX-A: b\r\n\r\n",
+                b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\x01b\r\n\r\n",
+                head("X: a\rTransfer-Encoding: chunked\r\n") + b"0\r\n\r\n",
+                head("Transfer-Encoding: chunked\x0b\r\n") + b"0\r\n\r\n",
+                b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: \x7f\r\n\r\n"]:
+        resp = raw_exchange(srv.port, [req + SMUGGLED], timeout=20)
+        assert resp.count(b"HTTP/1.1 ") == 1, (req, resp)
+        st, h, data = parse_raw(resp)
+        e = error_of(data)
+        assert st == 400 and "control character" in e["message"] and h["connection"] == "close", (req, st, data)
+    st, _, data = parse_raw(raw_exchange(srv.port, [b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                                                    b"X-A: a\tb\r\n\r\n"], timeout=20))
+    assert st == 200, data
+
+
 def test_header_and_query_limits(srv):
     """More than 64 header fields (or 32 KiB of them) get a JSON 431 and more than 32 query arguments a JSON 414,
     at once (1000 arguments used to get no answer until the idle timeout)."""
