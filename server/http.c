@@ -1287,7 +1287,7 @@ static enum MHD_Result options_answer(req *r) {
 /* ---- the request head: framing checks before any body byte is read ---- */
 
 typedef struct {
-  int n, n_cl, n_te, n_host, bad_name, bad_value;
+  int n, n_cl, n_te, n_host, bad_name, bad_value, folded;
   size_t bytes;
   const char *cl, *te;
 } head_scan;
@@ -1308,6 +1308,12 @@ static enum MHD_Result on_header(void *cls, enum MHD_ValueKind kind, const char 
   if (!key || !*key) s->bad_name = 1;
   for (const unsigned char *k = (const unsigned char *)key; k && *k; k++)
     if (!is_tchar(*k)) s->bad_name = 1;
+  /* libmicrohttpd 0.9.75 appends a folded continuation line to the header's name ("Transfer-Encoding:\r\n chunked"
+   * becomes a field "Transfer-Encodingchunked" with an empty value): a proxy that unfolds reads a framing header
+   * where this server would not */
+  if (key && ((key_size > 14 && !strncasecmp(key, "Content-Length", 14)) ||
+              (key_size > 17 && !strncasecmp(key, "Transfer-Encoding", 17))))
+    s->folded = 1;
   if (key && !strcasecmp(key, "Content-Length")) {
     s->n_cl++;
     s->cl = value ? value : "";
@@ -1344,6 +1350,9 @@ static int head_refused(req *r, const char *version, enum MHD_Result *ret) {
     *ret = send_error(r, E_URI_TOO_LONG, NULL, "more than %d query arguments", MAX_QUERY_ARGS);
   else if (s.bad_name)
     *ret = send_error(r, E_BAD_REQUEST, NULL, "a malformed header name (white space or a separator in it)");
+  else if (s.folded)
+    *ret = send_error(r, E_BAD_REQUEST, NULL,
+                      "a malformed Content-Length or Transfer-Encoding header (a folded header line?)");
   else if (s.bad_value)
     *ret = send_error(r, E_BAD_REQUEST, NULL, "a header value with a NUL, CR or other control character in it");
   else if (s.n_cl && s.n_te)

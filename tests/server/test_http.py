@@ -1092,6 +1092,21 @@ def test_control_characters_in_header_values_are_refused(srv):
     assert st == 200, data
 
 
+def test_folded_framing_headers_are_refused(srv):
+    """A framing header folded onto a continuation line (obs-fold): libmicrohttpd 0.9.75 glues the continuation to
+    the header's name, so it framed "Transfer-Encoding:\\r\\n chunked" by Content-Length (a proxy that unfolds
+    frames it as chunked) and "Content-Length:\\r\\n 15" as no body at all, running the body as a second request.
+    Both get a JSON 400 and the connection closed."""
+    body = b'{"prompt": "x"}'
+    for req in [head("Transfer-Encoding:\r\n chunked\r\nContent-Length: 5\r\n") + b"0\r\n\r\n",
+                head("Content-Length:\r\n 15\r\n") + body,
+                head("Transfer-Encoding: identity\r\n\tchunked\r\n") + b"0\r\n\r\n"]:
+        resp = raw_exchange(srv.port, [req + SMUGGLED], timeout=20)
+        assert resp.count(b"HTTP/1.1 ") == 1, (req, resp)
+        st, h, data = parse_raw(resp)
+        assert st == 400 and "folded" in error_of(data)["message"] and h["connection"] == "close", (req, st, data)
+
+
 def test_header_and_query_limits(srv):
     """More than 64 header fields (or 32 KiB of them) get a JSON 431 and more than 32 query arguments a JSON 414,
     at once (1000 arguments used to get no answer until the idle timeout)."""
