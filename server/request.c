@@ -918,6 +918,7 @@ sg_request *sg_request_new(const sg_request_limits *lim) {
 void sg_request_free(sg_request *q) {
   if (!q) return;
   buf_free(&q->raw);
+  buf_free(&q->line);
   for (int i = 0; i < P_COUNT; i++) buf_free(&q->vals[i]);
   free(q->map);
   free(q);
