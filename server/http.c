@@ -27,6 +27,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <jansson.h>
+#include <malloc.h>
 #include <math.h>
 #include <microhttpd.h>
 #include <netdb.h>
@@ -40,6 +41,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "buf.h"
 #include "errbuf.h"
 #include "image.h"
 #include "request.h"
@@ -50,6 +52,7 @@
 #define MAX_HEADERS 64      /* header fields of a request; more get 431 */
 #define MAX_QUERY_ARGS 32   /* query arguments of a request; more get 414 */
 #define MAX_HEADER_BYTES 32768 /* names and values of a request's header fields together; more get 431 */
+#define MMAP_THRESHOLD (1 << 20) /* malloc's blocks of this size or more are mapped apart, and unmapped when freed */
 #define CONN_MEMORY 131072  /* libmicrohttpd's memory per connection (32 KiB by default): the request head, its
                                header fields and query arguments must fit in it for the checks here to see them */
 
@@ -135,32 +138,6 @@ static err_kind kind_of(err_domain d, int code) {
 }
 
 /* ---- small buffers ---- */
-
-typedef struct {
-  uint8_t *data;
-  size_t len, cap;
-} buf;
-
-/* Appends n bytes (keeping a NUL after them). Returns 0, or -1 when out of memory. */
-static int buf_add(buf *b, const void *p, size_t n) {
-  if (b->len + n + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->len + n + 1) cap *= 2;
-    uint8_t *d = realloc(b->data, cap);
-    if (!d) return -1;
-    b->data = d;
-    b->cap = cap;
-  }
-  if (n) memcpy(b->data + b->len, p, n);
-  b->len += n;
-  b->data[b->len] = 0;
-  return 0;
-}
-
-static void buf_free(buf *b) {
-  free(b->data);
-  memset(b, 0, sizeof *b);
-}
 
 static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
@@ -261,7 +238,7 @@ struct req {
   int32_t n_png;
   int png_failed;
   /* an event stream */
-  buf ev;
+  sg_buf ev;
   size_t ev_off;
   int ev_end;
   double ev_t;          /* when the last event or keep-alive was queued */
@@ -572,7 +549,7 @@ static void *watchdog_main(void *arg) {
         resume_locked(r);
       } else if (r->suspended && r->ph == PH_STREAM && h->p.sse_keepalive_s > 0 &&
                  now - r->ev_t >= h->p.sse_keepalive_s) {
-        if (buf_add(&r->ev, ": keep-alive\n\n", 14)) r->gone = 1; /* a comment: EventSource ignores it */
+        if (sg_buf_add(&r->ev, ": keep-alive\n\n", 14)) r->gone = 1; /* a comment: EventSource ignores it */
         r->ev_t = now;
         resume_locked(r);
       }
@@ -806,7 +783,8 @@ static enum MHD_Result h_generate(req *r) {
   enum MHD_Result ret;
   if (work_refused(r, &ret)) return ret;
   sg_request_params a;
-  if (sg_request_parse(r->q, &a)) return send_recorded(r);
+  int rc = sg_request_parse(r->q, &a);
+  if (rc) return send_recorded(r);
   if (a.dry_run) {
     char *text = sg_request_describe(&a);
     if (!text) return send_error(r, E_INTERNAL, NULL, "out of memory");
@@ -829,7 +807,6 @@ static enum MHD_Result h_generate(req *r) {
   int async = prefer && header_has(prefer, "respond-async");
   r->seed = a.jr.seed;
   char err[256] = "";
-  int rc;
   if (async) {
     rc = sg_jobs_submit(h->jobs, &a.jr, r->job_id, err, sizeof err);
   } else {
@@ -1046,7 +1023,8 @@ static void stream_push_locked(req *r, const char *event, json_t *data) {
   }
   char headl[64];
   int n = snprintf(headl, sizeof headl, "event: %s\ndata: ", event);
-  if (buf_add(&r->ev, headl, (size_t)n) || buf_add(&r->ev, text, strlen(text)) || buf_add(&r->ev, "\n\n", 2))
+  if (sg_buf_add(&r->ev, headl, (size_t)n) || sg_buf_add(&r->ev, text, strlen(text)) ||
+      sg_buf_add(&r->ev, "\n\n", 2))
     r->gone = 1;
   free(text);
   r->ev_t = now_s();
@@ -1503,7 +1481,7 @@ static req *req_new(sg_http *h, struct MHD_Connection *c, const char *url, const
 static void req_free(req *r) {
   sg_request_free(r->q);
   for (int32_t i = 0; i < r->n_png; i++) free(r->png[i]);
-  buf_free(&r->ev);
+  sg_buf_free(&r->ev);
   if (r->mu_ok) pthread_mutex_destroy(&r->mu);
   free(r);
 }
@@ -1628,6 +1606,11 @@ sg_http *sg_http_start(sg_http_params p, sg_metrics *metrics, char *err, size_t 
     return NULL;
   }
   if (p.threads > p.max_connections) p.threads = p.max_connections; /* each loop needs a share of the limit */
+  /* A request's large buffers (a body, a decoded sketch: 16 MiB at 4096 x 4096) are allocated on the event-loop
+   * thread that reads it. glibc raises its mmap threshold to the largest block freed so far, after which such
+   * buffers come from the thread's arena and stay resident when freed (each loop kept 16 MiB after one 4096 x 4096
+   * sketch); a fixed threshold keeps them mapped apart and gives them back at once. */
+  mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD);
   sg_http *h = calloc(1, sizeof *h);
   if (!h) {
     sg_set_err(err, errlen, "out of memory");

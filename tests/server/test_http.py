@@ -1256,6 +1256,35 @@ def test_hostile_input(srv):
     assert srv.proc.poll() is None
 
 
+def rss_kb(pid):
+    with open("/proc/%d/status" % pid) as fh:
+        return int(next(l for l in fh if l.startswith("VmRSS:")).split()[1])
+
+
+def test_large_sketches_give_their_memory_back():
+    """Sketches at the pixel limit (4096 x 4096: a 16 MiB decode on an event-loop thread) leave the server's
+    resident memory where it was: glibc's growing mmap threshold kept 16 MiB in each loop's arena for good."""
+    import struct
+    import zlib
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xffffffff)
+    big = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 4096, 4096, 8, 0, 0, 0, 0)) +
+           chunk(b"IDAT", zlib.compress(b"\0" * (4097 * 4096), 9)) + chunk(b"IEND", b""))
+    s = Server("--http-threads", "2")
+    try:
+        fields = default_fields(dry_run="true")
+        assert s.generate(fields=fields, files=[("sketch", "s.png", tiny_png())])[0] == 200
+        base = rss_kb(s.proc.pid)
+        for _ in range(6):
+            st, _, data = s.generate(fields=fields, files=[("sketch", "big.png", big)])
+            assert st == 200 and json.loads(data)["sketch"]["width"] == 4096, data[:200]
+        grown = rss_kb(s.proc.pid) - base
+        assert grown < 8192, "resident memory grew by %d kB" % grown
+    finally:
+        assert s.stop() == 0
+        s.close()
+
+
 def test_request_log_lines(srv):
     marker = "zebra-unicorn-prompt-%d" % os.getpid()
     st, h, _ = srv.generate(fields=[("prompt", marker), ("steps", 2), ("seed", 1)])
