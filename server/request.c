@@ -12,6 +12,7 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "buf.h"
 #include "generate.h"
 #include "sampler.h"
 
@@ -40,11 +41,6 @@ static const char *const PARAM_NAMES[P_COUNT] = {"prompt", "negative_prompt", "s
                                                  "stop_step", "steps", "cfg", "seed", "sampler", "n", "invert",
                                                  "timeout_ms", "eta", "dry_run"};
 
-typedef struct {
-  uint8_t *data;
-  size_t len, cap;
-} buf;
-
 /* The multipart parser's states (RFC 7578 and RFC 2046 5.1.1). */
 typedef enum {
   MP_PREAMBLE,   /* before the first delimiter */
@@ -69,11 +65,11 @@ typedef struct {
 struct sg_request {
   sg_request_limits lim;
   int kind;            /* 0 = not known yet, 1 = JSON, 2 = multipart */
-  buf raw;             /* a JSON body */
+  sg_buf raw;             /* a JSON body */
   int json;            /* the body is JSON */
   json_member members[JSON_MAX_MEMBERS];
   int n_members;
-  buf vals[P_COUNT];
+  sg_buf vals[P_COUNT];
   uint8_t present[P_COUNT];
   int last_param;
   int has_err;
@@ -86,36 +82,15 @@ struct sg_request {
   int mp_parts;
   int after_dashes;                /* MP_AFTER_DELIM: dashes seen (1 = one '-') */
   int after_cr;                    /* MP_AFTER_DELIM / MP_HEADERS: a CR was the last byte */
-  buf line;                        /* the header line being read */
+  sg_buf line;                        /* the header line being read */
   int n_headers;
   int part;                        /* the current part's parameter, -1 before a Content-Disposition */
   int has_disposition;
 };
 
-/* Appends n bytes (keeping a NUL after them). Returns 0, or -1 when out of memory. */
-static int buf_add(buf *b, const void *p, size_t n) {
-  if (b->len + n + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->len + n + 1) cap *= 2;
-    uint8_t *d = realloc(b->data, cap);
-    if (!d) return -1;
-    b->data = d;
-    b->cap = cap;
-  }
-  if (n) memcpy(b->data + b->len, p, n);
-  b->len += n;
-  b->data[b->len] = 0;
-  return 0;
-}
-
-static void buf_free(buf *b) {
-  free(b->data);
-  memset(b, 0, sizeof *b);
-}
-
 /* Decodes base64 (standard or URL alphabet, padding optional, ASCII white space ignored) into *out. Returns 0,
  * -1 for malformed text, -2 when out of memory. */
-static int b64_decode(const char *s, size_t n, buf *out) {
+static int b64_decode(const char *s, size_t n, sg_buf *out) {
   uint32_t acc = 0;
   int bits = 0, pad = 0;
   for (size_t i = 0; i < n; i++) {
@@ -137,7 +112,7 @@ static int b64_decode(const char *s, size_t n, buf *out) {
     if (bits >= 8) {
       bits -= 8;
       uint8_t byte = (uint8_t)(acc >> bits);
-      if (buf_add(out, &byte, 1)) return -2;
+      if (sg_buf_add(out, &byte, 1)) return -2;
     }
   }
   if (bits >= 6 || pad > 2) return -1;
@@ -221,7 +196,7 @@ static int field_add(sg_request *q, int p, const void *data, size_t size) {
     return sg_request_fail(q, p == P_SKETCH ? SG_REQUEST_ETOOLARGE : SG_REQUEST_EBAD, PARAM_NAMES[p],
                            "%s: value too long", PARAM_NAMES[p]);
   }
-  if (buf_add(&q->vals[p], data, size)) return sg_request_fail(q, SG_REQUEST_ENOMEM, NULL, "out of memory");
+  if (sg_buf_add(&q->vals[p], data, size)) return sg_request_fail(q, SG_REQUEST_ENOMEM, NULL, "out of memory");
   return 0;
 }
 
@@ -243,7 +218,7 @@ int sg_request_add_json(sg_request *q, const void *data, size_t n) {
   if (q->has_err) return q->err.code;
   q->json = 1;
   q->kind = 1;
-  if (buf_add(&q->raw, data, n)) return sg_request_fail(q, SG_REQUEST_ENOMEM, NULL, "out of memory");
+  if (sg_buf_add(&q->raw, data, n)) return sg_request_fail(q, SG_REQUEST_ENOMEM, NULL, "out of memory");
   return 0;
 }
 
@@ -556,7 +531,7 @@ static int multipart_feed(sg_request *q, const uint8_t *d, size_t n) {
       }
       if (c == 0 || c == '\n' || q->line.len >= MP_MAX_HEADER_LINE)
         return sg_request_fail(q, SG_REQUEST_EBAD, NULL, "multipart/form-data: a malformed or too long part header");
-      if (buf_add(&q->line, &c, 1)) return sg_request_fail(q, SG_REQUEST_ENOMEM, NULL, "out of memory");
+      if (sg_buf_add(&q->line, &c, 1)) return sg_request_fail(q, SG_REQUEST_ENOMEM, NULL, "out of memory");
       continue;
     case MP_END:
       return 0; /* the epilogue */
@@ -839,19 +814,19 @@ static int gen_parse(sg_request *q, sg_request_params *a) {
     a->dry_run = v == SG_INVERT_TRUE;
   }
   /* the sketch: by its magic bytes, its size checked from the header before decoding */
-  buf *sk = &q->vals[P_SKETCH];
+  sg_buf *sk = &q->vals[P_SKETCH];
   if (sk->len > 5 && !memcmp(sk->data, "data:", 5)) { /* a data URL in a multipart text field */
-    buf dec = {0};
+    sg_buf dec = {0};
     const char *comma = memchr(sk->data, ',', sk->len);
     int brc = comma && memmem(sk->data, (size_t)((const uint8_t *)comma - sk->data), ";base64", 7)
                   ? b64_decode(comma + 1, sk->len - (size_t)((const uint8_t *)comma + 1 - sk->data), &dec)
                   : -1;
     if (brc) {
-      buf_free(&dec);
+      sg_buf_free(&dec);
       if (brc == -2) return sg_request_fail(q, SG_REQUEST_ENOMEM, NULL, "out of memory");
       return sg_request_fail(q, SG_REQUEST_EBAD, "sketch", "sketch: a data URL must be base64 (data:image/png;base64,...)");
     }
-    buf_free(sk);
+    sg_buf_free(sk);
     *sk = dec;
   }
   a->format = sg_image_sniff(sk->data, sk->len);
@@ -917,9 +892,9 @@ sg_request *sg_request_new(const sg_request_limits *lim) {
 
 void sg_request_free(sg_request *q) {
   if (!q) return;
-  buf_free(&q->raw);
-  buf_free(&q->line);
-  for (int i = 0; i < P_COUNT; i++) buf_free(&q->vals[i]);
+  sg_buf_free(&q->raw);
+  sg_buf_free(&q->line);
+  for (int i = 0; i < P_COUNT; i++) sg_buf_free(&q->vals[i]);
   free(q->map);
   free(q);
 }

@@ -1,0 +1,26 @@
+/* The growing byte buffer of the HTTP layer (see buf.h). */
+#include "buf.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+int sg_buf_add(sg_buf *b, const void *p, size_t n) {
+  if (n > SIZE_MAX / 2 - b->len - 1) return -1;
+  if (b->len + n + 1 > b->cap) {
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + n + 1) cap *= 2;
+    uint8_t *d = realloc(b->data, cap);
+    if (!d) return -1;
+    b->data = d;
+    b->cap = cap;
+  }
+  if (n) memcpy(b->data + b->len, p, n);
+  b->len += n;
+  b->data[b->len] = 0;
+  return 0;
+}
+
+void sg_buf_free(sg_buf *b) {
+  free(b->data);
+  memset(b, 0, sizeof *b);
+}
