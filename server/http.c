@@ -27,7 +27,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <jansson.h>
-#include <malloc.h>
 #include <math.h>
 #include <microhttpd.h>
 #include <netdb.h>
@@ -52,7 +51,6 @@
 #define MAX_HEADERS 64      /* header fields of a request; more get 431 */
 #define MAX_QUERY_ARGS 32   /* query arguments of a request; more get 414 */
 #define MAX_HEADER_BYTES 32768 /* names and values of a request's header fields together; more get 431 */
-#define MMAP_THRESHOLD (1 << 20) /* malloc's blocks of this size or more are mapped apart, and unmapped when freed */
 #define CONN_MEMORY 131072  /* libmicrohttpd's memory per connection (32 KiB by default): the request head, its
                                header fields and query arguments must fit in it for the checks here to see them */
 
@@ -1606,11 +1604,6 @@ sg_http *sg_http_start(sg_http_params p, sg_metrics *metrics, char *err, size_t 
     return NULL;
   }
   if (p.threads > p.max_connections) p.threads = p.max_connections; /* each loop needs a share of the limit */
-  /* A request's large buffers (a body, a decoded sketch: 16 MiB at 4096 x 4096) are allocated on the event-loop
-   * thread that reads it. glibc raises its mmap threshold to the largest block freed so far, after which such
-   * buffers come from the thread's arena and stay resident when freed (each loop kept 16 MiB after one 4096 x 4096
-   * sketch); a fixed threshold keeps them mapped apart and gives them back at once. */
-  mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD);
   sg_http *h = calloc(1, sizeof *h);
   if (!h) {
     sg_set_err(err, errlen, "out of memory");
