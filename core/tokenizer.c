@@ -182,33 +182,24 @@ static size_t utf8_decode(const unsigned char *s, size_t n, uint32_t *out) {
 
 /* ---- Unicode classes ---- */
 
-static int uc_class(uint32_t cp) {
-  size_t lo = 0, hi = sg_uc_nranges;
+/* Returns the class of cp in a table of sorted, disjoint ranges (0 outside every range). */
+static int range_class(const sg_uc_range *ranges, size_t n, uint32_t cp) {
+  size_t lo = 0, hi = n;
   while (lo < hi) {
     size_t mid = (lo + hi) / 2;
-    if (cp < sg_uc_ranges[mid].first)
+    if (cp < ranges[mid].first)
       hi = mid;
-    else if (cp > sg_uc_ranges[mid].last)
+    else if (cp > ranges[mid].last)
       lo = mid + 1;
     else
-      return sg_uc_ranges[mid].cls;
+      return ranges[mid].cls;
   }
   return 0;
 }
 
-static int uc_sigma_class(uint32_t cp) {
-  size_t lo = 0, hi = sg_uc_nsigma_ranges;
-  while (lo < hi) {
-    size_t mid = (lo + hi) / 2;
-    if (cp < sg_uc_sigma_ranges[mid].first)
-      hi = mid;
-    else if (cp > sg_uc_sigma_ranges[mid].last)
-      lo = mid + 1;
-    else
-      return sg_uc_sigma_ranges[mid].cls;
-  }
-  return 0;
-}
+static int uc_class(uint32_t cp) { return range_class(sg_uc_ranges, sg_uc_nranges, cp); }
+
+static int uc_sigma_class(uint32_t cp) { return range_class(sg_uc_sigma_ranges, sg_uc_nsigma_ranges, cp); }
 
 /* Whether the capital sigma at s[i] (of n code points) is in Unicode's Final_Sigma context, as Python's
  * str.lower() decides it: a cased letter before it and none after it, skipping case-ignorable characters both

@@ -1562,13 +1562,14 @@ sg_http_params sg_http_default_params(void) {
   p.max_connections = 256;
   p.connection_timeout_s = 30;
   p.sse_keepalive_s = 15;
-  p.max_body_bytes = 16 * 1024 * 1024;
-  p.max_image_pixels = 4096 * 4096;
-  p.max_steps = 150;
-  p.max_images = 4;
-  p.max_prompt_bytes = 2000;
-  p.default_timeout_ms = 300000;
-  p.max_timeout_ms = 3600000;
+  sg_request_limits l = sg_request_default_limits(); /* the request limits' defaults live there */
+  p.max_body_bytes = l.max_body_bytes;
+  p.max_image_pixels = l.max_image_pixels;
+  p.max_steps = l.max_steps;
+  p.max_images = l.max_images;
+  p.max_prompt_bytes = l.max_prompt_bytes;
+  p.default_timeout_ms = l.default_timeout_ms;
+  p.max_timeout_ms = l.max_timeout_ms;
   p.version = "unknown";
   p.ui = 1;
   return p;
