@@ -51,6 +51,11 @@ static int check_size(const char *what, int64_t w, int64_t h, int64_t max_pixels
     sg_set_err(err, errlen, "corrupt %s: its header gives a size of %lld x %lld", what, (long long)w, (long long)h);
     return SG_IMAGE_ECORRUPT;
   }
+  if (w > SG_IMAGE_MAX_SIDE || h > SG_IMAGE_MAX_SIDE) {
+    sg_set_err(err, errlen, "image is %lld x %lld: a side over the limit of %d pixels", (long long)w, (long long)h,
+               SG_IMAGE_MAX_SIDE);
+    return SG_IMAGE_ETOOBIG;
+  }
   int64_t n = w * h; /* both below 2^31 */
   if (n > max_pixels || (uint64_t)n > SIZE_MAX / 4) {
     sg_set_err(err, errlen, "image is %lld x %lld = %lld pixels, over the limit of %lld", (long long)w, (long long)h,

@@ -24,7 +24,7 @@
  * (SG_IMAGE_EUNSUPPORTED); EXIF orientation is not applied.
  *
  * Cost of one decode, bounded before allocation (docs/config.md gives the figures measured at the default):
- * PNG: the chunk layout is walked first (critical chunks' CRCs checked), so a chunk that declares more bytes
+ * a side over SG_IMAGE_MAX_SIDE or width x height over max_pixels is refused from the header (ETOOBIG). PNG: the chunk layout is walked first (critical chunks' CRCs checked), so a chunk that declares more bytes
  * than the data holds is refused at once (ECORRUPT), as is a file with more than SG_IMAGE_PNG_MAX_CHUNKS chunks
  * besides IDAT (ETOOBIG). Every ancillary chunk but tRNS (tEXt, zTXt, iTXt, sPLT, iCCP, eXIf, ...) is skipped
  * unread: nothing is inflated but the image data, and that only up to the last row (image data past it is
@@ -61,6 +61,10 @@ typedef struct {
                          any pixel buffer is allocated */
 } sg_image_params;
 
+/* An image with a side longer than this is refused (SG_IMAGE_ETOOBIG) from its header, whatever max_pixels allows:
+ * libpng's row buffers grow with the width (a 2^24 x 1 16-bit RGBA image cost 320 MiB and seconds), and no sketch
+ * is a strip. */
+#define SG_IMAGE_MAX_SIDE 16384
 /* A PNG with more chunks than this besides IDAT is refused (SG_IMAGE_ETOOBIG) before libpng reads it. */
 #define SG_IMAGE_PNG_MAX_CHUNKS 1000
 /* A JPEG with more scans than this is refused (SG_IMAGE_ETOOBIG) before decoding: libjpeg visits every block of
@@ -71,7 +75,8 @@ enum {
   SG_IMAGE_OK = 0,
   SG_IMAGE_EINVAL = -1,       /* a bad argument */
   SG_IMAGE_EUNSUPPORTED = -2, /* not PNG/JPEG by magic bytes, or an unsupported variant (CMYK JPEG) */
-  SG_IMAGE_ETOOBIG = -3,      /* width x height over max_pixels, or over SG_IMAGE_PNG_MAX_CHUNKS or _JPEG_MAX_SCANS */
+  SG_IMAGE_ETOOBIG = -3,      /* width x height over max_pixels, a side over SG_IMAGE_MAX_SIDE, or over
+                                 SG_IMAGE_PNG_MAX_CHUNKS or _JPEG_MAX_SCANS */
   SG_IMAGE_ECORRUPT = -4,     /* truncated or corrupt */
   SG_IMAGE_ENOMEM = -5,       /* out of memory */
   SG_IMAGE_EIO = -6,          /* file read/write */

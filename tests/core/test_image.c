@@ -819,8 +819,8 @@ static void test_hostile(void) {
     int depth, color_type, out_ch, in_bpp;
   } bombs[] = {
       {"4096 x 4096 RGBA 16-bit from zeros", 4096, 4096, 16, 6, 4, 8},
-      {"2^24 x 1 RGBA 16-bit from zeros (widest rows)", 1u << 24, 1, 16, 6, 4, 8},
-      {"1 x 2^24 gray from zeros (most rows)", 1, 1u << 24, 8, 0, 1, 1},
+      {"16384 x 1024 RGBA 16-bit from zeros (widest rows)", SG_IMAGE_MAX_SIDE, 1024, 16, 6, 4, 8},
+      {"1024 x 16384 gray from zeros (most rows)", 1024, SG_IMAGE_MAX_SIDE, 8, 0, 1, 1},
       {"4096 x 4096 palette 1-bit from zeros", 4096, 4096, 1, 3, 3, 1},
   };
   for (size_t i = 0; i < sizeof bombs / sizeof *bombs; i++) {
@@ -829,6 +829,18 @@ static void test_hostile(void) {
     png_finish(&f);
     expect_cost(bombs[i].what, &f, p, 0, NULL,
                 png_bound_kib(bombs[i].w, bombs[i].h, bombs[i].out_ch, bombs[i].in_bpp));
+    free(f.b);
+  }
+  /* strips within max_pixels but with a side over SG_IMAGE_MAX_SIDE: refused from the header (the 2^24 x 1 16-bit
+   * RGBA one cost 320 MiB and 4 to 9 s of libpng's row buffers) */
+  const uint32_t strips[][2] = {{1u << 24, 1}, {1, 1u << 24}, {SG_IMAGE_MAX_SIDE + 1, 1}};
+  for (size_t i = 0; i < sizeof strips / sizeof *strips; i++) {
+    bytes f = {0};
+    png_zero_image(&f, strips[i][0], strips[i][1], 16, 6, 0);
+    png_finish(&f);
+    char what[64];
+    snprintf(what, sizeof what, "%u x %u RGBA 16-bit strip", strips[i][0], strips[i][1]);
+    expect_cost(what, &f, p, SG_IMAGE_ETOOBIG, "a side over the limit of 16384 pixels", small);
     free(f.b);
   }
   /* image data inflating far past the image is refused once 64 KiB too many have come out (libpng would go on
