@@ -82,10 +82,12 @@ int32_t sg_sampler_max_steps(sg_schedule_params sp, sg_sampler_kind kind) {
   if ((unsigned)kind >= 4 || T < 1) return 0;
   if (sigma_kind(kind)) return T;
   if (sp.steps_offset < 0) return 0;
-  /* the first of s leading timesteps is (s - 1) * (T / s) + offset; s = T with offset 1 would start at T */
-  for (int32_t s = T; s >= 1; s--)
-    if ((int64_t)(s - 1) * (T / s) + sp.steps_offset < T) return s;
-  return 0;
+  /* the first of s leading timesteps is (s - 1) * (T / s) + offset; s = T with offset 1 would start at T. That is
+   * not monotone in s for offsets of 2 or more (offset 2: 998 steps fit, 500 do not), so the limit is the last s
+   * before the first that does not fit: every step count up to it fits */
+  for (int32_t s = 1; s <= T; s++)
+    if ((int64_t)(s - 1) * (T / s) + sp.steps_offset >= T) return s - 1;
+  return T;
 }
 
 sg_sampler *sg_sampler_new(sg_schedule_params sp, sg_sampler_params p, size_t n, char *err, size_t errlen) {
@@ -138,6 +140,11 @@ sg_sampler *sg_sampler_new(sg_schedule_params sp, sg_sampler_params p, size_t n,
     int32_t k = sp.num_train_timesteps / p.steps;
     for (int32_t i = 0; i < p.steps; i++) {
       int32_t t = (p.steps - 1 - i) * k + sp.steps_offset; /* below num_train_timesteps: see max_steps */
+      if (t < 0 || t >= sp.num_train_timesteps) { /* never, by max_steps; refused rather than read out of bounds */
+        sg_set_err(err, errlen, "timestep %d is outside the schedule", (int)t);
+        sg_sampler_free(s);
+        return NULL;
+      }
       s->t[i] = t;
       s->a_t[i] = s->abar[t];
       s->a_prev[i] = t - k >= 0 ? s->abar[t - k] : s->abar[0];

@@ -100,9 +100,27 @@ static void test_timesteps_distinct(void) {
             strstr(err, "steps_offset"), "offset 1000: %s", err);
   sp.steps_offset = -1;
   CHECK(sg_sampler_max_steps(sp, SG_SAMPLER_DDPM) == 0 && !sg_sampler_new(sp, p, 1, err, sizeof err), "offset -1");
+  /* offset 20: 50 steps would start at 49 x 20 + 20 = 1000, so 49 is the limit, although 980 would fit */
   sp.steps_offset = 20;
-  CHECK(sg_sampler_max_steps(sp, SG_SAMPLER_DDIM) == 980 && sg_sampler_max_steps(sp, SG_SAMPLER_DPMPP_2M) == 1000,
+  CHECK(sg_sampler_max_steps(sp, SG_SAMPLER_DDIM) == 49 && sg_sampler_max_steps(sp, SG_SAMPLER_DPMPP_2M) == 1000,
         "offset 20: %d", sg_sampler_max_steps(sp, SG_SAMPLER_DDIM));
+  /* for any offset, every step count up to the limit stays inside the schedule (offset 2: 998 steps fit but 500
+   * would start at 1000), and the next one is refused */
+  for (int32_t off = 0; off <= 40; off++) {
+    sp.steps_offset = off;
+    int32_t max = sg_sampler_max_steps(sp, SG_SAMPLER_DDPM);
+    int bad = 0;
+    for (int32_t steps = 1; steps <= max + 1 && steps <= sp.num_train_timesteps; steps++) {
+      sg_sampler_params q = {SG_SAMPLER_DDPM, steps, 0.0};
+      sg_sampler *t = sg_sampler_new(sp, q, 1, err, sizeof err);
+      if (steps <= max)
+        bad += !t || sg_sampler_timestep(t, 0) > sp.num_train_timesteps - 1 || sg_sampler_timestep(t, steps - 1) < 0;
+      else
+        bad += t != NULL;
+      sg_sampler_free(t);
+    }
+    CHECK(!bad, "offset %d (limit %d): %d step counts wrong", off, max, bad);
+  }
 }
 
 /* With an exact denoiser for data equal to c everywhere, the deterministic samplers land where theory says:
