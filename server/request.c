@@ -405,11 +405,25 @@ static int part_begin(sg_request *q, const char *name) {
   return 0;
 }
 
+/* Returns the next ';' of a header value from p that is not inside a quoted string (RFC 9110 quoted-string,
+ * backslash escapes), or NULL. */
+static const char *next_separator(const char *p) {
+  for (int quoted = 0; *p; p++) {
+    if (quoted && *p == '\\' && p[1])
+      p++;
+    else if (*p == '"')
+      quoted = !quoted;
+    else if (!quoted && *p == ';')
+      return p;
+  }
+  return NULL;
+}
+
 /* Returns the value of parameter key (case-insensitive) in a header's "; key=value" list (a token or a quoted
  * string, backslash escapes undone) written into out, or NULL when it is absent or malformed. */
 static const char *header_param(const char *v, const char *key, char *out, size_t cap) {
   size_t kn = strlen(key);
-  for (const char *p = strchr(v, ';'); p; p = strchr(p, ';')) {
+  for (const char *p = next_separator(v); p; p = next_separator(p)) {
     p++;
     while (*p == ' ' || *p == '\t') p++;
     if (strncasecmp(p, key, kn) || p[kn] != '=') continue;

@@ -159,6 +159,17 @@ static void test_multipart_errors(void) {
   CHECK(d && strstr(d, "\"guided_steps\":0"), "beta 0 guides no step: %s", d ? d : "");
   free(d);
   sg_request_free(q);
+  /* a quoted filename holding "; name=..." is the filename's: the part is still the sketch */
+  len = (size_t)snprintf(body, sizeof body,
+                         "--BB\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\na star\r\n"
+                         "--BB\r\nContent-Disposition: form-data; filename=\"a;name=steps \\\"b\\\".png\"; name=\"sketch\"\r\n"
+                         "Content-Type: image/png\r\n\r\n");
+  memcpy(body + len, sketch, sketch_len);
+  len += sketch_len;
+  len += (size_t)snprintf(body + len, sizeof body - len, "\r\n--BB--\r\n");
+  int qrc = parse("multipart/form-data; boundary=BB", body, len, &q, &p);
+  CHECK(qrc == 0, "a filename with ;name= inside its quotes: %d %s", qrc, sg_request_get_error(q)->message);
+  sg_request_free(q);
   /* framing: truncated, no closing delimiter, a part without a name, a bad delimiter line */
   const char *bodies[] = {"--BB\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\nx",
                           "--BB\r\nContent-Disposition: form-data; nom=\"prompt\"\r\n\r\nx\r\n--BB--\r\n",
