@@ -721,15 +721,6 @@ static enum MHD_Result sync_resumed(req *r) {
 
 /* ---- request parameters (parsed by request.c) ---- */
 
-/* Copies a client-given name into out for a message: printable ASCII only, truncated. */
-static const char *safe_name(const char *s, char *out, size_t cap) {
-  size_t o = 0;
-  for (; s && *s && o + 4 < cap; s++) out[o++] = (*s >= 0x20 && *s < 0x7f && *s != '"') ? *s : '?';
-  if (s && *s) out[o++] = '.', out[o++] = '.', out[o++] = '.';
-  out[o] = 0;
-  return out;
-}
-
 /* A new parser with the service's limits and the model's defaults (only once the server is ready). Returns NULL
  * when out of memory. */
 static sg_request *request_new(sg_http *h) {
@@ -949,7 +940,7 @@ static enum MHD_Result h_info(req *r) {
 static int job_missing(req *r, int rc, enum MHD_Result *ret) {
   if (!rc) return 0;
   char id[48];
-  safe_name(r->id, id, sizeof id);
+  sg_request_safe_name(r->id, id, sizeof id);
   *ret = rc == SG_JOBS_EEXPIRED ? send_error(r, E_GONE, NULL, "job %s has expired (finished jobs are kept a while)", id)
                                 : send_error(r, E_NOT_FOUND, NULL, "no job %s", id);
   return 1;
@@ -1131,7 +1122,7 @@ static enum MHD_Result h_ui(req *r) {
   for (size_t i = 0; i < SG_WEB_N_ASSETS && !a; i++)
     if (!strcmp(SG_WEB_ASSETS[i].name, name)) a = &SG_WEB_ASSETS[i];
   char shown[80];
-  if (!a) return send_error(r, E_NOT_FOUND, NULL, "no such file: %s", safe_name(name, shown, sizeof shown));
+  if (!a) return send_error(r, E_NOT_FOUND, NULL, "no such file: %s", sg_request_safe_name(name, shown, sizeof shown));
   const char *inm = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_IF_NONE_MATCH);
   int fresh = inm && etag_matches(inm, a->etag);
   struct MHD_Response *resp = fresh ? MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT)
@@ -1339,10 +1330,10 @@ static int head_refused(req *r, const char *version, enum MHD_Result *ret) {
   else if (!s.n_host && version && !strcmp(version, MHD_HTTP_VERSION_1_1))
     *ret = send_error(r, E_BAD_REQUEST, NULL, "a Host header is required (HTTP version 1.1)");
   else if (s.n_cl && (!*s.cl || strspn(s.cl, "0123456789") != strlen(s.cl)))
-    *ret = send_error(r, E_BAD_REQUEST, NULL, "Content-Length '%s' is not one decimal number", safe_name(s.cl, shown, sizeof shown));
+    *ret = send_error(r, E_BAD_REQUEST, NULL, "Content-Length '%s' is not one decimal number", sg_request_safe_name(s.cl, shown, sizeof shown));
   else if (s.n_te && strcasecmp(s.te, "chunked"))
     *ret = send_error(r, E_BAD_REQUEST, NULL, "Transfer-Encoding '%s' is not supported (only chunked)",
-                      safe_name(s.te, shown, sizeof shown));
+                      sg_request_safe_name(s.te, shown, sizeof shown));
   else {
     r->close_conn = 0;
     return 0;
@@ -1454,7 +1445,7 @@ static void req_name(req *r, const char *url, const char *method) {
   snprintf(r->method, sizeof r->method, "OTHER");
   for (size_t i = 0; i < sizeof known / sizeof *known; i++)
     if (!strcmp(method, known[i])) snprintf(r->method, sizeof r->method, "%s", known[i]);
-  safe_name(url, r->path, sizeof r->path);
+  sg_request_safe_name(url, r->path, sizeof r->path);
 }
 
 /* A new request's state (url and method may be NULL: named later by req_name). Returns NULL when out of memory. */

@@ -142,8 +142,7 @@ static int utf8_ok(const uint8_t *s, size_t n) {
   return 1;
 }
 
-/* Copies a client-given name into out for a message: printable ASCII only, truncated. Returns out. */
-static const char *safe_name(const char *s, char *out, size_t cap) {
+const char *sg_request_safe_name(const char *s, char *out, size_t cap) {
   size_t o = 0;
   for (; s && *s && o + 4 < cap; s++) out[o++] = (*s >= 0x20 && *s < 0x7f && *s != '"') ? *s : '?';
   if (s && *s) out[o++] = '.', out[o++] = '.', out[o++] = '.';
@@ -335,7 +334,7 @@ static int parse_json_body(sg_request *q) {
     k++;
     int p = param_index(key);
     if (p < 0) {
-      sg_request_fail(q, SG_REQUEST_EBAD, NULL, "unknown parameter '%s'", safe_name(key, name, sizeof name));
+      sg_request_fail(q, SG_REQUEST_EBAD, NULL, "unknown parameter '%s'", sg_request_safe_name(key, name, sizeof name));
       break;
     }
     char tmp[64];
@@ -397,7 +396,7 @@ static int part_begin(sg_request *q, const char *name) {
   int p = name ? param_index(name) : -1;
   if (p < 0)
     return sg_request_fail(q, SG_REQUEST_EBAD, NULL, "unknown parameter '%s'",
-                           safe_name(name ? name : "", shown, sizeof shown));
+                           sg_request_safe_name(name ? name : "", shown, sizeof shown));
   if (q->present[p])
     return sg_request_fail(q, SG_REQUEST_EBAD, PARAM_NAMES[p], "%s: given more than once", PARAM_NAMES[p]);
   q->present[p] = 1;
@@ -661,7 +660,7 @@ static const char *number_text(sg_request *q, int p, int *neg, char *digits, siz
   char shown[40];
   if (strlen(s) != q->vals[p].len || !number_syntax(s, neg, digits, cap, nd, exp10)) {
     sg_request_fail(q, SG_REQUEST_EBAD, PARAM_NAMES[p], "%s: '%s' is not a decimal number", PARAM_NAMES[p],
-                    safe_name(s, shown, sizeof shown));
+                    sg_request_safe_name(s, shown, sizeof shown));
     return NULL;
   }
   return s;
@@ -810,7 +809,7 @@ static int gen_parse(sg_request *q, sg_request_params *a) {
     int k = strlen(s) == q->vals[P_SAMPLER].len ? sg_sampler_kind_parse(s) : -1;
     if (k < 0)
       return sg_request_fail(q, SG_REQUEST_EINVALID, "sampler", "sampler: '%s' is not ddim, ddpm, euler_a or dpmpp_2m",
-                             safe_name(s, shown, sizeof shown));
+                             sg_request_safe_name(s, shown, sizeof shown));
     a->jr.sampler = (sg_sampler_kind)k;
   }
   int inv = SG_INVERT_AUTO;
@@ -818,13 +817,13 @@ static int gen_parse(sg_request *q, sg_request_params *a) {
     inv = strlen(s) == q->vals[P_INVERT].len ? sg_invert_parse(s) : -1;
     if (inv < 0)
       return sg_request_fail(q, SG_REQUEST_EINVALID, "invert", "invert: '%s' is not auto, true or false",
-                             safe_name(s, shown, sizeof shown));
+                             sg_request_safe_name(s, shown, sizeof shown));
   }
   if ((s = param_text(q, P_DRY_RUN))) {
     int v = strlen(s) == q->vals[P_DRY_RUN].len ? sg_invert_parse(s) : -1; /* the same words: true/false/1/0 */
     if (v != SG_INVERT_TRUE && v != SG_INVERT_FALSE)
       return sg_request_fail(q, SG_REQUEST_EINVALID, "dry_run", "dry_run: '%s' is not true or false",
-                             safe_name(s, shown, sizeof shown));
+                             sg_request_safe_name(s, shown, sizeof shown));
     a->dry_run = v == SG_INVERT_TRUE;
   }
   /* the sketch: by its magic bytes, its size checked from the header before decoding */

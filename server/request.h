@@ -118,6 +118,10 @@ int sg_request_parse(sg_request *q, sg_request_params *out);
 /* Returns the first error recorded, or NULL when there is none. */
 const sg_request_error *sg_request_get_error(const sg_request *q);
 
+/* Copies a client-given name (a parameter, a path, a header value) into out (cap >= 5 bytes) for a message:
+ * printable ASCII but '"' kept, anything else '?', cut with "..." when it does not fit. Returns out. */
+const char *sg_request_safe_name(const char *s, char *out, size_t cap);
+
 /* Returns the dry-run answer {"valid": true, "params": {...}, "sketch": {...}} of a parsed request as compact JSON
  * in a buffer the caller frees, or NULL when out of memory. */
 char *sg_request_describe(const sg_request_params *p);
