@@ -40,9 +40,12 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "base64.h"
 #include "buf.h"
 #include "errbuf.h"
 #include "image.h"
+#include "jobjson.h"
+#include "openai.h"
 #include "request.h"
 #include "sampler.h"
 #include "web_assets.h"
@@ -100,7 +103,7 @@ static const struct {
     [E_HEADERS_TOO_LARGE] = {431, "header_fields_too_large", "header_fields_too_large"},
 };
 
-typedef enum { D_JOBS, D_JOB_ERROR, D_IMAGE, D_REQUEST } err_domain;
+typedef enum { D_JOBS, D_JOB_ERROR, D_IMAGE, D_REQUEST, D_OPENAI } err_domain;
 
 static const struct {
   err_domain d;
@@ -126,6 +129,10 @@ static const struct {
     {D_REQUEST, SG_REQUEST_EINVALID, E_INVALID},
     {D_REQUEST, SG_REQUEST_ETOOLARGE, E_TOO_LARGE},
     {D_REQUEST, SG_REQUEST_EUNSUPPORTED, E_UNSUPPORTED},
+    {D_OPENAI, SG_OPENAI_EBAD, E_BAD_REQUEST},
+    {D_OPENAI, SG_OPENAI_EINVALID, E_INVALID},
+    {D_OPENAI, SG_OPENAI_ENOTFOUND, E_NOT_FOUND},
+    {D_OPENAI, SG_OPENAI_EEXPIRED, E_GONE},
 };
 
 /* Returns the kind of a module's error code; anything unlisted (out of memory, runtime, system) is internal. */
@@ -133,25 +140,6 @@ static err_kind kind_of(err_domain d, int code) {
   for (size_t i = 0; i < sizeof CODE_MAP / sizeof *CODE_MAP; i++)
     if (CODE_MAP[i].d == d && CODE_MAP[i].code == code) return CODE_MAP[i].kind;
   return E_INTERNAL;
-}
-
-/* ---- small buffers ---- */
-
-static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/* Returns a new NUL-terminated base64 text of n bytes, or NULL when out of memory. */
-static char *b64_encode(const uint8_t *p, size_t n) {
-  char *out = malloc(4 * ((n + 2) / 3) + 1), *o = out;
-  if (!out) return NULL;
-  for (size_t i = 0; i < n; i += 3) {
-    uint32_t v = (uint32_t)p[i] << 16 | (i + 1 < n ? (uint32_t)p[i + 1] << 8 : 0) | (i + 2 < n ? p[i + 2] : 0);
-    *o++ = B64[v >> 18 & 63];
-    *o++ = B64[v >> 12 & 63];
-    *o++ = i + 1 < n ? B64[v >> 6 & 63] : '=';
-    *o++ = i + 2 < n ? B64[v & 63] : '=';
-  }
-  *o = 0;
-  return out;
 }
 
 static double now_s(void) {
@@ -181,6 +169,7 @@ struct sg_http {
   sg_jobs *jobs;
   const sg_model_info *model;
   char devices[512];
+  sg_openai_files *files; /* the keys of url results (openai.h) */
   pthread_mutex_t mu;   /* the waiting list and the watchdog's flag */
   pthread_cond_t cv;    /* a waiting request ended; the watchdog should stop */
   req *waiting;
@@ -248,11 +237,14 @@ struct req {
   uint64_t up_eof_at;   /* r->received when that was first seen */
   int close_conn;       /* the response says Connection: close (a refused request head) */
   int started;          /* the access handler has seen the request (on_uri allocates it, with the head unread) */
+  sg_openai_format oai_format; /* an OpenAI route's response_format */
 };
 
 typedef enum MHD_Result (*handler_fn)(req *r);
 
-enum { R_OPEN = 1, R_BODY = 2, R_METRICS = 4, R_HEAD = 8 };
+enum { R_OPEN = 1, R_BODY = 2, R_METRICS = 4, R_HEAD = 8, R_OAI_GEN = 16, R_OAI_EDIT = 32 }; /* OAI: openai.h */
+#define OAI(r) ((r)->rt && ((r)->rt->flags & (R_OAI_GEN | R_OAI_EDIT)))
+#define OAI_ROUTE(r) ((r)->rt->flags & R_OAI_EDIT ? SG_OPENAI_EDITS : SG_OPENAI_GENERATIONS)
 
 struct route {
   const char *method;
@@ -303,9 +295,11 @@ static struct MHD_Response *json_response(json_t *body, size_t *n) {
   json_decref(body);
   if (!text) return NULL;
   *n = strlen(text);
-  struct MHD_Response *resp = MHD_create_response_from_buffer(*n, text, MHD_RESPMEM_MUST_FREE);
+  json_free_t jfree; /* json_dumps' text goes back to jansson's allocator, whichever it is */
+  json_get_alloc_funcs(NULL, &jfree);
+  struct MHD_Response *resp = MHD_create_response_from_buffer_with_free_callback(*n, text, jfree);
   if (!resp) {
-    free(text);
+    jfree(text);
     return NULL;
   }
   MHD_add_response_header(resp, "Content-Type", "application/json");
@@ -337,16 +331,9 @@ static enum MHD_Result send_error(req *r, err_kind k, const char *param, const c
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
-  json_t *e = json_object(), *o = json_object();
-  if (!e || !o) {
-    json_decref(e);
-    json_decref(o);
-    return MHD_NO;
-  }
-  json_object_set_new(e, "code", json_string(ERRORS[k].code));
-  json_object_set_new(e, "message", json_string(msg));
-  json_object_set_new(e, "param", param && *param ? json_string(param) : json_null());
-  json_object_set_new(o, "error", e);
+  json_t *o = OAI(r) ? sg_openai_error_body(OAI_ROUTE(r), ERRORS[k].status, ERRORS[k].code, param, msg)
+                     : json_pack("{s:{s:s,s:s,s:o}}", "error", "code", ERRORS[k].code, "message", msg, "param",
+                                 param && *param ? json_string(param) : json_null());
   size_t n = 0;
   struct MHD_Response *resp = json_response(o, &n);
   if (!resp) return MHD_NO;
@@ -404,76 +391,6 @@ static const char *param_of_message(const char *msg, char *param, size_t cap) {
     param[n] = 0;
   }
   return msg;
-}
-
-/* ---- JSON bodies of jobs ---- */
-
-/* Times and durations to the millisecond (Unix seconds) or microsecond (milliseconds). */
-static json_t *ms3(double v) { return json_real(round(v * 1000.0) / 1000.0); }
-static json_t *num_or_null(double v, int ok) { return ok ? ms3(v) : json_null(); }
-
-/* The images of a succeeded job as [{index, seed, url}] (status objects and the end event). */
-static json_t *images_json(const char *id, int64_t seed, int32_t n) {
-  json_t *imgs = json_array();
-  for (int32_t i = 0; i < n; i++) {
-    char url[128];
-    json_t *im = json_object();
-    snprintf(url, sizeof url, "/v1/jobs/%s/images/%d", id, (int)i);
-    json_object_set_new(im, "index", json_integer(i));
-    json_object_set_new(im, "seed", json_integer(seed + i));
-    json_object_set_new(im, "url", json_string(url));
-    json_array_append_new(imgs, im);
-  }
-  return imgs;
-}
-
-/* Returns the status object of a job (GET /v1/jobs/{id}, events), or NULL when out of memory. */
-static json_t *status_json(const sg_job_status *st) {
-  json_t *o = json_object();
-  if (!o) return NULL;
-  char url[128];
-  json_object_set_new(o, "id", json_string(st->id));
-  json_object_set_new(o, "status", json_string(sg_job_state_name(st->state)));
-  json_object_set_new(o, "queue_position", st->queue_position >= 0 ? json_integer(st->queue_position) : json_null());
-  json_t *pr = json_object();
-  json_object_set_new(pr, "step", json_integer(st->step));
-  json_object_set_new(pr, "total", json_integer(st->total));
-  json_object_set_new(o, "progress", pr);
-  json_object_set_new(o, "seed", json_integer(st->seed));
-  json_object_set_new(o, "n", json_integer(st->n_images));
-  json_object_set_new(o, "created_at", ms3(st->created));
-  json_object_set_new(o, "started_at", num_or_null(st->started, st->started > 0));
-  json_object_set_new(o, "finished_at", num_or_null(st->finished, st->finished > 0));
-  json_object_set_new(o, "queue_time_ms", ms3(st->queue_ms));
-  json_object_set_new(o, "inference_time_ms", ms3(st->inference_ms));
-  json_object_set_new(o, "worker", st->worker >= 0 ? json_integer(st->worker) : json_null());
-  if (st->error != SG_JOB_ERR_NONE) {
-    json_t *e = json_object();
-    json_object_set_new(e, "code", json_string(sg_job_error_name(st->error)));
-    json_object_set_new(e, "message", json_string(st->message));
-    json_object_set_new(o, "error", e);
-  } else {
-    json_object_set_new(o, "error", json_null());
-  }
-  json_object_set_new(o, "images", images_json(st->id, st->seed, st->n_ready));
-  snprintf(url, sizeof url, "/v1/jobs/%s/events", st->id);
-  json_object_set_new(o, "events_url", json_string(url));
-  if (st->state == SG_JOB_SUCCEEDED) {
-    json_t *t = json_object();
-    const sg_timings *tm = &st->timings;
-    json_object_set_new(t, "text", json_real(round(tm->text * 1e6) / 1e6));
-    json_object_set_new(t, "vae_encode", json_real(round(tm->vae_encode * 1e6) / 1e6));
-    json_object_set_new(t, "unet", json_real(round(tm->unet * 1e6) / 1e6));
-    json_object_set_new(t, "guided_forward", json_real(round(tm->guided_forward * 1e6) / 1e6));
-    json_object_set_new(t, "lgp", json_real(round(tm->lgp * 1e6) / 1e6));
-    json_object_set_new(t, "backward", json_real(round(tm->backward * 1e6) / 1e6));
-    json_object_set_new(t, "sampler", json_real(round(tm->sampler * 1e6) / 1e6));
-    json_object_set_new(t, "vae_decode", json_real(round(tm->vae_decode * 1e6) / 1e6));
-    json_object_set_new(t, "total", json_real(round(tm->total * 1e6) / 1e6));
-    json_object_set_new(o, "timings_s", t);
-    json_object_set_new(o, "guided_steps", json_integer(st->guided_steps));
-  }
-  return o;
 }
 
 /* ---- the waiting list, suspension and the watchdog ---- */
@@ -666,6 +583,18 @@ static enum MHD_Result sync_answer(req *r) {
   }
   if (r->png_failed || r->n_png < 1)
     return send_error(r, E_INTERNAL, NULL, "the job's images could not be copied (out of memory)");
+  if (OAI(r)) { /* url results last as long as the job keeps its images */
+    char base[300];
+    sg_openai_base_url(MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Host"),
+                       MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "X-Forwarded-Proto"), base, sizeof base);
+    sg_openai_answer_params ap = {r->oai_format, (int64_t)time(NULL), r->h->model->image_size, st->id,
+                                  (double)time(NULL) + r->h->p.result_ttl_s, base, r->h->files};
+    size_t n = 0;
+    struct MHD_Response *resp = json_response(sg_openai_answer(&ap, r->png, r->png_len, r->n_png), &n);
+    if (!resp) return send_error(r, E_INTERNAL, NULL, "out of memory");
+    timing_headers(resp, st);
+    return send_response(r, 200, resp, n);
+  }
   if (r->n_png == 1 && !r->want_json) {
     struct MHD_Response *resp = MHD_create_response_from_buffer(r->png_len[0], r->png[0], MHD_RESPMEM_MUST_FREE);
     if (!resp) return MHD_NO;
@@ -684,7 +613,7 @@ static enum MHD_Result sync_answer(req *r) {
   json_object_set_new(o, "id", json_string(st->id));
   json_object_set_new(o, "seed", json_integer(st->seed));
   for (int32_t i = 0; i < r->n_png; i++) {
-    char *b = b64_encode(r->png[i], r->png_len[i]);
+    char *b = sg_base64_encode(r->png[i], r->png_len[i]);
     if (!b) {
       json_decref(o);
       json_decref(imgs);
@@ -699,8 +628,8 @@ static enum MHD_Result sync_answer(req *r) {
     json_array_append_new(imgs, im);
   }
   json_object_set_new(o, "images", imgs);
-  json_object_set_new(o, "queue_time_ms", ms3(st->queue_ms));
-  json_object_set_new(o, "inference_time_ms", ms3(st->inference_ms));
+  json_object_set_new(o, "queue_time_ms", sg_jobjson_ms(st->queue_ms));
+  json_object_set_new(o, "inference_time_ms", sg_jobjson_ms(st->inference_ms));
   size_t n = 0;
   struct MHD_Response *resp = json_response(o, &n);
   if (!resp) return MHD_NO;
@@ -723,7 +652,7 @@ static enum MHD_Result sync_resumed(req *r) {
 
 /* A new parser with the service's limits and the model's defaults (only once the server is ready). Returns NULL
  * when out of memory. */
-static sg_request *request_new(sg_http *h) {
+static sg_request *request_new(sg_http *h, const route *rt) {
   const sg_http_params *P = &h->p;
   sg_request_limits lim = sg_request_default_limits();
   lim.max_body_bytes = P->max_body_bytes;
@@ -736,6 +665,8 @@ static sg_request *request_new(sg_http *h) {
   lim.image_size = h->model->image_size;
   lim.has_lgp = h->model->has_lgp;
   lim.defaults = sg_jobs_default_request(h->jobs);
+  if (rt->flags & (R_OAI_GEN | R_OAI_EDIT))
+    sg_openai_limits(rt->flags & R_OAI_EDIT ? SG_OPENAI_EDITS : SG_OPENAI_GENERATIONS, &lim);
   return sg_request_new(&lim);
 }
 
@@ -774,6 +705,11 @@ static enum MHD_Result h_generate(req *r) {
   sg_request_params a;
   int rc = sg_request_parse(r->q, &a);
   if (rc) return send_recorded(r);
+  sg_openai_options oo;
+  sg_request_error oe;
+  if (OAI(r) && sg_openai_check(r->q, h->model->name, h->model->image_size, &oo, &oe))
+    return send_error(r, kind_of(D_OPENAI, oe.code), oe.param, "%s", oe.message);
+  r->oai_format = OAI(r) ? oo.format : SG_OPENAI_B64_JSON;
   if (a.dry_run) {
     char *text = sg_request_describe(&a);
     if (!text) return send_error(r, E_INTERNAL, NULL, "out of memory");
@@ -793,7 +729,7 @@ static enum MHD_Result h_generate(req *r) {
   a.jr.n_extra_text = 1;
   a.jr.deadline = sg_jobs_now() + (double)a.timeout_ms / 1000.0;
   const char *prefer = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Prefer");
-  int async = prefer && header_has(prefer, "respond-async");
+  int async = prefer && header_has(prefer, "respond-async") && !OAI(r); /* OpenAI's routes answer at the end */
   r->seed = a.jr.seed;
   char err[256] = "";
   if (async) {
@@ -958,7 +894,7 @@ static enum MHD_Result h_job_get(req *r) {
   sg_job_status st;
   if (job_missing(r, sg_jobs_status(r->h->jobs, r->id, &st), &ret)) return ret;
   memcpy(r->job_id, st.id, sizeof r->job_id);
-  return send_json(r, 200, status_json(&st));
+  return send_json(r, 200, sg_jobjson_status(&st));
 }
 
 static enum MHD_Result h_job_delete(req *r) {
@@ -971,7 +907,7 @@ static enum MHD_Result h_job_delete(req *r) {
   if (job_missing(r, sg_jobs_status(r->h->jobs, r->id, &st), &ret)) return ret;
   memcpy(r->job_id, st.id, sizeof r->job_id);
   /* a running job stops at its next step: accepted, not done */
-  return send_json(r, st.state == SG_JOB_RUNNING ? 202 : 200, status_json(&st));
+  return send_json(r, st.state == SG_JOB_RUNNING ? 202 : 200, sg_jobjson_status(&st));
 }
 
 static enum MHD_Result h_job_image(req *r) {
@@ -1001,6 +937,20 @@ static enum MHD_Result h_job_image(req *r) {
   return send_response(r, 200, resp, len);
 }
 
+/* GET /v1/images/files/{key}: an OpenAI url result, by its key until it expires (open: the key is the credential,
+ * as OpenAI's signed URLs are), then as GET /v1/jobs/{id}/images/{i}. */
+static enum MHD_Result h_file(req *r) {
+  enum MHD_Result ret;
+  if (not_ready(r, &ret)) return ret;
+  double exp = 0;
+  char key[sizeof r->id];
+  memcpy(key, r->id, sizeof key);
+  int rc = sg_openai_files_find(r->h->files, key, (double)time(NULL), r->id, &r->index, &exp);
+  if (rc == SG_OPENAI_EEXPIRED) return send_error(r, E_GONE, NULL, "the URL expired at %.0f (Unix time)", exp);
+  if (rc) return send_error(r, E_NOT_FOUND, NULL, "no such file (URLs last %.0f s)", r->h->p.result_ttl_s);
+  return h_job_image(r);
+}
+
 /* ---- server-sent events ---- */
 
 /* Appends one event to the stream's buffer; r->mu held. */
@@ -1015,7 +965,9 @@ static void stream_push_locked(req *r, const char *event, json_t *data) {
   if (sg_buf_add(&r->ev, headl, (size_t)n) || sg_buf_add(&r->ev, text, strlen(text)) ||
       sg_buf_add(&r->ev, "\n\n", 2))
     r->gone = 1;
-  free(text);
+  json_free_t jfree;
+  json_get_alloc_funcs(NULL, &jfree);
+  jfree(text);
   r->ev_t = now_s();
 }
 
@@ -1036,7 +988,7 @@ static void on_stream_event(void *user, const sg_job_event *ev) {
       } else {
         json_object_set_new(o, "error", json_null());
       }
-      json_object_set_new(o, "images", images_json(ev->id, r->seed, ev->n_images)); /* r->seed: h_job_events */
+      json_object_set_new(o, "images", sg_jobjson_images(ev->id, r->seed, ev->n_images)); /* r->seed: h_job_events */
     }
   }
   pthread_mutex_lock(&r->mu);
@@ -1076,7 +1028,7 @@ static enum MHD_Result h_job_events(req *r) {
   sg_http *h = r->h;
   sg_job_status st;
   if (job_missing(r, sg_jobs_status(h->jobs, r->id, &st), &ret)) return ret;
-  json_t *o = status_json(&st);
+  json_t *o = sg_jobjson_status(&st);
   r->seed = st.seed; /* for the end event's images */
   pthread_mutex_lock(&r->mu);
   stream_push_locked(r, "status", o);
@@ -1150,6 +1102,9 @@ static const route ROUTES[] = {
     {"GET", "/metrics", h_metrics, R_METRICS | R_HEAD},
     {"GET", "/v1/info", h_info, R_HEAD},
     {"POST", "/v1/generate", h_generate, R_BODY},
+    {"POST", "/v1/images/generations", h_generate, R_BODY | R_OAI_GEN},
+    {"POST", "/v1/images/edits", h_generate, R_BODY | R_OAI_EDIT},
+    {"GET", "/v1/images/files/{id}", h_file, R_OPEN | R_HEAD},
     {"GET", "/v1/jobs/{id}", h_job_get, R_HEAD},
     {"DELETE", "/v1/jobs/{id}", h_job_delete, 0},
     {"GET", "/v1/jobs/{id}/images/{i}", h_job_image, R_HEAD},
@@ -1418,7 +1373,7 @@ static enum MHD_Result first_call(req *r, const char *url, const char *method, c
   }
   enum MHD_Result ret;
   if (work_refused(r, &ret)) return ret;
-  if (!(r->q = request_new(h))) return send_error(r, E_INTERNAL, NULL, "out of memory");
+  if (!(r->q = request_new(h, r->rt))) return send_error(r, E_INTERNAL, NULL, "out of memory");
   if (sg_request_begin(r->q, MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE)))
     return send_recorded(r); /* another media type, or multipart without a boundary */
   r->body = BODY_PARSED;
@@ -1563,6 +1518,7 @@ sg_http_params sg_http_default_params(void) {
   p.max_timeout_ms = l.max_timeout_ms;
   p.version = "unknown";
   p.ui = 1;
+  p.result_ttl_s = 600;
   return p;
 }
 
@@ -1577,6 +1533,7 @@ static void destroy(sg_http *h) {
     memset(h->token, 0, strlen(h->token));
     free(h->token);
   }
+  sg_openai_files_free(h->files);
   free(h->host);
   free(h->cors);
   free(h->version);
@@ -1591,7 +1548,7 @@ sg_http *sg_http_start(sg_http_params p, sg_metrics *metrics, char *err, size_t 
       p.max_body_bytes < 1 || p.max_image_pixels < 1 || p.max_steps < 1 || p.max_images < 1 ||
       p.max_images > SG_JOBS_MAX_IMAGES || p.max_prompt_bytes < 1 || p.default_timeout_ms < 1 ||
       p.max_timeout_ms < p.default_timeout_ms || p.connection_timeout_s < 1 || p.connection_timeout_s > 3600 ||
-      p.sse_keepalive_s < 0) {
+      p.sse_keepalive_s < 0 || !(p.result_ttl_s > 0)) {
     sg_set_err(err, errlen, "http: bad parameters");
     return NULL;
   }
@@ -1613,7 +1570,8 @@ sg_http *sg_http_start(sg_http_params p, sg_metrics *metrics, char *err, size_t 
   h->token = dup_or_null(p.token);
   h->cors = dup_or_null(p.cors_origins);
   h->version = strdup(p.version ? p.version : "unknown");
-  int oom = !h->host || !h->version || (p.token && *p.token && !h->token) || (p.cors_origins && *p.cors_origins && !h->cors);
+  h->files = sg_openai_files_new(4096);
+  int oom = !h->host || !h->version || !h->files || (p.token && *p.token && !h->token) || (p.cors_origins && *p.cors_origins && !h->cors);
   for (const char *s = h->cors; s && *s && !oom;) { /* the origin list */
     const char *e = strchr(s, ',');
     size_t n = e ? (size_t)(e - s) : strlen(s);

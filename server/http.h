@@ -62,6 +62,8 @@ typedef struct {
   int metrics_require_token;     /* 0 */
   int ui;                        /* 1: serve the sketch pad (server/web/) at / and /ui/{name}; 0: those answer 404 */
   const char *version;           /* reported by /v1/info; "unknown" */
+  double result_ttl_s;           /* 600: how long the URLs of OpenAI url results last (the job manager's
+                                    keep_finished_seconds: the job's images must outlive them) */
   sg_jobs_log_fn log;            /* NULL: no logging */
   void *log_user;
 } sg_http_params;

@@ -69,8 +69,8 @@ struct sg_request {
   int json;            /* the body is JSON */
   json_member members[JSON_MAX_MEMBERS];
   int n_members;
-  sg_buf vals[P_COUNT];
-  uint8_t present[P_COUNT];
+  sg_buf vals[P_COUNT + SG_REQUEST_MAX_NAMES]; /* the parameters, then the values kept under limits.names */
+  uint8_t present[P_COUNT + SG_REQUEST_MAX_NAMES];
   int last_param;
   int has_err;
   sg_request_error err;
@@ -170,11 +170,24 @@ int sg_request_fail(sg_request *q, int code, const char *param, const char *fmt,
 
 /* ---- the body ---- */
 
-/* Returns the index of a parameter name, or -1. */
-static int param_index(const char *name) {
+/* Returns the index of a name in the body: limits.names first (the parameter it stands for, or P_COUNT + its index
+ * when it is kept as it is), then the parameters'; -1 when unknown. */
+static int param_index(const sg_request *q, const char *name) {
+  for (int i = 0; i < q->lim.n_names; i++)
+    if (!strcmp(name, q->lim.names[i].name)) {
+      const char *as = q->lim.names[i].as;
+      if (!as) return P_COUNT + i;
+      name = as;
+      break;
+    }
   for (int i = 0; i < P_COUNT; i++)
     if (!strcmp(name, PARAM_NAMES[i])) return i;
   return -1;
+}
+
+/* The name of index p in messages. */
+static const char *pname(const sg_request *q, int p) {
+  return p < P_COUNT ? PARAM_NAMES[p] : q->lim.names[p - P_COUNT].name;
 }
 
 int sg_request_is_param(const char *name, size_t n) {
@@ -192,8 +205,8 @@ static int field_add(sg_request *q, int p, const void *data, size_t size) {
     if (p == P_PROMPT || p == P_NEGATIVE)
       return sg_request_fail(q, SG_REQUEST_EINVALID, PARAM_NAMES[p], "%s: longer than %zu bytes", PARAM_NAMES[p],
                              limit);
-    return sg_request_fail(q, p == P_SKETCH ? SG_REQUEST_ETOOLARGE : SG_REQUEST_EBAD, PARAM_NAMES[p],
-                           "%s: value too long", PARAM_NAMES[p]);
+    return sg_request_fail(q, p == P_SKETCH ? SG_REQUEST_ETOOLARGE : SG_REQUEST_EBAD, pname(q, p),
+                           "%s: value too long", pname(q, p));
   }
   if (sg_buf_add(&q->vals[p], data, size)) return sg_request_fail(q, SG_REQUEST_ENOMEM, NULL, "out of memory");
   return 0;
@@ -206,7 +219,7 @@ int sg_request_add_field(sg_request *q, const char *name, uint64_t off, const vo
   if (off == 0) {
     if (part_begin(q, name)) return q->err.code;
   } else {
-    int p = name ? param_index(name) : -1;
+    int p = name ? param_index(q, name) : -1;
     if (p < 0 || p != q->last_param || off != q->vals[p].len)
       return sg_request_fail(q, SG_REQUEST_EBAD, NULL, "a piece of a field out of order");
   }
@@ -332,7 +345,7 @@ static int parse_json_body(sg_request *q) {
   json_object_foreach(root, key, v) { /* in the order of the text (jansson 2.8 on), as json_prescan saw them */
     char name[48];
     k++;
-    int p = param_index(key);
+    int p = param_index(q, key);
     if (p < 0) {
       sg_request_fail(q, SG_REQUEST_EBAD, NULL, "unknown parameter '%s'", sg_request_safe_name(key, name, sizeof name));
       break;
@@ -341,6 +354,10 @@ static int parse_json_body(sg_request *q) {
     const char *s = NULL;
     size_t n = 0;
     if (json_is_null(v)) continue;
+    if (q->present[p]) { /* two names of limits.names for one parameter */
+      sg_request_fail(q, SG_REQUEST_EBAD, pname(q, p), "%s: given more than once", pname(q, p));
+      break;
+    }
     if (json_is_string(v)) {
       s = json_string_value(v);
       n = json_string_length(v);
@@ -359,7 +376,7 @@ static int parse_json_body(sg_request *q) {
       s = json_is_true(v) ? "true" : "false";
       n = strlen(s);
     } else {
-      sg_request_fail(q, SG_REQUEST_EBAD, PARAM_NAMES[p], "%s: must be a string or a number", PARAM_NAMES[p]);
+      sg_request_fail(q, SG_REQUEST_EBAD, pname(q, p), "%s: must be a string or a number", pname(q, p));
       break;
     }
     if (p == P_SKETCH) { /* base64 or a data URL */
@@ -393,12 +410,12 @@ static int parse_json_body(sg_request *q) {
 /* Starts a part called name (a parameter given at most once). Returns 0 or the recorded error's code. */
 static int part_begin(sg_request *q, const char *name) {
   char shown[48];
-  int p = name ? param_index(name) : -1;
+  int p = name ? param_index(q, name) : -1;
   if (p < 0)
     return sg_request_fail(q, SG_REQUEST_EBAD, NULL, "unknown parameter '%s'",
                            sg_request_safe_name(name ? name : "", shown, sizeof shown));
   if (q->present[p])
-    return sg_request_fail(q, SG_REQUEST_EBAD, PARAM_NAMES[p], "%s: given more than once", PARAM_NAMES[p]);
+    return sg_request_fail(q, SG_REQUEST_EBAD, pname(q, p), "%s: given more than once", pname(q, p));
   q->present[p] = 1;
   q->last_param = p;
   return 0;
@@ -768,7 +785,9 @@ static int gen_parse(sg_request *q, sg_request_params *a) {
                              PARAM_NAMES[p]);
   a->jr.prompt = prompt;
   a->jr.negative_prompt = param_text(q, P_NEGATIVE);
-  if (!q->present[P_SKETCH]) return sg_request_fail(q, SG_REQUEST_EBAD, "sketch", "sketch: required (a PNG or JPEG file)");
+  int sketch = q->present[P_SKETCH];
+  if (!sketch && !P->sketch_optional)
+    return sg_request_fail(q, SG_REQUEST_EBAD, "sketch", "sketch: required (a PNG or JPEG file)");
   double d;
   int64_t i;
   int rc;
@@ -778,6 +797,10 @@ static int gen_parse(sg_request *q, sg_request_params *a) {
   if (a->jr.steps > max_steps) a->jr.steps = max_steps;
   if ((rc = real_param(q, P_BETA, 0, 100, &d)) < 0) return rc;
   if (rc) a->jr.beta = d;
+  if (!sketch) { /* unguided */
+    if (rc && d > 0) return sg_request_fail(q, SG_REQUEST_EINVALID, "beta", "beta: guidance needs a sketch");
+    a->jr.beta = 0;
+  }
   if (q->present[P_STOP] && q->present[P_STOP_STEP])
     return sg_request_fail(q, SG_REQUEST_EINVALID, "stop_step", "stop_step: give stop or stop_step, not both");
   if ((rc = real_param(q, P_STOP, 0, 1, &d)) < 0) return rc;
@@ -826,6 +849,7 @@ static int gen_parse(sg_request *q, sg_request_params *a) {
                              sg_request_safe_name(s, shown, sizeof shown));
     a->dry_run = v == SG_INVERT_TRUE;
   }
+  if (!sketch) return 0;
   /* the sketch: by its magic bytes, its size checked from the header before decoding */
   sg_buf *sk = &q->vals[P_SKETCH];
   if (sk->len > 5 && !memcmp(sk->data, "data:", 5)) { /* a data URL in a multipart text field */
@@ -895,7 +919,7 @@ sg_request_limits sg_request_default_limits(void) {
 }
 
 sg_request *sg_request_new(const sg_request_limits *lim) {
-  if (!lim) return NULL;
+  if (!lim || lim->n_names < 0 || lim->n_names > SG_REQUEST_MAX_NAMES || (lim->n_names && !lim->names)) return NULL;
   sg_request *q = calloc(1, sizeof *q);
   if (!q) return NULL;
   q->lim = *lim;
@@ -907,7 +931,7 @@ void sg_request_free(sg_request *q) {
   if (!q) return;
   sg_buf_free(&q->raw);
   sg_buf_free(&q->line);
-  for (int i = 0; i < P_COUNT; i++) sg_buf_free(&q->vals[i]);
+  for (int i = 0; i < P_COUNT + SG_REQUEST_MAX_NAMES; i++) sg_buf_free(&q->vals[i]);
   free(q->map);
   free(q);
 }
@@ -923,6 +947,15 @@ int sg_request_parse(sg_request *q, sg_request_params *out) {
 }
 
 const sg_request_error *sg_request_get_error(const sg_request *q) { return q && q->has_err ? &q->err : NULL; }
+
+const char *sg_request_extra(const sg_request *q, const char *name, size_t *len) {
+  for (int i = 0; q && name && i < q->lim.n_names; i++)
+    if (!q->lim.names[i].as && !strcmp(name, q->lim.names[i].name) && q->present[P_COUNT + i]) {
+      if (len) *len = q->vals[P_COUNT + i].len;
+      return q->vals[P_COUNT + i].data ? (const char *)q->vals[P_COUNT + i].data : "";
+    }
+  return NULL;
+}
 
 char *sg_request_describe(const sg_request_params *a) {
   json_t *o = json_object(), *p = json_object(), *s = json_object();

@@ -44,6 +44,16 @@ enum {
   SG_REQUEST_ENOMEM = -5,
 };
 
+#define SG_REQUEST_MAX_NAMES 16
+
+/* A name that another API gives a part or member of the body (the OpenAI routes, openai.h): read as the parameter
+ * `as` ("image" as "sketch"), or, when as is NULL, kept as a value of its own (at most 256 bytes, given once) that
+ * sg_request_extra returns. */
+typedef struct {
+  const char *name;
+  const char *as;
+} sg_request_name;
+
 typedef struct {
   int64_t max_body_bytes;     /* 16 MiB: the most bytes of the sketch */
   int64_t max_image_pixels;   /* 4096 x 4096: checked from the image's header before decoding */
@@ -55,6 +65,10 @@ typedef struct {
   int32_t image_size;         /* 64: the sketch map's width and height (the model's image size) */
   int has_lgp;                /* 1: the model can follow a sketch (beta > 0 is refused otherwise, as sg_jobs does) */
   sg_job_request defaults;    /* steps, beta, stop, stop_step, cfg, sampler, eta of a request that omits them */
+  const sg_request_name *names; /* NULL: the parameters' own names only; else looked up before them (the array must
+                                   outlive the request) */
+  int32_t n_names;            /* 0 .. SG_REQUEST_MAX_NAMES */
+  int sketch_optional;        /* 0: a request without a sketch is refused; 1: it runs unguided (beta > 0 refused) */
 } sg_request_limits;
 
 /* The outcome of sg_request_parse. Its strings and sketch map belong to the request (valid until sg_request_free). */
@@ -80,7 +94,8 @@ typedef struct sg_request sg_request;
 /* Returns the defaults above, with sg_job_request defaults of 50 steps, beta 1.6, stop 0.5, cfg 7.5, ddim. */
 sg_request_limits sg_request_default_limits(void);
 
-/* Returns a new empty request that keeps a copy of *lim, or NULL when out of memory (or lim is NULL). */
+/* Returns a new empty request that keeps a copy of *lim, or NULL when out of memory (or lim is NULL, or has more
+ * than SG_REQUEST_MAX_NAMES names). */
 sg_request *sg_request_new(const sg_request_limits *lim);
 
 /* Frees q and everything it handed out. NULL is ignored. */
@@ -114,6 +129,11 @@ int sg_request_fail(sg_request *q, int code, const char *param, const char *fmt,
 /* Checks every parameter and decodes and maps the sketch into *out. Call it once, after the whole body. Returns 0,
  * or a negative code with the error recorded. */
 int sg_request_parse(sg_request *q, sg_request_params *out);
+
+/* Returns the value of the part or member kept under the name `name` of limits.names (one whose `as` is NULL) as
+ * NUL-terminated text (valid until sg_request_free) with its length in *len (NULL allowed), or NULL when the body
+ * had none. */
+const char *sg_request_extra(const sg_request *q, const char *name, size_t *len);
 
 /* Returns the first error recorded, or NULL when there is none. */
 const sg_request_error *sg_request_get_error(const sg_request *q);
