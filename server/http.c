@@ -1104,7 +1104,7 @@ static const route ROUTES[] = {
     {"POST", "/v1/generate", h_generate, R_BODY},
     {"POST", "/v1/images/generations", h_generate, R_BODY | R_OAI_GEN},
     {"POST", "/v1/images/edits", h_generate, R_BODY | R_OAI_EDIT},
-    {"GET", "/v1/images/files/{id}", h_file, R_OPEN | R_HEAD},
+    {"GET", "/v1/images/files/{id}", h_file, R_OPEN},
     {"GET", "/v1/jobs/{id}", h_job_get, R_HEAD},
     {"DELETE", "/v1/jobs/{id}", h_job_delete, 0},
     {"GET", "/v1/jobs/{id}/images/{i}", h_job_image, R_HEAD},

@@ -52,7 +52,12 @@ NO_JOB = "0" * 32
 # (method, path, status) the spec lists but this test cannot produce cheaply: a failing model or encoder, or no
 # memory. Anything else the spec lists must be seen.
 UNPRODUCED = {("POST", "/v1/generate", 500), ("GET", "/v1/jobs/{id}/images/{i}", 500),
-              ("HEAD", "/v1/jobs/{id}/images/{i}", 500), ("GET", "/metrics", 500), ("HEAD", "/metrics", 500)}
+              ("HEAD", "/v1/jobs/{id}/images/{i}", 500), ("GET", "/metrics", 500), ("HEAD", "/metrics", 500),
+              ("POST", "/v1/images/generations", 500), ("POST", "/v1/images/edits", 500),
+              ("GET", "/v1/images/files/{id}", 500),
+              # a cancelled synchronous edit: the same path as the generations' 409, which test_queue_... produces
+              ("POST", "/v1/images/edits", 409)}
+OAI_GEN, OAI_EDIT = "/v1/images/generations", "/v1/images/edits"
 
 
 def load_spec(path=SPEC_PATH):
@@ -442,6 +447,19 @@ class Client:
         hd.update(headers or {})
         return self.request("POST", "/v1/generate", body, hd, **kw)
 
+    def oai_json(self, path, params, headers=None, **kw):
+        """An OpenAI route with a JSON body (through Prism unless via says otherwise)."""
+        hd = dict(AUTH, **{"Content-Type": "application/json"})
+        hd.update(headers or {})
+        return self.request("POST", path, json.dumps(params), hd, **kw)
+
+    def oai_form(self, fields, files=None, headers=None, **kw):
+        """POST /v1/images/edits as multipart (straight to the server), the star as the image by default."""
+        body, ctype = multipart(fields, [("image", "star.png", star_bytes())] if files is None else files)
+        hd = dict(AUTH, **{"Content-Type": ctype})
+        hd.update(headers or {})
+        return self.request("POST", OAI_EDIT, body, hd, **kw)
+
     def raw(self, method, path, extra_headers=b""):
         """A request that declares a body of 10^9 bytes and sends none (413 before the body), straight to the server."""
         head = ("%s %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
@@ -611,7 +629,7 @@ def test_service_routes(live):
     assert len(named) >= 5 and not [n for n in named if n.encode() not in data], named  # the description's metrics
     assert cl.request("HEAD", "/metrics", headers=AUTH)[0] == 200
     for path in ["/v1/generate", "/v1/jobs/" + NO_JOB, "/v1/jobs/%s/images/0" % NO_JOB, "/v1/jobs/%s/events" % NO_JOB,
-                 "/healthz", "/readyz", "/v1/info", "/metrics"]:
+                 "/healthz", "/readyz", "/v1/info", "/metrics", OAI_GEN, OAI_EDIT, "/v1/images/files/" + NO_JOB]:
         st, hd, _ = cl.request("OPTIONS", path, headers={"Origin": ORIGIN, "Access-Control-Request-Method": "GET"})
         assert st == 204 and hd["access-control-allow-origin"] == ORIGIN, path
         assert cl.request("OPTIONS", path)[0] == 204
@@ -619,6 +637,7 @@ def test_service_routes(live):
     assert cl.request("OPTIONS", "/v1/jobs/" + "a" * 80, valid=False)[0] == 404
     assert cl.request("OPTIONS", "/v1/jobs/%s/images/x" % NO_JOB, valid=False)[0] == 404
     assert cl.request("OPTIONS", "/v1/jobs/%s/events" % ("b" * 80), valid=False)[0] == 404
+    assert cl.request("OPTIONS", "/v1/images/files/" + "c" * 80, valid=False)[0] == 404
     cl.assert_clean()
 
 
@@ -701,6 +720,52 @@ def test_generation(live):
     cl.assert_clean()
 
 
+def test_openai_routes(live):
+    """The OpenAI routes' answers and errors against the spec: both response formats, a url fetched without the
+    token, an edit as multipart and as JSON, and each error status the native route shares."""
+    cl, _, _ = live
+    st, hd, data = cl.oai_json(OAI_GEN, {"prompt": PROMPT, "steps": 2, "seed": 21, "n": 2, "size": "64x64",
+                                         "model": "shapes", "user": "u", "quality": "auto", "output_format": "png"})
+    o = json.loads(data)
+    assert st == 200 and hd["x-seed"] == "21" and len(o["data"]) == 2 and o["size"] == "64x64", data[:200]
+    st, hd, data = cl.oai_json(OAI_GEN, {"prompt": PROMPT, "steps": 2, "response_format": "url",
+                                         "sketch": "data:image/png;base64," + star_b64(), "beta": 1})
+    url = json.loads(data)["data"][0]["url"]
+    assert st == 200 and re.search(r"/v1/images/files/[0-9a-f]{32}$", url), data
+    key_path = url[url.index("/v1/images/files/"):]
+    st, hd, body = cl.request("GET", key_path, auth=False, via="direct")
+    assert st == 200 and hd["content-type"] == "image/png" and body.startswith(PNG_MAGIC) and hd["x-job-id"]
+    assert cl.request("GET", key_path, auth=False)[0] == 200  # through Prism: open, as the spec says
+    assert cl.request("GET", "/v1/images/files/" + NO_JOB, auth=False)[0] == 404
+    st, _, data = cl.oai_form([("prompt", PROMPT), ("steps", 1), ("n", 1), ("response_format", "b64_json")])
+    assert st == 200 and json.loads(data)["data"][0]["b64_json"], data[:200]
+    st, _, data = cl.oai_json(OAI_EDIT, {"prompt": PROMPT, "steps": 1, "image": star_b64()})
+    assert st == 200, data[:200]
+    # errors, in OpenAI's shape
+    assert cl.oai_json(OAI_GEN, {"steps": 2}, valid=False)[0] == 400  # no prompt
+    assert cl.oai_json(OAI_GEN, {"prompt": PROMPT, "mask": "x"}, valid=False)[0] == 400
+    assert cl.oai_form([("prompt", PROMPT)], files=[], valid=False)[0] == 400  # no image
+    for hd in [{"Authorization": "Bearer wrong"}, {"Authorization": "Basic eDp5"}]:
+        st, h, data = cl.oai_json(OAI_GEN, {"prompt": PROMPT}, headers=hd, valid=None)
+        assert st == 401 and h["www-authenticate"].startswith("Bearer") and \
+            json.loads(data)["error"]["code"] == "invalid_api_key", data
+    assert cl.oai_form([("prompt", PROMPT)], headers={"Authorization": "Bearer wrong"}, valid=None)[0] == 401
+    for path, params in [(OAI_EDIT, {"prompt": PROMPT, "image": star_b64(), "model": "dall-e-2"}),
+                         (OAI_GEN, {"prompt": PROMPT, "model": "gpt-image-1"})]:
+        st, _, data = cl.oai_json(path, params)
+        assert st == 404 and json.loads(data)["error"]["code"] == "model_not_found", (path, data)
+    assert cl.oai_json(OAI_GEN, {"prompt": "x", "negative_prompt": "y" * 300000}, valid=None)[0] == 413
+    assert cl.request("POST", OAI_GEN, b"prompt=x", dict(AUTH, **{"Content-Type": "text/plain"}), valid=False)[0] == 415
+    gif = base64.b64encode(b"GIF89a\x01\x00\x01\x00\x00\x00\x00;").decode()
+    assert cl.oai_json(OAI_EDIT, {"prompt": PROMPT, "image": gif})[0] == 415
+    for params, valid in [({"size": "1024x1024"}, True), ({"n": 5}, None), ({"response_format": "png"}, False),
+                          ({"steps": 0}, False)]:
+        st, _, data = cl.oai_json(OAI_GEN, dict({"prompt": PROMPT}, **params), valid=valid)
+        assert st == 422, (params, data)
+    assert cl.oai_form([("prompt", PROMPT), ("size", "512x512")])[0] == 422
+    cl.assert_clean()
+
+
 def test_async_job_and_its_routes(live):
     cl, _, _ = live
     st, hd, data = cl.generate_json(gen(steps=3, seed=9, n=1), headers={"Prefer": "respond-async"})
@@ -744,6 +809,10 @@ def test_queue_cancel_conflict_timeout(live):
     # 504: queued behind the busy worker past its deadline
     st, hd, _ = cl.generate_json(gen(timeout_ms=300))
     assert st == 504 and hd["x-job-id"]
+    for path in (OAI_GEN, OAI_EDIT):
+        st, hd, _ = cl.oai_json(path, {"prompt": PROMPT, "image": star_b64(), "timeout_ms": 300} if path == OAI_EDIT
+                                else {"prompt": PROMPT, "timeout_ms": 300})
+        assert st == 504 and hd["x-job-id"], path
     # one queued job fills the queue: 429 for the next, asynchronous or not
     st, _, data = cl.generate_json(gen(steps=2), headers={"Prefer": "respond-async"})
     queued = json.loads(data)["id"]
@@ -751,6 +820,9 @@ def test_queue_cancel_conflict_timeout(live):
     st, hd, _ = cl.generate_json(gen(), headers={"Prefer": "respond-async"})
     assert st == 429 and int(hd["retry-after"]) >= 1
     assert cl.generate_form([("prompt", PROMPT)])[0] == 429
+    st, hd, data = cl.oai_json(OAI_GEN, {"prompt": PROMPT})
+    assert st == 429 and int(hd["retry-after"]) >= 1 and json.loads(data)["error"]["type"] == "rate_limit_error"
+    assert cl.oai_form([("prompt", PROMPT)])[0] == 429
     st, _, o = cl.json("DELETE", "/v1/jobs/" + queued, headers=AUTH)
     assert st == 200 and o["status"] == "cancelled"
     # a synchronous request waits in the queue; its job (named by the debug log) is cancelled: 409 for its client
@@ -763,6 +835,16 @@ def test_queue_cancel_conflict_timeout(live):
     assert cl.request("DELETE", "/v1/jobs/" + m.group(1), headers=AUTH)[0] == 200
     t.join(120)
     assert result["r"][0] == 409 and json.loads(result["r"][2])["error"]["code"] == "cancelled"
+    # the same for an OpenAI generation (h_generate underneath: the same log line)
+    t = threading.Thread(target=lambda: result.update(o=cl.oai_json(OAI_GEN, {"prompt": PROMPT, "steps": 2,
+                                                                               "seed": 4343})))
+    t.start()
+    m = wait_for(lambda: re.search(r"h_generate: job ([0-9a-f]{32}) \(sync, 2 steps, 1 images, seed 4343\)",
+                                   srv.text()), 120, "the synchronous OpenAI job in the debug log")
+    wait_for(lambda: cl.status(m.group(1))["status"] == "queued", 120, "the synchronous OpenAI job to queue")
+    assert cl.request("DELETE", "/v1/jobs/" + m.group(1), headers=AUTH)[0] == 200
+    t.join(120)
+    assert result["o"][0] == 409 and json.loads(result["o"][2])["error"]["code"] == "cancelled"
     # the running job: 202, then cancelled; its stream ends
     st, _, o = cl.json("DELETE", "/v1/jobs/" + running, headers=AUTH)
     assert st == 202 and o["status"] == "running"
@@ -896,6 +978,11 @@ def test_not_ready_and_gone(contract):
             assert cl.request(m, path, via="direct")[0] == 503, (m, path)
         st, _, data = cl.generate_json(gen(), via="direct")
         assert st == 503 and json.loads(data)["error"]["code"] == "not_ready"
+        for path in (OAI_GEN, OAI_EDIT):
+            st, hd, data = cl.request("POST", path, json.dumps({"prompt": PROMPT}), {"Content-Type": "application/json"},
+                                      via="direct")
+            assert st == 503 and json.loads(data)["error"]["type"] == "service_unavailable_error", path
+        assert cl.request("GET", "/v1/images/files/" + NO_JOB, via="direct")[0] == 503
         assert not re.search(r"^ready", srv.text(), re.M), "the model loaded during the probes: raise --warmup-steps"
         assert cl.request("GET", "/metrics", via="direct")[0] == 200  # open: no token here
         for m in ("GET", "HEAD"):  # the sketch pad turned off (setting ui)
@@ -907,6 +994,14 @@ def test_not_ready_and_gone(contract):
             st, _, data = cl.generate_json(gen(steps=1, seed=seed), headers={"Prefer": "respond-async"}, via="direct")
             jobs.append(json.loads(data)["id"])
         wait_for(lambda: cl.request("GET", "/v1/jobs/" + jobs[0], via="direct")[0] == 410, 120, "eviction")
+        # an OpenAI url result whose job is evicted by the next one: 410
+        st, _, data = cl.request("POST", OAI_GEN, json.dumps({"prompt": PROMPT, "steps": 1, "response_format": "url"}),
+                                 {"Content-Type": "application/json"}, via="direct")
+        url = json.loads(data)["data"][0]["url"]
+        key_path = url[url.index("/v1/images/files/"):]
+        assert st == 200 and cl.request("GET", key_path, via="direct")[0] == 200
+        cl.generate_json(gen(steps=1, seed=3), via="direct")
+        wait_for(lambda: cl.request("GET", key_path, via="direct")[0] == 410, 120, "the url's job evicted")
         for m, path in [("HEAD", "/v1/jobs/" + jobs[0]), ("DELETE", "/v1/jobs/" + jobs[0]),
                         ("GET", "/v1/jobs/%s/images/0" % jobs[0]), ("HEAD", "/v1/jobs/%s/images/0" % jobs[0]),
                         ("GET", "/v1/jobs/%s/events" % jobs[0])]:
