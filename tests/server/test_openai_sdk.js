@@ -24,6 +24,8 @@ function loadOpenAI() {
   }
   throw new Error('the openai package is not installed: run `npm ci` in the project root (setup.sh does)');
 }
+// Node 18 (Debian 12's) has no global File, which the SDK's uploads need; its own message says to set this
+if (typeof File === 'undefined') globalThis.File = require('node:buffer').File;
 const OpenAIModule = loadOpenAI();
 const OpenAI = OpenAIModule.OpenAI || OpenAIModule.default;
 const {toFile} = OpenAIModule;
