@@ -1,6 +1,7 @@
 """Procedural data set of coloured shapes with captions, exact edge maps and out-of-domain hand-drawn-style sketches (deterministic by seed)."""
 import math
 import os
+import re
 
 import numpy as np
 
@@ -121,6 +122,130 @@ def sample_params(seed: int) -> dict:
 def caption(p: dict) -> str:
     article = "an" if p["fg"][0] in "aeiou" else "a"
     return "%s %s %s on a %s %s background" % (article, p["fg"], p["shape"], p["texture"], p["bg"])
+
+
+# Captions as people write them: a grammar of phrasings. A template is a pattern with slots {fg} {bg} {shape}
+# {tex} (the texture word and a space, or nothing, which means plain) and {a} (an article agreeing with the next
+# word). Every part list has training choices and held-out choices; a held-out template has at least one held-out
+# part, and every held-out part holds a word (HELD_OUT_WORDS) that no training part has, so training never sees a
+# held-out template: adherence on them measures generalisation, not memorisation.
+PREFIXES = ["", "", "", "a drawing of ", "a picture of ", "an image showing ", "an image of ", "a photo of ",
+            "a painting of ", "a simple drawing of ", "draw ", "make ", "a cartoon of ", "an icon of ",
+            "i want ", "show me ", "generate ", "a picture showing ", "a clean drawing of "]
+HELD_OUT_PREFIXES = ["an illustration of ", "a sketch of ", "here is ", "please render ", "a rendering of "]
+# the foreground phrase; {f} is a filler word (or nothing)
+FG_FORMS = ["{a} {f}{fg} {shape}", "{a} {f}{fg} {shape}", "{fg} {shape}", "the {f}{fg} {shape}",
+            "{a} {f}{fg}-coloured {shape}", "{a} {f}{fg}-colored {shape}", "{a} {fg} coloured {shape}",
+            "{a} {f}{shape} in {fg}", "one {fg} {shape}", "{a} {f}{fg} {shape} shape", "{a} {fg} {f}{shape}"]
+HELD_OUT_FG_FORMS = ["a single {fg} {shape}", "{a} {shape} tinted {fg}", "{a} {fg} {shape} figure"]
+# the background phrase: with the noun (usable anywhere) or the bare colour (only after "on"-like connectors)
+BG_FORMS = ["{a} {tex}{bg} background", "{a} {tex}{bg} background", "{tex}{bg} background",
+            "the {tex}{bg} background", "{a} {tex}{bg} backdrop", "{a} {bg}-coloured {tex}background",
+            "{a} {bg}-colored {tex}background", "{a} {tex}{bg} coloured background", "{a} {tex}{bg} colored backdrop",
+            "{a} {bg} {tex}background",
+            "{a} background of {tex}{bg}", "{tex}{bg} backdrop"]
+HELD_OUT_BG_FORMS = ["{a} {tex}{bg} backdrop colour", "{a} {tex}{bg} backing"]
+BARE_BG_FORMS = ["{tex}{bg}", "{tex}{bg}", "{a} {tex}{bg} one"]
+FG_FIRST = [" on ", " on ", " against ", " in front of ", ", ", " with ", " on top of ", " and ", " over ", ". "]
+BARE_OK = {" on ", " against ", " in front of ", " on top of ", " over "}
+HELD_OUT_FG_FIRST = [" sitting on ", " placed against ", " resting on "]
+BG_FIRST = [" with ", " with ", " and ", ", ", " showing ", " behind ", " under "]
+HELD_OUT_BG_FIRST = [" featuring ", " that contains "]
+SUFFIXES = ["", "", "", "", ".", ".", "!", " in the middle", " in the centre", " in the center", ", simple",
+            ", minimal", ", flat colours", " on it", ", nothing else"]
+HELD_OUT_SUFFIXES = [" please", ", high quality", " at the very centre", ", thanks"]
+FILLERS = ["nice ", "cute ", "big ", "small ", "little ", "simple ", "pretty ", "cool ", "beautiful ", "happy ",
+           "tiny ", "large ", "bold ", "neat ", "shiny ", "lovely ", "funny ", "perfect ", "clean "] + ["{w} "] * 8
+HELD_OUT_FILLERS = ["fancy ", "giant ", "wonderful ", "elegant ", "modest "]
+HELD_OUT_WORDS = {"illustration", "sketch", "here", "render", "rendering", "single", "tinted", "figure", "backing",
+                  "sitting", "placed", "resting", "featuring", "contains", "please", "high", "quality", "very",
+                  "thanks", "fancy", "giant", "wonderful", "elegant", "modest", "colour"}
+# texture words: a textured background is always named; a plain one mostly is not (no texture word means plain)
+TEXTURE_WORDS = {"plain": ["plain ", "solid ", "flat "], "striped": ["striped "], "checkered": ["checkered "],
+                 "gradient": ["gradient "]}
+KEY_WORDS = set(SHAPES) | set(COLOURS) | set(TEXTURES) | {"background", "backdrop", "solid", "flat", "coloured",
+                                                          "colored", "in", "on", "with", "the", "a", "an", "of"}
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def natural_params(seed: int) -> dict:
+    """sample_params(seed) with half of the backgrounds plain (the data set for natural captions: those without
+    a texture word need plain backgrounds)."""
+    p = sample_params(seed)
+    rng = np.random.default_rng([seed, 15485863])
+    if rng.random() < 0.5:
+        p["texture"] = "plain"
+    return p
+
+
+def _pick(rng: np.random.Generator, train: list, held: list, use_held: bool) -> str:
+    return held[rng.integers(len(held))] if use_held else train[rng.integers(len(train))]
+
+
+def natural_template(rng: np.random.Generator, held_out: bool = False) -> str:
+    """A random caption template (a pattern with the slots above): from the training parts only, or (held_out)
+    with at least one held-out part."""
+    parts = ["prefix", "fg", "conn", "bg", "suffix", "filler"]
+    forced = parts[rng.integers(len(parts))] if held_out else None
+    held = {k: held_out and (k == forced or rng.random() < 0.15) for k in parts}
+    bg_first = rng.random() < 0.3
+    fg = _pick(rng, FG_FORMS, HELD_OUT_FG_FORMS, held["fg"])
+    if held["filler"] and "{f}" not in fg:
+        fg = "{a} {f}{fg} {shape}"
+    if bg_first:
+        conn = _pick(rng, BG_FIRST, HELD_OUT_BG_FIRST, held["conn"])
+        bg = _pick(rng, BG_FORMS, HELD_OUT_BG_FORMS, held["bg"])
+        body = bg + conn + fg
+    else:
+        conn = _pick(rng, FG_FIRST, HELD_OUT_FG_FIRST, held["conn"])
+        bare = (conn in BARE_OK or conn in HELD_OUT_FG_FIRST) and not held["bg"] and rng.random() < 0.25
+        bg = BARE_BG_FORMS[rng.integers(len(BARE_BG_FORMS))] if bare else _pick(rng, BG_FORMS, HELD_OUT_BG_FORMS, held["bg"])
+        body = fg + conn + bg
+    prefix = _pick(rng, PREFIXES, HELD_OUT_PREFIXES, held["prefix"])
+    suffix = _pick(rng, SUFFIXES, HELD_OUT_SUFFIXES, held["suffix"])
+    if "{f}" in body:
+        use_filler = held["filler"] or rng.random() < 0.3
+        f = _pick(rng, FILLERS, HELD_OUT_FILLERS, held["filler"]) if use_filler else ""
+        body = body.replace("{f}", f, 1).replace("{f}", "")
+    if not held_out and rng.random() < 0.08:  # a made-up word before or after it all
+        return ("{w} " + prefix + body + suffix) if rng.random() < 0.5 else (prefix + body + suffix + " {w}")
+    return prefix + body + suffix
+
+
+def _pseudo_word(rng: np.random.Generator) -> str:
+    """A made-up word (a filler no vocabulary has), never a word the captions give a meaning to."""
+    while True:
+        w = "".join(_LETTERS[i] for i in rng.integers(0, 26, int(rng.integers(3, 9))))
+        if w not in KEY_WORDS and w not in HELD_OUT_WORDS:
+            return w
+
+
+def fill_template(template: str, p: dict, rng: np.random.Generator) -> str:
+    """The caption of p in the template: colour, shape and texture words, articles that agree, a random case."""
+    tex = p["texture"]
+    words = TEXTURE_WORDS[tex]
+    if tex == "plain":
+        t = words[rng.integers(len(words))] if rng.random() < 0.3 else ""
+    else:
+        t = words[rng.integers(len(words))]
+    s = template.replace("{fg}", p["fg"]).replace("{bg}", p["bg"]).replace("{shape}", p["shape"]).replace("{tex}", t)
+    while "{w}" in s:
+        s = s.replace("{w}", _pseudo_word(rng), 1)
+    s = re.sub(r"\{a\} (\w)", lambda m: ("an " if m.group(1) in "aeiou" else "a ") + m.group(1), s)
+    s = re.sub(r"\s+", " ", s).strip()
+    r = rng.random()
+    if r < 0.2:
+        s = s[0].upper() + s[1:]
+    elif r < 0.3:
+        s = s.title()
+    elif r < 0.35:
+        s = s.upper()
+    return s
+
+
+def natural_caption(p: dict, rng: np.random.Generator, held_out: bool = False) -> str:
+    """A caption of p as people write it, from a random training template (or held-out template)."""
+    return fill_template(natural_template(rng, held_out), p, rng)
 
 
 def placed_polygon(p: dict, size: int) -> np.ndarray:

@@ -56,3 +56,85 @@ def test_edge_f1_bounds():
     b = np.zeros_like(a)
     b[12, 2:12] = 255
     assert edges.f1(b, a, tol=2) == 0.0
+
+
+def _templates(held_out: bool, n: int = 3000, seed: int = 0):
+    rng = np.random.default_rng([seed, held_out])
+    return [shapes.natural_template(rng, held_out) for _ in range(n)]
+
+
+def _words(text: str) -> set:
+    import re
+    return set(re.findall(r"[a-z]+", text.lower()))
+
+
+def test_natural_captions_name_the_contents():
+    """Every natural caption names the shape and both colours, a textured background's texture always, and no
+    texture but plain's words for a plain one (no texture word means plain)."""
+    rng = np.random.default_rng(5)
+    plain_unnamed = 0
+    for seed in range(600):
+        p = shapes.natural_params(seed)
+        for held in (False, True):
+            cap = shapes.natural_caption(p, rng, held).lower()
+            w = _words(cap)
+            assert p["shape"] in w and p["fg"] in w and p["bg"] in w, cap
+            named = {t for t in shapes.TEXTURES if t in w}
+            if p["texture"] == "plain":
+                assert not named - {"plain"}, cap
+                plain_unnamed += not (w & {"plain", "solid", "flat"})
+            else:
+                assert named == {p["texture"]}, cap
+    # natural_params makes about half plain, and most plain captions leave the texture out
+    assert plain_unnamed > 300
+
+
+def test_training_templates_cover_the_phrasings_people_use():
+    ts = _templates(False)
+    joined = "\n".join(ts)
+    for needle in ("backdrop", " against ", " in front of ", "-coloured", "-colored", "a drawing of ",
+                   "a picture of ", "an image showing ", "{w}", "{tex}", "!", ".", ", "):
+        assert needle in joined, needle
+    # both orders: the background phrase first ("a blue background with a red star") and the shape first
+    assert any(t.find("{bg}") < t.find("{fg}") for t in ts)
+    assert any(t.find("{fg}") < t.find("{bg}") for t in ts)
+    # the bare background colour ("a red star on black") and the shape before its colour ("a star in red")
+    assert any(t.endswith("{bg}") for t in ts) and any("{shape} in {fg}" in t for t in ts)
+    assert len(set(ts)) > 1000
+    # capitals and made-up filler words appear once filled
+    rng = np.random.default_rng(1)
+    caps = [shapes.natural_caption(shapes.natural_params(i), rng) for i in range(400)]
+    assert any(c.isupper() for c in caps) and any(c[:1].isupper() and not c.isupper() for c in caps)
+    known = _words(joined) | shapes.KEY_WORDS | set(shapes.SHAPES) | set(shapes.COLOURS) | set(shapes.TEXTURES)
+    assert any(_words(c) - known for c in caps)  # some word no template has: a made-up filler
+
+
+def test_held_out_templates_are_never_training_templates():
+    train, held = _templates(False), _templates(True)
+    assert not set(train) & set(held)
+    for t in train + held:  # each names the texture slot once (empty for most plain backgrounds)
+        assert t.count("{tex}") == 1 and t.count("{fg}") == t.count("{bg}") == t.count("{shape}") == 1, t
+    for t in train:
+        assert not _words(t) & shapes.HELD_OUT_WORDS, t
+    for t in held:
+        assert _words(t) & shapes.HELD_OUT_WORDS, t
+    # a made-up filler never spells a held-out word or a word captions give a meaning to
+    rng = np.random.default_rng(2)
+    for _ in range(2000):
+        w = shapes._pseudo_word(rng)
+        assert w not in shapes.HELD_OUT_WORDS and w not in shapes.KEY_WORDS
+    # the held-out set still has each kind of part held out
+    for part in (shapes.HELD_OUT_PREFIXES, shapes.HELD_OUT_FG_FIRST + shapes.HELD_OUT_BG_FIRST,
+                 shapes.HELD_OUT_SUFFIXES, shapes.HELD_OUT_FILLERS):
+        assert any(any(x.strip() in t for x in part) for t in held)
+
+
+def test_natural_captions_fit_the_text_encoder():
+    """The longest captions stay within the 75 tokens a 77-position encoder reads (none is cut)."""
+    import clip_tokenizer
+    from conftest import BUNDLED
+    tok = clip_tokenizer.Tokenizer.from_files(BUNDLED)
+    rng = np.random.default_rng(3)
+    longest = max(len(tok.encode(shapes.natural_caption(shapes.natural_params(i), rng, i % 2 == 1)))
+                  for i in range(1500))
+    assert longest <= 75, longest
