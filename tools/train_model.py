@@ -51,18 +51,22 @@ def log(msg: str) -> None:
 
 
 def _gen(seed: int):
-    img, edges, cap, p = shapes.sample(seed)
-    return img, edges, cap, shapes.SHAPES.index(p["shape"]), shapes.COLOUR_NAMES.index(p["fg"]), shapes.COLOUR_NAMES.index(p["bg"])
+    p = shapes.natural_params(seed)  # half plain: captions without a texture word need plain backgrounds
+    img, edges = shapes.render(p)
+    return (img, edges, shapes.caption(p), shapes.SHAPES.index(p["shape"]), shapes.COLOUR_NAMES.index(p["fg"]),
+            shapes.COLOUR_NAMES.index(p["bg"]), shapes.TEXTURES.index(p["texture"]))
 
 
 def make_data(path: str, n: int, first_seed: int = 0, workers: int = 2) -> None:
-    """Writes n samples (seeds first_seed..) as an .npz: images, edges, captions, labels."""
+    """Writes n samples (seeds first_seed..) as an .npz: images, edges, template captions, labels (shape, fg, bg,
+    texture), from which train_unet draws a natural caption for every sample it takes."""
     with Pool(workers) as pool:
         rows = pool.map(_gen, range(first_seed, first_seed + n), chunksize=256)
     np.savez(path + ".tmp.npz",
              images=np.stack([r[0] for r in rows]), edges=np.stack([r[1] for r in rows]),
              captions=np.array([r[2] for r in rows]), shape=np.array([r[3] for r in rows]),
-             fg=np.array([r[4] for r in rows]), bg=np.array([r[5] for r in rows]))
+             fg=np.array([r[4] for r in rows]), bg=np.array([r[5] for r in rows]),
+             texture=np.array([r[6] for r in rows]))
     os.replace(path + ".tmp.npz", path)
 
 
@@ -112,7 +116,9 @@ def train_vae(work: str, cfg: dict, data: dict, steps: int, batch: int = 8) -> N
 
 
 @torch.no_grad()
-def encode_latents(work: str, cfg: dict, data: dict) -> None:
+def encode_latents(work: str, cfg: dict, data: dict, scaling_factor: float = None) -> None:
+    """Encodes the data set with DIR/vae.pt; the scaling factor is 1/std of the latents unless given (a model
+    continued from keeps its own: its U-Net was trained on latents scaled by it)."""
     path = os.path.join(work, "latents.pt")
     if os.path.exists(path):
         return
@@ -126,7 +132,7 @@ def encode_latents(work: str, cfg: dict, data: dict) -> None:
     x = to_tensor(data["images"][:512])
     psnr = 10 * math.log10(4 / (vae.decode(lat[:512]) - x).pow(2).mean().item())
     log("latents %s, std %.4f, reconstruction psnr %.1f dB" % (tuple(lat.shape), lat.std().item(), psnr))
-    torch.save({"latents": lat, "scaling_factor": 1.0 / lat.std().item()}, path)
+    torch.save({"latents": lat, "scaling_factor": scaling_factor or 1.0 / lat.std().item()}, path)
 
 
 def alphas_cumprod(sched: dict) -> torch.Tensor:
@@ -135,12 +141,43 @@ def alphas_cumprod(sched: dict) -> torch.Tensor:
     return torch.cumprod(1 - betas, 0)
 
 
-def train_unet(work: str, cfg: dict, data: dict, steps: int, batch: int = 32, lr: float = 4e-4) -> None:
+def batch_captions(data: dict, idx, rng: np.random.Generator, template_share: float = 0.1) -> list:
+    """Captions for the samples idx: a random natural caption from the training templates (shapes.natural_caption)
+    for each, the data set's template caption for template_share of them; the template captions alone when the
+    data set has no texture labels (an older data.npz)."""
+    if "texture" not in data:
+        return [str(data["captions"][i]) for i in idx]
+    out = []
+    for i in idx:
+        if rng.random() < template_share:
+            out.append(str(data["captions"][i]))
+            continue
+        p = {"shape": shapes.SHAPES[data["shape"][i]], "fg": shapes.COLOUR_NAMES[data["fg"][i]],
+             "bg": shapes.COLOUR_NAMES[data["bg"][i]], "texture": shapes.TEXTURES[data["texture"][i]]}
+        out.append(shapes.natural_caption(p, rng))
+    return out
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, ids_s: torch.Tensor, ids_t: torch.Tensor,
+                 eot: int) -> torch.Tensor:
+    """Mean squared difference of two text encodings [B, 77, W] at the positions from the later of the two
+    captions' end tokens on: there a causal encoder has read the whole caption, so the student reading a natural
+    caption can say what the teacher says reading the template caption of the same picture."""
+    start = torch.maximum((ids_s != eot).sum(1), (ids_t != eot).sum(1))
+    mask = (torch.arange(ids_s.shape[1])[None] >= start[:, None]).to(student.dtype)[..., None]
+    return ((student - teacher).pow(2) * mask).sum() / (mask.sum() * student.shape[-1]).clamp_min(1)
+
+
+def train_unet(work: str, cfg: dict, data: dict, steps: int, batch: int = 32, lr: float = 4e-4,
+               ema_decay: float = 0.999, distill: float = 0.0) -> None:
+    """Trains (or continues) the U-Net and text encoder to `steps`: warm-up over 500 steps (a tenth of the run
+    when shorter) from wherever it starts (a fresh optimiser), then cosine decay to a tenth of lr at `steps`.
+    With distill > 0 and DIR/teacher_text.pt (written by init_from), the loss adds distill x distill_loss of the
+    text encoder on the natural captions against the starting text encoder on the template captions."""
     path = os.path.join(work, "unet.pt")
     lat = torch.load(os.path.join(work, "latents.pt"))
     latents = lat["latents"] * lat["scaling_factor"]
     tok = clip_tokenizer.Tokenizer.from_files(os.path.join(work, "tokenizer"))
-    ids = torch.tensor([tok.input_ids(c) for c in data["captions"]])
     empty = torch.tensor(tok.input_ids(""))
     unet, text = sdmodels.UNetModel(cfg["unet"]), sdmodels.CLIPTextModel(cfg["text"])
     params = list(unet.parameters()) + list(text.parameters())
@@ -158,44 +195,80 @@ def train_unet(work: str, cfg: dict, data: dict, steps: int, batch: int = 32, lr
         log("resumed at step %d" % step)
     if step >= steps:
         return
+    start = run_start(path)
+    teacher = None
+    if distill > 0 and os.path.exists(os.path.join(work, "teacher_text.pt")):
+        teacher = sdmodels.CLIPTextModel(cfg["text"])
+        teacher.load_state_dict(torch.load(os.path.join(work, "teacher_text.pt")))
+        teacher.eval().requires_grad_(False)
+    warmup = max(1, min(500, (steps - start) // 10))
+    save_every = 100 if start else 500
     abar = alphas_cumprod(cfg["schedule"]).float()
     snr = abar / (1 - abar)
     weight = torch.clamp(snr, max=5.0) / snr  # min-SNR-5 weighting for epsilon prediction
     gen = torch.Generator().manual_seed(1000 + step)
     n = len(latents)
-    t0, run_loss = time.time(), 0.0
+    t0, run_loss, run_distill = time.time(), 0.0, 0.0
     while step < steps:
+        warm = min(1.0, (step - start + 1) / warmup)
+        decay = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - start) / max(steps - start, 1))))
         for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, (step + 1) / 500)
+            g["lr"] = lr * warm * decay
         idx = torch.randint(0, n, (batch,), generator=gen)
         z0 = latents[idx]
-        cond = ids[idx].clone()
+        crng = np.random.default_rng([step, 31337])
+        cond = torch.tensor([tok.input_ids(c) for c in batch_captions(data, idx.tolist(), crng)])
+        template = torch.tensor([tok.input_ids(str(data["captions"][i])) for i in idx.tolist()])
         drop = torch.rand(batch, generator=gen) < 0.1
         cond[drop] = empty
         t = torch.randint(0, abar.numel(), (batch,), generator=gen)
         noise = torch.randn(z0.shape, generator=gen)
         a = abar[t][:, None, None, None]
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
-        eps = unet(zt, t, text(cond))[0]
+        ctx = text(cond)
+        eps = unet(zt, t, ctx)[0]
         loss = ((eps - noise).pow(2).mean(dim=(1, 2, 3)) * weight[t]).mean()
+        if teacher is not None:
+            keep = ~drop
+            with torch.no_grad():
+                tgt = teacher(template[keep])
+            dl = distill_loss(ctx[keep], tgt, cond[keep], template[keep], tok.eot_id)
+            run_distill += dl.item()
+            loss = loss + distill * dl
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
-        decay = min(0.999, (1 + step) / (10 + step))
+        decay = min(ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             for e, p in zip(ema, params):
                 e.mul_(decay).add_(p.detach(), alpha=1 - decay)
         run_loss += loss.item()
-        if step % 100 == 0:
-            log("unet step %d/%d loss %.4f (%.2f s/step)" % (step, steps, run_loss / 100, (time.time() - t0) / 100))
-            t0, run_loss = time.time(), 0.0
-        if step % 500 == 0 or step == steps:
+        if step % 50 == 0:
+            log("unet step %d/%d loss %.4f distill %.4f lr %.2g (%.2f s/step)" % (
+                step, steps, run_loss / 50, run_distill / 50, opt.param_groups[0]["lr"], (time.time() - t0) / 50))
+            t0, run_loss, run_distill = time.time(), 0.0, 0.0
+        if step % save_every == 0 or step == steps:
             torch.save({"unet": unet.state_dict(), "text": text.state_dict(), "opt": opt.state_dict(),
                         "ema": ema, "step": step}, path + ".tmp")
             os.replace(path + ".tmp", path)
             write_checkpoint(work, cfg)
+
+
+def run_start(path: str) -> int:
+    """The step this run's learning-rate schedule starts at: 0 from nothing; for a checkpoint seeded by init_from
+    (no optimiser state), its step, recorded in DIR/start_step the first time so that a resumed run keeps it."""
+    marker = os.path.join(os.path.dirname(path), "start_step")
+    if os.path.exists(marker):
+        with open(marker) as f:
+            return int(f.read())
+    if not os.path.exists(path) or torch.load(path).get("opt") is not None:
+        return 0
+    step = int(torch.load(path)["step"])
+    with open(marker, "w") as f:
+        f.write("%d\n" % step)
+    return step
 
 
 def init_from(work: str, cfg: dict, model_dir: str) -> None:
@@ -213,6 +286,7 @@ def init_from(work: str, cfg: dict, model_dir: str) -> None:
     unet, text = sdmodels.UNetModel(cfg["unet"]), sdmodels.CLIPTextModel(cfg["text"])
     unet.load_state_dict(mods["unet"])
     text.load_state_dict(mods["text_encoder"])
+    torch.save(text.state_dict(), os.path.join(work, "teacher_text.pt"))  # for train_unet's distill
     step = int(man.get("source", {}).get("train_steps") or 0)
     torch.save({"unet": unet.state_dict(), "text": text.state_dict(), "opt": None, "step": step,
                 "ema": [p.detach().clone() for p in list(unet.parameters()) + list(text.parameters())]},
@@ -245,6 +319,11 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=100000, help="training images (default 100000)")
     ap.add_argument("--vae-steps", type=int, default=2500)
     ap.add_argument("--unet-steps", type=int, default=30000)
+    ap.add_argument("--lr", type=float, default=4e-4, help="U-Net and text encoder peak learning rate")
+    ap.add_argument("--ema", type=float, default=0.999, help="EMA decay of the exported weights (a short "
+                    "fine-tune wants less, e.g. 0.995, or the EMA keeps much of the starting model)")
+    ap.add_argument("--distill", type=float, default=0.0, help="weight of the text-encoder distillation loss "
+                    "(with --init-from: natural captions read like the starting model reads the template caption)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--lgp-steps", type=int, default=2000)
     ap.add_argument("--init-from", help="an exported shapes model to continue from when DIR has no checkpoint "
@@ -260,15 +339,21 @@ def main() -> int:
     data = dict(np.load(data_path))
     cfg = json.loads(json.dumps(SHAPES_CONFIG))
     tok_dir = os.path.join(a.work, "tokenizer")
+    scale = None
+    if a.init_from:  # the model continued from keeps its tokenizer (its embedding rows) and latent scale
+        with open(os.path.join(a.init_from, "model.json")) as f:
+            scale = float(json.load(f)["scaling_factor"])
+        if not os.path.exists(os.path.join(tok_dir, "merges.txt")):
+            clip_tokenizer.Tokenizer.from_files(a.init_from).write(tok_dir)
     if not os.path.exists(os.path.join(tok_dir, "merges.txt")):
         clip_tokenizer.learn(list(data["captions"])).write(tok_dir)
     cfg["text"]["vocab_size"] = clip_tokenizer.Tokenizer.from_files(tok_dir).vocab_size
     if a.init_from and not os.path.exists(os.path.join(a.work, "unet.pt")):
         init_from(a.work, cfg, a.init_from)
     train_vae(a.work, cfg, data, a.vae_steps)
-    encode_latents(a.work, cfg, data)
+    encode_latents(a.work, cfg, data, scale)
     cfg["vae"]["scaling_factor"] = round(torch.load(os.path.join(a.work, "latents.pt"))["scaling_factor"], 5)
-    train_unet(a.work, cfg, data, a.unet_steps)
+    train_unet(a.work, cfg, data, a.unet_steps, lr=a.lr, ema_decay=a.ema, distill=a.distill)
     ckpt = write_checkpoint(a.work, cfg)
     log("checkpoint %s" % ckpt)
     if a.out:
