@@ -219,6 +219,7 @@ int cmd_serve(int argc, char **argv) {
   hp.token = c.token;
   hp.metrics_require_token = c.metrics_require_token;
   hp.ui = c.ui;
+  hp.result_ttl_s = c.keep_finished_seconds; /* OpenAI url results last as long as the job keeps its images */
   hp.version = SG_VERSION;
   hp.log = log_line;
   hp.log_user = &lg;
