@@ -1,5 +1,6 @@
 /* Tests of core/edges: edge maps equal to tools/edges.py's bit for bit and F1 within 1e-12, on the reference file
- * from tools/gen_edges_vectors.py (argument 1); argument checks. */
+ * from tools/gen_edges_vectors.py (argument 1), with the default detector and with its options (sigma, thinning,
+ * minimum length); the GENERATED preset equal to edges.py's; argument checks. */
 #include <jansson.h>
 #include <math.h>
 #include <stdlib.h>
@@ -35,7 +36,7 @@ static uint8_t *from_bits(const char *s, size_t n) {
 }
 
 static void test_detect(json_t *cases) {
-  size_t k;
+  size_t k, opts = 0;
   json_t *c;
   CHECK(json_array_size(cases) >= 8, "only %zu detection cases", json_array_size(cases));
   json_array_foreach(cases, k, c) {
@@ -48,8 +49,19 @@ static void test_detect(json_t *cases) {
     CHECK(px && want && got, "%s: bad case", name);
     if (!px || !want || !got) goto next;
     char err[256] = "";
-    int rc = sg_edges_detect(px, w, h, ch, json_number_value(json_object_get(c, "low")),
-                             json_number_value(json_object_get(c, "high")), got, err, sizeof err);
+    double low = json_number_value(json_object_get(c, "low")), high = json_number_value(json_object_get(c, "high"));
+    int rc;
+    if (json_object_get(c, "sigma")) { /* a case of the options */
+      sg_edges_params p = sg_edges_default_params();
+      p.low = low, p.high = high;
+      p.sigma = json_number_value(json_object_get(c, "sigma"));
+      p.thin = json_is_true(json_object_get(c, "thin"));
+      p.min_length = (int32_t)json_integer_value(json_object_get(c, "min_length"));
+      rc = sg_edges_detect_params(px, w, h, ch, p, got, err, sizeof err);
+      opts++;
+    } else {
+      rc = sg_edges_detect(px, w, h, ch, low, high, got, err, sizeof err);
+    }
     CHECK(rc == 0, "%s: %s", name, err);
     size_t diff = 0, first = n, edges = 0;
     for (size_t i = 0; i < n; i++) {
@@ -69,6 +81,39 @@ static void test_detect(json_t *cases) {
   next:
     free(px), free(want), free(got);
   }
+  CHECK(opts >= 8, "only %zu cases of the options", opts);
+}
+
+/* The C preset equals tools/edges.py GENERATED (written into the vectors), and the options are checked. */
+static void test_params(json_t *gen) {
+  sg_edges_params g = sg_edges_generated_params(4), d = sg_edges_default_params();
+  CHECK(gen && json_number_value(json_object_get(gen, "sigma")) == g.sigma &&
+            json_number_value(json_object_get(gen, "low")) == g.low &&
+            json_number_value(json_object_get(gen, "high")) == g.high &&
+            json_is_true(json_object_get(gen, "thin")) == (g.thin != 0) &&
+            json_integer_value(json_object_get(gen, "min_length")) == g.min_length,
+        "sg_edges_generated_params differs from tools/edges.py GENERATED");
+  CHECK(d.sigma == 0 && d.low == SG_EDGES_LOW && d.high == SG_EDGES_HIGH && !d.thin && d.min_length == 0,
+        "the default options changed");
+  sg_edges_params g8 = sg_edges_generated_params(8);
+  CHECK(g8.sigma == 2 * g.sigma && g8.min_length == 2 * g.min_length && g8.low == g.low && g8.thin == g.thin,
+        "the preset does not scale with the latent pixel");
+  uint8_t px[48] = {0}, out[16];
+  char err[128] = "";
+  sg_edges_params p = d;
+  p.sigma = -1;
+  CHECK(sg_edges_detect_params(px, 4, 4, 3, p, out, err, sizeof err) == SG_EDGES_EINVAL && strstr(err, "sigma"),
+        "negative sigma accepted: %s", err);
+  p.sigma = 17;
+  CHECK(sg_edges_detect_params(px, 4, 4, 3, p, out, err, sizeof err) == SG_EDGES_EINVAL, "sigma 17 accepted");
+  p.sigma = NAN;
+  CHECK(sg_edges_detect_params(px, 4, 4, 3, p, out, err, sizeof err) == SG_EDGES_EINVAL, "NaN sigma accepted");
+  p = d;
+  p.min_length = -2;
+  CHECK(sg_edges_detect_params(px, 4, 4, 3, p, out, err, sizeof err) == SG_EDGES_EINVAL, "min_length -2 accepted");
+  p = g;
+  p.sigma = 16;
+  CHECK(sg_edges_detect_params(px, 4, 4, 3, p, out, err, sizeof err) == 0 && out[5] == 0, "sigma 16 on 4x4");
 }
 
 static void test_f1(json_t *cases) {
@@ -123,6 +168,7 @@ int main(int argc, char **argv) {
   if (root) {
     test_detect(json_object_get(root, "detect"));
     test_f1(json_object_get(root, "f1"));
+    test_params(json_object_get(root, "generated"));
     json_decref(root);
   }
   test_errors();
