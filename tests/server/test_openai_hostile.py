@@ -23,13 +23,13 @@ def star():
         return fh.read()
 
 
-@pytest.fixture(scope="module")
-def port():
+def serve(*args):
+    """Runs `sketchguide serve` on a free port until the generator is closed; yields the port once ready."""
     out = tempfile.TemporaryFile()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKETCHGUIDE_")}
     env["OPENBLAS_NUM_THREADS"] = "1"
-    p = subprocess.Popen([binary(), "serve", "--port", "0", "--threads", "1", "--warmup-steps", "1",
-                          "--max-body-bytes", "262144"], stdout=out, stderr=subprocess.STDOUT, env=env)
+    p = subprocess.Popen([binary(), "serve", "--port", "0", "--threads", "1", "--warmup-steps", "1"] + list(args),
+                         stdout=out, stderr=subprocess.STDOUT, env=env)
 
     def text():
         out.seek(0)
@@ -42,6 +42,11 @@ def port():
         p.terminate()
         p.wait(60)
         out.close()
+
+
+@pytest.fixture(scope="module")
+def port():
+    yield from serve("--max-body-bytes", "262144")
 
 
 def request(port, path, body, ctype, headers=None):
@@ -166,3 +171,18 @@ def test_a_good_request_after_them(port):
     assert base64.b64decode(doc["data"][0]["b64_json"]).startswith(b"\x89PNG\r\n\x1a\n")
     st, data = request(port, GEN, json.dumps({"prompt": PROMPT, "steps": 1}).encode(), "application/json")
     assert st == 200 and json.loads(data)["size"] == "64x64", data[:300]
+
+
+def test_url_results_expire_with_keep_finished_seconds():
+    """A url result lasts keep_finished_seconds (2 here): served at once, then 410 saying the URL expired (not only
+    that its job was evicted, which a URL of the default 600 s would say)."""
+    for port in serve("--keep-finished-seconds", "2"):
+        st, data = request(port, GEN, json.dumps({"prompt": PROMPT, "steps": 1, "response_format": "url"}).encode(),
+                           "application/json")
+        assert st == 200, data[:300]
+        url = json.loads(data)["data"][0]["url"]
+        path = url[url.index("/v1/images/files/"):]
+        st, data = request(port, path, None, None)
+        assert st == 200 and data.startswith(b"\x89PNG\r\n\x1a\n")
+        wait_for(lambda: (lambda r: r[0] == 410 and b"the URL expired" in r[1])(request(port, path, None, None)), 60,
+                 "the URL to expire")
