@@ -11,6 +11,7 @@
 #include <zlib.h>
 
 #include "errbuf.h"
+#include "mem.h"
 
 static const uint8_t png_signature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
 
@@ -40,7 +41,7 @@ const char *sg_image_format_name(sg_image_format f) {
 
 void sg_image_free(sg_image *im) {
   if (!im) return;
-  free(im->pixels);
+  sg_mem_free(im->pixels);
   memset(im, 0, sizeof *im);
 }
 
@@ -106,9 +107,14 @@ static void png_on_warning(png_structp png, png_const_charp msg) {
 }
 
 static png_voidp png_on_malloc(png_structp png, png_alloc_size_t size) {
-  void *p = malloc(size);
+  void *p = sg_mem_alloc(size);
   if (!p) ((png_reader *)png_get_mem_ptr(png))->oom = 1;
   return p;
+}
+
+static void png_on_read_free(png_structp png, png_voidp p) {
+  (void)png;
+  sg_mem_free(p);
 }
 
 static void png_on_free(png_structp png, png_voidp p) {
@@ -159,7 +165,7 @@ static int png_read_run(png_reader *r) {
   r->width = (int32_t)w;
   r->height = (int32_t)h;
   r->channels = ch;
-  r->pixels = malloc(rowbytes * h);
+  r->pixels = sg_mem_alloc(rowbytes * h);
   if (!r->pixels) {
     r->code = SG_IMAGE_ENOMEM;
     sg_set_err(r->err, r->errlen, "out of memory for a %u x %u image", (unsigned)w, (unsigned)h);
@@ -298,7 +304,7 @@ static int decode_png(const uint8_t *data, size_t len, sg_image_params p, sg_ima
   r.err = err;
   r.errlen = errlen;
   r.png = png_create_read_struct_2(PNG_LIBPNG_VER_STRING, &r, png_on_error, png_on_warning, &r, png_on_malloc,
-                                   png_on_free);
+                                   png_on_read_free);
   if (r.png) r.info = png_create_info_struct(r.png);
   if (!r.png || !r.info) {
     png_destroy_read_struct(r.png ? &r.png : NULL, NULL, NULL);
@@ -308,7 +314,7 @@ static int decode_png(const uint8_t *data, size_t len, sg_image_params p, sg_ima
   rc = png_read_run(&r);
   png_destroy_read_struct(&r.png, &r.info, NULL);
   if (rc) {
-    free(r.pixels);
+    sg_mem_free(r.pixels);
     return rc;
   }
   out->width = r.width;
@@ -389,7 +395,7 @@ static int decode_jpeg(const uint8_t *data, size_t len, sg_image_params p, sg_im
   if ((rc = check_size("JPEG", w, h, p.max_pixels, err, errlen)) != 0) goto done;
   if ((rc = jpeg_check_scans(data, len, err, errlen)) != 0) goto done;
   int ch = colorspace == TJCS_GRAY ? 1 : 3;
-  pixels = malloc((size_t)w * (size_t)h * (size_t)ch);
+  pixels = sg_mem_alloc((size_t)w * (size_t)h * (size_t)ch);
   if (!pixels) {
     sg_set_err(err, errlen, "out of memory for a %d x %d image", w, h);
     rc = SG_IMAGE_ENOMEM;
@@ -413,7 +419,7 @@ static int decode_jpeg(const uint8_t *data, size_t len, sg_image_params p, sg_im
   out->pixels = pixels;
   pixels = NULL;
 done:
-  free(pixels);
+  sg_mem_free(pixels);
   tjDestroy(tj);
   return rc;
 }
@@ -523,7 +529,7 @@ int sg_image_to_rgb(const sg_image *in, sg_image *out, char *err, size_t errlen)
   int rc = check_image(in, "sg_image_to_rgb", err, errlen);
   if (rc) return rc;
   size_t n = (size_t)in->width * (size_t)in->height;
-  uint8_t *px = malloc(n * 3);
+  uint8_t *px = sg_mem_alloc(n * 3);
   if (!px) {
     sg_set_err(err, errlen, "out of memory for a %d x %d image", in->width, in->height);
     return SG_IMAGE_ENOMEM;
@@ -607,9 +613,9 @@ int sg_image_resize(const sg_image *in, int32_t w, int32_t h, sg_image *out, cha
   }
   int ch = in->channels;
   lin_tap *tx, *ty;
-  uint8_t *px = malloc((size_t)w * (size_t)h * (size_t)ch);
+  uint8_t *px = sg_mem_alloc((size_t)w * (size_t)h * (size_t)ch);
   if (!px || make_taps(in->width, in->height, w, h, &tx, &ty)) {
-    free(px);
+    sg_mem_free(px);
     sg_set_err(err, errlen, "out of memory for a %d x %d image", w, h);
     return SG_IMAGE_ENOMEM;
   }
@@ -693,7 +699,7 @@ int sg_sketch_map(const sg_image *in, int32_t size, sg_invert inv, float *out, i
   }
   int32_t w = in->width, h = in->height, ch = in->channels;
   size_t n = (size_t)w * (size_t)h;
-  float *g = malloc(n * sizeof *g);
+  float *g = sg_mem_alloc(n * sizeof *g);
   if (!g) {
     sg_set_err(err, errlen, "out of memory for a %d x %d sketch", w, h);
     return SG_IMAGE_ENOMEM;
@@ -707,7 +713,7 @@ int sg_sketch_map(const sg_image *in, int32_t size, sg_invert inv, float *out, i
   } else {
     lin_tap *tx, *ty;
     if (make_taps(w, h, size, size, &tx, &ty)) {
-      free(g);
+      sg_mem_free(g);
       sg_set_err(err, errlen, "out of memory resizing a sketch to %d x %d", size, size);
       return SG_IMAGE_ENOMEM;
     }
@@ -721,7 +727,7 @@ int sg_sketch_map(const sg_image *in, int32_t size, sg_invert inv, float *out, i
     }
     free(tx);
   }
-  free(g);
+  sg_mem_free(g);
   if (inverted) *inverted = inv_now;
   return 0;
 }

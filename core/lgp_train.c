@@ -5,6 +5,7 @@
 #include "edges.h"
 #include "errbuf.h"
 #include "image.h"
+#include "mem.h"
 
 #include <ctype.h>
 #include <dirent.h>
@@ -190,7 +191,7 @@ static void sb_json(sbuf *b, json_t *v, int indent, int depth) {
           char *enc = ks ? json_dumps(ks, JSON_ENCODE_ANY | JSON_ENSURE_ASCII) : NULL;
           if (enc) sb_str(b, enc);
           else b->oom = 1;
-          free(enc);
+          sg_mem_json_free(enc);
           json_decref(ks);
           sb_str(b, ": ");
           it = json_object_iter_next(v, it);
@@ -210,7 +211,7 @@ static void sb_json(sbuf *b, json_t *v, int indent, int depth) {
       char *enc = json_dumps(v, JSON_ENCODE_ANY | JSON_ENSURE_ASCII);
       if (enc) sb_str(b, enc);
       else b->oom = 1;
-      free(enc);
+      sg_mem_json_free(enc);
       return;
     }
     case JSON_INTEGER:
@@ -1010,7 +1011,7 @@ static int load_as(const char *path, int channels, int32_t size, sg_image *out, 
   }
   size_t px = (size_t)im.width * im.height;
   conv.width = im.width, conv.height = im.height, conv.channels = channels;
-  conv.pixels = malloc(px * (size_t)channels);
+  conv.pixels = sg_mem_alloc(px * (size_t)channels);
   if (!conv.pixels) {
     sg_image_free(&im);
     sg_set_err(err, errlen, "out of memory");

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include "cli.h"
+#include "mem.h"
 #include "model.h"
 
 static const char HELP[] =
@@ -137,7 +138,7 @@ int cmd_info(int argc, char **argv) {
     json_object_set(out, "files", files);
     char *s = json_dumps(out, JSON_INDENT(2));
     if (s) puts(s);
-    free(s);
+    sg_mem_json_free(s);
     json_decref(out);
   } else {
     print_text(dir, root, files);

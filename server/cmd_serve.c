@@ -1,6 +1,5 @@
 /* sketchguide serve: settings, one model per device, warm-up, the job manager, the HTTP API, signals and drain. */
 #include <errno.h>
-#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -223,12 +222,6 @@ int cmd_serve(int argc, char **argv) {
   hp.version = SG_VERSION;
   hp.log = log_line;
   hp.log_user = &lg;
-  /* A request's large buffers (a body, a decoded sketch: 16 MiB at 4096 x 4096) are allocated on the event-loop
-   * thread that reads it. glibc raises its mmap threshold to the largest block freed so far, after which such
-   * buffers come from the thread's arena and stay resident when freed (each loop kept 16 MiB after one 4096 x 4096
-   * sketch); a fixed threshold of 1 MiB keeps them mapped apart and gives them back at once. Process-wide, so here
-   * and not in the library (tests/server/test_http.py: test_large_sketches_give_their_memory_back). */
-  mallopt(M_MMAP_THRESHOLD, 1 << 20);
   if (!(http = sg_http_start(hp, metrics, err, sizeof err))) {
     cli_error("serve", "%s", err);
     goto done;

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "mem.h"
 #include "model.h"
 #include "tokenizer.h"
 
@@ -69,7 +70,7 @@ static int tokenize_one(const sg_tokenizer *tok, const char *text, size_t len) {
   char *line = json_dumps(o, JSON_COMPACT);
   if (line) {
     puts(line);
-    free(line);
+    sg_mem_json_free(line);
     rc = 0;
   }
 done:

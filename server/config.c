@@ -14,6 +14,7 @@
 #include "errbuf.h"
 #include "http.h"
 #include "jobs.h"
+#include "mem.h"
 
 typedef enum { T_I32, T_I64, T_F64, T_BOOL, T_STR, T_LIST, T_LEVEL } kind;
 
@@ -520,5 +521,5 @@ char *sg_config_to_json(const sg_config *c) {
   }
   char *out = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(15));
   json_decref(o);
-  return out;
+  return sg_mem_json_to_malloc(out); /* the caller's free() */
 }

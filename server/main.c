@@ -1,8 +1,10 @@
 /* sketchguide: the command line (serve, generate, train-lgp, edges, info, tokenize) over the engine in core/. */
+#include <jansson.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "cli.h"
+#include "mem.h"
 
 #ifndef SG_VERSION
 #define SG_VERSION "unknown"
@@ -36,6 +38,8 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
+  /* before jansson allocates anything: a JSON body's strings (a base64 sketch) are given back when freed (mem.h) */
+  json_set_alloc_funcs(sg_mem_alloc, sg_mem_free);
   if (argc < 2) {
     usage(stderr);
     return CLI_USAGE;

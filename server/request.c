@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "buf.h"
+#include "mem.h"
 #include "generate.h"
 #include "sampler.h"
 
@@ -995,5 +996,5 @@ char *sg_request_describe(const sg_request_params *a) {
   json_object_set_new(o, "sketch", s);
   char *text = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(15));
   json_decref(o);
-  return text;
+  return sg_mem_json_to_malloc(text); /* the caller's free() */
 }
