@@ -211,7 +211,8 @@ def ignored(path, patterns):
 
 def test_dockerfile_structure():
     text = open(DOCKERFILE, encoding="utf-8").read()
-    assert text.startswith("# syntax=docker/dockerfile:1\n# "), "a syntax line, then the file's purpose"
+    # no `# syntax=` directive: it makes BuildKit fetch its frontend from a registry, and the build stops offline
+    assert text.startswith("# ") and not re.match(r"#\s*syntax\s*=", text, re.I), "the file's purpose, no syntax line"
     assert dockerfile_problems(text) == []
 
 
