@@ -988,7 +988,7 @@ def test_not_ready_and_gone(contract):
         for m in ("GET", "HEAD"):  # the sketch pad turned off (setting ui)
             for path in ("/", "/ui/app.js"):
                 assert cl.request(m, path, via="direct")[0] == 404, (m, path)
-        srv.wait_line(r"^ready")
+        srv.wait_line(r"^ready", timeout=600)  # 100 warm-up steps: minutes on a loaded machine
         jobs = []
         for seed in (1, 2):  # the second one's end evicts the first
             st, _, data = cl.generate_json(gen(steps=1, seed=seed), headers={"Prefer": "respond-async"}, via="direct")
