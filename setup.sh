@@ -11,9 +11,12 @@ PACKAGES=(
   python3-yaml python3-jsonschema
   chromium fonts-dejavu-core nginx
   clang libclang-rt-14-dev llvm-14
+  docker.io mmdebstrap
 )
 # chromium: the browser test of the sketch pad (tests/web, driven by playwright-core); nginx: the load-balanced
 # deployment test (tests/deploy). Neither runs as a service: the tests start their own.
+# docker.io and mmdebstrap: the image suite (tests/deploy/test_image.py) builds and runs the container image with
+# Debian's Docker, its base images made from Debian's archive (deploy/base-images.sh); it starts dockerd itself.
 # clang, its libFuzzer runtime (libclang-rt-14-dev, only recommended by clang) and llvm-14 (llvm-cov): the fuzz
 # targets (tests/fuzz, docs/fuzzing.md); without them the suite `fuzz` skips its libFuzzer runs.
 # node and npm for the checks of openapi.yaml (redocly, Prism), the browser test (playwright-core, axe-core) and the Kubernetes
