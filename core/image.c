@@ -691,16 +691,25 @@ static float numpy_mean(const float *a, size_t n) {
 
 int sg_sketch_map(const sg_image *in, int32_t size, sg_invert inv, float *out, int *inverted, char *err,
                   size_t errlen) {
+  return sg_sketch_map_filled(in, size, inv, SG_FILLED_AUTO, out, inverted, NULL, err, errlen);
+}
+
+int sg_sketch_map_filled(const sg_image *in, int32_t size, sg_invert inv, sg_filled filled, float *out, int *inverted,
+                         int32_t *converted, char *err, size_t errlen) {
   int rc = check_image(in, "sg_sketch_map", err, errlen);
   if (rc) return rc;
-  if (size <= 0 || !out || (inv != SG_INVERT_AUTO && inv != SG_INVERT_TRUE && inv != SG_INVERT_FALSE)) {
-    sg_set_err(err, errlen, "sg_sketch_map: bad size %d, NULL output or unknown invert mode %d", size, (int)inv);
+  if (size <= 0 || !out || (inv != SG_INVERT_AUTO && inv != SG_INVERT_TRUE && inv != SG_INVERT_FALSE) ||
+      (filled != SG_FILLED_AUTO && filled != SG_FILLED_TRUE && filled != SG_FILLED_FALSE)) {
+    sg_set_err(err, errlen, "sg_sketch_map: bad size %d, NULL output or unknown invert or filled mode %d, %d", size,
+               (int)inv, (int)filled);
     return SG_IMAGE_EINVAL;
   }
   int32_t w = in->width, h = in->height, ch = in->channels;
-  size_t n = (size_t)w * (size_t)h;
+  size_t n = (size_t)w * (size_t)h, m = (size_t)size * (size_t)size;
   float *g = sg_mem_alloc(n * sizeof *g);
-  if (!g) {
+  uint8_t *map = malloc(m), *full = NULL;
+  if (!g || !map) {
+    sg_mem_free(g), free(map);
     sg_set_err(err, errlen, "out of memory for a %d x %d sketch", w, h);
     return SG_IMAGE_ENOMEM;
   }
@@ -708,28 +717,39 @@ int sg_sketch_map(const sg_image *in, int32_t size, sg_invert inv, float *out, i
   int inv_now = inv == SG_INVERT_TRUE || (inv == SG_INVERT_AUTO && numpy_mean(g, n) > 0.5f);
   if (inv_now)
     for (size_t i = 0; i < n; i++) g[i] = 1.0f - g[i];
-  if (w == size && h == size) {
-    for (size_t i = 0; i < n; i++) out[i] = g[i] > 0.5f ? 1.0f : 0.0f;
+  if (w >= size && h >= size && (w != size || h != size)) {
+    /* larger: thresholded at its own resolution, so that a stroke thinner than the scale still draws a line */
+    if (!(full = malloc(n))) goto nomem;
+    for (size_t i = 0; i < n; i++) full[i] = g[i] > 0.5f;
+    sg_mem_free(g), g = NULL;
+    if (sg_sketch_despeckle(full, w, h) || sg_sketch_box_any(full, w, h, size, map)) goto nomem;
+  } else if (w == size && h == size) {
+    for (size_t i = 0; i < n; i++) map[i] = g[i] > 0.5f;
   } else {
     lin_tap *tx, *ty;
-    if (make_taps(w, h, size, size, &tx, &ty)) {
-      sg_mem_free(g);
-      sg_set_err(err, errlen, "out of memory resizing a sketch to %d x %d", size, size);
-      return SG_IMAGE_ENOMEM;
-    }
+    if (make_taps(w, h, size, size, &tx, &ty)) goto nomem;
     for (int32_t y = 0; y < size; y++) {
       const float *r0 = g + (size_t)ty[y].i0 * (size_t)w, *r1 = g + (size_t)ty[y].i1 * (size_t)w;
       for (int32_t x = 0; x < size; x++) {
         int32_t a = tx[x].i0, b = tx[x].i1;
         float v = lin_mix(&ty[y], &tx[x], r0[a], r0[b], r1[a], r1[b]);
-        out[(size_t)y * (size_t)size + (size_t)x] = v > 0.5f ? 1.0f : 0.0f;
+        map[(size_t)y * (size_t)size + (size_t)x] = v > 0.5f;
       }
     }
     free(tx);
   }
-  sg_mem_free(g);
+  if ((full == NULL && sg_sketch_despeckle(map, size, size)) ||
+      sg_sketch_filled_to_outline(map, size, size, filled, converted) ||
+      (filled != SG_FILLED_FALSE && sg_sketch_thin_wide(map, size, size))) /* false: the strokes as drawn */
+    goto nomem;
+  for (size_t i = 0; i < m; i++) out[i] = map[i] ? 1.0f : 0.0f;
+  sg_mem_free(g), free(map), free(full);
   if (inverted) *inverted = inv_now;
   return 0;
+nomem:
+  sg_mem_free(g), free(map), free(full);
+  sg_set_err(err, errlen, "out of memory preparing a %d x %d sketch map", size, size);
+  return SG_IMAGE_ENOMEM;
 }
 
 /* ---- PNG encoding ---- */

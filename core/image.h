@@ -43,6 +43,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "sketch.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -124,13 +126,22 @@ int sg_invert_parse(const char *s);
 /* Turns a sketch into a binary map exactly as tools/sample.py load_sketch does: alpha composited onto white,
  * grayscale (PIL "L": (R*19595 + G*38470 + B*7471 + 0x8000) >> 16), /255 as float32, inverted (1 - g) when inv
  * is SG_INVERT_TRUE or (SG_INVERT_AUTO and numpy's float32 mean > 0.5), resized to size x size with torch's
- * bilinear arithmetic (align_corners false; as torch 1.13's CPU kernel: a float scale in / out, the source index
- * (dst + 0.5) * scale - 0.5 in double, float weights and weight products, the four terms summed in double) unless
- * already that size, thresholded (> 0.5 -> 1.0f, else 0.0f).
+ * then, when the sketch is at least size on both sides (and not size x size), thresholded (> 0.5) at its own
+ * resolution, cleared of specks (sg_sketch_despeckle) and downscaled keeping every stroke (sg_sketch_box_any);
+ * otherwise resized to size x size with torch's bilinear arithmetic (align_corners false; as torch 1.13's CPU
+ * kernel: a float scale in / out, the source index (dst + 0.5) * scale - 0.5 in double, float weights and weight
+ * products, the four terms summed in double) unless already that size, thresholded (> 0.5) and cleared of specks;
+ * last, filled regions become their outlines (sg_sketch_filled_to_outline, SG_FILLED_AUTO) and wide strokes their
+ * skeletons (sg_sketch_thin_wide). Values 1.0f or 0.0f.
  * out (caller-provided, size x size floats, row-major) receives the map; *inverted (may be NULL) says whether it
  * inverted. Returns 0 or a negative SG_IMAGE_E* code. */
 int sg_sketch_map(const sg_image *in, int32_t size, sg_invert inv, float *out, int *inverted, char *err,
                   size_t errlen);
+/* sg_sketch_map with filled regions as `filled` says (sg_sketch_map: SG_FILLED_AUTO; SG_FILLED_FALSE keeps the
+ * strokes as drawn: no outlines, no thinning). *converted (may be NULL)
+ * gets the number of filled regions replaced by their outlines. Returns 0 or a negative SG_IMAGE_E* code. */
+int sg_sketch_map_filled(const sg_image *in, int32_t size, sg_invert inv, sg_filled filled, float *out, int *inverted,
+                         int32_t *converted, char *err, size_t errlen);
 
 /* A PNG text chunk: key of 1 to 79 printable ASCII characters (no leading, trailing or double spaces); value any
  * NUL-terminated UTF-8. Both are borrowed for the call. */

@@ -195,6 +195,25 @@ int sg_sampler_needs_noise(const sg_sampler *s, int32_t i) {
   }
 }
 
+/* Euler ancestral's sigma_up and sigma_down for step i (k-diffusion's get_ancestral_step, eta 1). */
+static void ancestral_sigmas(const sg_sampler *s, int32_t i, double *up, double *down) {
+  double sg = s->sigma[i], sn = s->sigma[i + 1];
+  *up = sn > 0 ? fmin(sn, sqrt(sn * sn * (sg * sg - sn * sn) / (sg * sg))) : 0.0;
+  *down = sqrt(fmax(sn * sn - *up * *up, 0.0));
+}
+
+double sg_sampler_noise_scale(const sg_sampler *s, int32_t i) {
+  if (!sg_sampler_needs_noise(s, i)) return 0.0;
+  if (s->p.kind == SG_SAMPLER_DDIM) return ddim_sigma(s, i);
+  if (s->p.kind == SG_SAMPLER_DDPM) {
+    double a_t = s->a_t[i], a_p = s->a_prev[i];
+    return sqrt((1 - a_p) / (1 - a_t) * (1 - a_t / a_p));
+  }
+  double up, down;
+  ancestral_sigmas(s, i, &up, &down);
+  return up;
+}
+
 int sg_sampler_step(sg_sampler *s, int32_t i, const float *x, const float *eps, const float *noise, float *x_prev) {
   if (!s || i < 0 || i >= s->p.steps || !x || !eps || !x_prev) return SG_SAMPLER_EINVAL;
   int noisy = sg_sampler_needs_noise(s, i);
@@ -214,7 +233,7 @@ int sg_sampler_step(sg_sampler *s, int32_t i, const float *x, const float *eps, 
     } else {
       double b = 1 - a_t / a_p;
       float c0 = (float)(sqrt(a_p) * b / (1 - a_t)), cx = (float)(sqrt(1 - b) * (1 - a_p) / (1 - a_t));
-      float c_noise = noisy ? (float)sqrt((1 - a_p) / (1 - a_t) * b) : 0.0f;
+      float c_noise = (float)sg_sampler_noise_scale(s, i);
       for (size_t k = 0; k < n; k++) {
         float x0 = (x[k] - sq_1mat * eps[k]) / sq_at;
         float v = c0 * x0 + cx * x[k];
@@ -226,8 +245,8 @@ int sg_sampler_step(sg_sampler *s, int32_t i, const float *x, const float *eps, 
   double sg = s->sigma[i], sn = s->sigma[i + 1];
   if (s->p.kind == SG_SAMPLER_EULER_A) {
     /* denoised = x - sigma eps, so the derivative (x - denoised) / sigma is eps */
-    double up = sn > 0 ? fmin(sn, sqrt(sn * sn * (sg * sg - sn * sn) / (sg * sg))) : 0.0;
-    double down = sqrt(fmax(sn * sn - up * up, 0.0));
+    double up, down;
+    ancestral_sigmas(s, i, &up, &down);
     float dt = (float)(down - sg), cu = (float)up;
     for (size_t k = 0; k < n; k++) {
       float v = x[k] + eps[k] * dt;

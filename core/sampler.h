@@ -84,6 +84,10 @@ double sg_sampler_init_sigma(const sg_sampler *s);
 /* Returns 1 when step i adds noise (sg_sampler_step then reads n values from noise), else 0. */
 int sg_sampler_needs_noise(const sg_sampler *s, int32_t i);
 
+/* The factor of the noise in step i's output (0 when the step adds none): x_prev = the step's mean + it x noise.
+ * Guidance normalises its move by the mean's move alone (docs/guidance.md). */
+double sg_sampler_noise_scale(const sg_sampler *s, int32_t i);
+
 /* One step from state x with noise prediction eps (and noise, when needed) to x_prev (may alias x). Steps must
  * be taken in order 0, 1, ... for DPM++ 2M. Returns 0 or SG_SAMPLER_EINVAL. */
 int sg_sampler_step(sg_sampler *s, int32_t i, const float *x, const float *eps, const float *noise, float *x_prev);

@@ -151,6 +151,18 @@ def main():
     add_sketch("gray_alpha.png", 16, "auto")
     add_sketch("palette.png", 8, "false")
 
+    # Sketches drawn as people draw them (tools/sketches.py, 256 x 256): the stroke-keeping downscale, speck removal,
+    # filled regions to outlines and wide strokes thinned, each value as load_sketch makes it.
+    import sketches as drawn
+    for style in ("thin", "thick", "double", "filled", "small", "jpeg"):
+        seed = drawn.FIRST_SEED + 95_000 + drawn.STYLES.index(style)
+        name = "sketch_drawn_%s%s" % (style, ".jpg" if style == "jpeg" else ".png")
+        with open(os.path.join(out_dir, name), "wb") as f:
+            f.write(drawn.encode(drawn.draw(drawn.params_for(style, seed), style, seed), style, seed))
+        add_sketch(name, 64, "auto")
+    add_sketch("sketch_drawn_filled.png", 48, "auto")
+    add_sketch("sketch_drawn_thick.png", 100, "auto")
+
     # Black and white noise, resized by ratios that put many interpolated values within rounding of 0.5.
     for n, size in ((20, 48), (36, 64), (100, 64)):
         noise = (rng.integers(0, 2, (n, n)) * 255).astype(np.uint8)

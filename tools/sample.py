@@ -2,8 +2,9 @@
 """Python reference sampler: sketch-guided generation (METHOD.md) over an exported model directory; the oracle for the C engine.
 
 Usage: /usr/bin/python3 tools/sample.py MODEL_DIR --prompt TEXT --sketch FILE --out OUT.png
-           [--beta B] [--stop S | --stop-step N] [--steps N] [--cfg W] [--seed 0] [--sampler ddim|ddpm]
-           [--eta E] [--negative TEXT] [--n 1] [--invert auto|true|false] [--latents OUT.pt]
+           [--beta B] [--stop S | --stop-step N] [--steps N] [--cfg W] [--seed 0] [--sampler ddim|ddpm|euler_a]
+           [--eta E] [--negative TEXT] [--n 1] [--invert auto|true|false] [--filled auto|true|false]
+           [--latents OUT.pt]
 Parameters not given take the model's defaults (model.json "defaults": the paper's beta 1.6, stop 0.5).
 DDIM follows SD15.md; DDPM is the posterior q(z_prev | z_t, x0) between consecutive timesteps of the same
 "leading" schedule (abar_prev = abar_0 after the last step), with no noise added on the last step.
@@ -76,9 +77,172 @@ class Model:
         return (x.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
 
 
-def load_sketch(path: str, size: int, invert: str = "auto") -> np.ndarray:
-    """Sketch file -> binary map (size x size, strokes 1 on 0): alpha flattened onto white, grayscale, inverted when
-    strokes are dark on light (auto: mean brightness above 0.5), resized (bilinear), thresholded at 0.5."""
+FILLED_RADIUS = 3  # at a 64 x 64 map: a region holding a 7 x 7 square of strokes is filled, not a stroke
+FILLED_SHARE = 0.10  # ... when at least this share of its pixels are such interior pixels
+WIDE_SHARE = 0.10  # a region is a wide stroke when this share of its pixels have a 3 x 3 square of strokes around them
+SPECK_DIVISOR = 40  # a mark whose bounding box is under 1/40 of the sketch's larger side is noise, not a stroke
+
+
+def _components(m: np.ndarray) -> np.ndarray:
+    """8-connected components of a boolean map: int32 labels 1..K in raster order of each component's first
+    pixel, 0 for background."""
+    h, w = m.shape
+    lab = np.zeros((h, w), dtype=np.int32)
+    ys, xs = np.nonzero(m)
+    k = 0
+    for y0, x0 in zip(ys.tolist(), xs.tolist()):
+        if lab[y0, x0]:
+            continue
+        k += 1
+        lab[y0, x0] = k
+        stack = [(y0, x0)]
+        while stack:
+            y, x = stack.pop()
+            for yy in (y - 1, y, y + 1):
+                if 0 <= yy < h:
+                    for xx in (x - 1, x, x + 1):
+                        if 0 <= xx < w and m[yy, xx] and not lab[yy, xx]:
+                            lab[yy, xx] = k
+                            stack.append((yy, xx))
+    return lab
+
+
+def despeckle(m: np.ndarray) -> np.ndarray:
+    """Drops marks (8-connected components) whose bounding box's larger side is under 1/SPECK_DIVISOR of the
+    map's larger side (JPEG blocks, grain, dust); strokes and their dashes are longer."""
+    lab = _components(m)
+    k = int(lab.max())
+    if k == 0:
+        return m
+    ys, xs = np.nonzero(lab)
+    ids = lab[ys, xs]
+    big = max(m.shape)
+    keep = np.zeros(k + 1, dtype=bool)
+    y_lo = np.full(k + 1, 1 << 30); y_hi = np.full(k + 1, -1); x_lo = np.full(k + 1, 1 << 30); x_hi = np.full(k + 1, -1)
+    np.minimum.at(y_lo, ids, ys); np.maximum.at(y_hi, ids, ys); np.minimum.at(x_lo, ids, xs); np.maximum.at(x_hi, ids, xs)
+    extent = np.maximum(y_hi - y_lo, x_hi - x_lo) + 1
+    keep[1:] = extent[1:] * SPECK_DIVISOR >= big
+    return keep[lab]
+
+
+def box_any(m: np.ndarray, size: int) -> np.ndarray:
+    """Downscales a boolean map to size x size (both sides at least size): an output pixel is a stroke when any
+    pixel of its source box [floor(i * n / size), floor((i + 1) * n / size)) is, so a stroke thinner than the
+    scale still draws a line."""
+    h, w = m.shape
+    ry = [(i * h) // size for i in range(size + 1)]
+    rx = [(i * w) // size for i in range(size + 1)]
+    rows = np.logical_or.reduceat(m, ry[:-1], axis=0)
+    return np.logical_or.reduceat(rows, rx[:-1], axis=1)
+
+
+def filled_to_outline(m: np.ndarray, filled: str = "auto"):
+    """A filled region means its outline: each 8-connected region of the map that is filled (auto: at least
+    FILLED_SHARE of its pixels have a (2r+1)^2 square of strokes around them, r = FILLED_RADIUS at 64 x 64,
+    scaled with the map; true: every region; false: none) becomes its boundary, two pixels wide: its pixels with a
+    4-neighbour outside it and the outside pixels with a 4-neighbour in it. Returns (map, number of regions
+    converted)."""
+    if filled == "false" or not m.any():
+        return m, 0
+    h, w = m.shape
+    lab = _components(m)
+    k = int(lab.max())
+    if filled == "true":
+        conv = np.ones(k + 1, dtype=bool)
+    else:
+        r = max(1, (FILLED_RADIUS * max(h, w) + 32) // 64)
+        ii = np.zeros((h + 1, w + 1), dtype=np.int64)
+        ii[1:, 1:] = m.astype(np.int64).cumsum(0).cumsum(1)
+        side = 2 * r + 1
+        interior = np.zeros((h, w), dtype=bool)
+        if h >= side and w >= side:
+            win = ii[side:, side:] - ii[:-side, side:] - ii[side:, :-side] + ii[:-side, :-side]
+            interior[r:h - r, r:w - r] = win == side * side
+        count = np.bincount(lab.ravel(), minlength=k + 1)
+        inner = np.bincount(lab[interior], minlength=k + 1)
+        conv = inner * 100 >= count * int(round(FILLED_SHARE * 100))
+        conv &= inner > 0
+    conv[0] = False
+    region = conv[lab]
+    if not region.any():
+        return m, 0
+    pad = np.pad(region, 1)
+    nb_out = ~pad[:-2, 1:-1] | ~pad[2:, 1:-1] | ~pad[1:-1, :-2] | ~pad[1:-1, 2:]
+    nb_in = pad[:-2, 1:-1] | pad[2:, 1:-1] | pad[1:-1, :-2] | pad[1:-1, 2:]
+    out = (m & ~region) | (region & nb_out) | (~m & nb_in)
+    return out, int(conv.sum())
+
+
+def _zhang_suen(m: np.ndarray) -> np.ndarray:
+    """Zhang-Suen thinning of a boolean map to one-pixel-wide 8-connected lines (both sub-iterations delete
+    simultaneously, off-map neighbours are background), until nothing changes."""
+    m = m.astype(np.uint8).copy()
+    while True:
+        changed = False
+        for step in (0, 1):
+            p = np.pad(m, 1)
+            nb = [p[:-2, 1:-1], p[:-2, 2:], p[1:-1, 2:], p[2:, 2:], p[2:, 1:-1], p[2:, :-2], p[1:-1, :-2], p[:-2, :-2]]
+            b = sum(x.astype(np.int32) for x in nb)
+            a = sum(((nb[i] == 0) & (nb[(i + 1) % 8] == 1)).astype(np.int32) for i in range(8))
+            p2, p4, p6, p8 = nb[0], nb[2], nb[4], nb[6]
+            c = ((p2 & p4 & p6) == 0) & ((p4 & p6 & p8) == 0) if step == 0 else ((p2 & p4 & p8) == 0) & ((p2 & p6 & p8) == 0)
+            rm = (m == 1) & (b >= 2) & (b <= 6) & (a == 1) & c
+            if rm.any():
+                m[rm] = 0
+                changed = True
+        if not changed:
+            return m.astype(bool)
+
+
+def thin_wide(m: np.ndarray) -> np.ndarray:
+    """Wide strokes drawn as lines: each 8-connected region of which at least WIDE_SHARE of the pixels have a 3 x 3
+    square of strokes around them (a marker line 3 or more pixels wide) is thinned to its one-pixel skeleton
+    (_zhang_suen); thinner strokes are kept as drawn, as the edges the LGP learnt are 1 to 2 pixels wide."""
+    if not m.any():
+        return m
+    lab = _components(m)
+    k = int(lab.max())
+    p = np.pad(m, 1)
+    h, w = m.shape
+    inner = m.copy()
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            inner &= p[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+    count = np.bincount(lab.ravel(), minlength=k + 1)
+    wide = np.bincount(lab[inner], minlength=k + 1) * 100 >= count * int(round(WIDE_SHARE * 100))
+    wide &= np.bincount(lab[inner], minlength=k + 1) > 0
+    wide[0] = False
+    region = wide[lab]
+    if not region.any():
+        return m
+    return (m & ~region) | (_zhang_suen(m) & region)
+
+
+def sketch_map(g: np.ndarray, size: int, invert: str = "auto", filled: str = "auto") -> np.ndarray:
+    """Grayscale sketch (float32 in [0, 1]) -> binary map (size x size, strokes 1 on 0), as sg_sketch_map:
+    inverted when strokes are dark on light (auto: mean brightness above 0.5); a sketch at least size on both
+    sides (and not already size x size) is thresholded at 0.5 at its own resolution, cleared of specks (despeckle)
+    and downscaled keeping every stroke (box_any); any other is resized (bilinear) then thresholded at 0.5 and
+    cleared of specks; filled regions then become their outlines (filled_to_outline) and wide strokes their
+    skeletons (thin_wide), unless filled is "false" (the strokes as drawn)."""
+    if invert == "true" or (invert == "auto" and g.mean() > 0.5):
+        g = 1.0 - g
+    h, w = g.shape
+    if h >= size and w >= size and (h, w) != (size, size):
+        m = box_any(despeckle(g > 0.5), size)
+    else:
+        if g.shape != (size, size):
+            t = torch.from_numpy(np.ascontiguousarray(g))[None, None]
+            g = torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
+        m = despeckle(g > 0.5)
+    if filled == "false":  # strokes as drawn: neither outlined nor thinned
+        return m.astype(np.float32)
+    return thin_wide(filled_to_outline(m, filled)[0]).astype(np.float32)
+
+
+def load_sketch(path: str, size: int, invert: str = "auto", filled: str = "auto") -> np.ndarray:
+    """Sketch file -> binary map (size x size, strokes 1 on 0): alpha flattened onto white, grayscale, then
+    sketch_map."""
     im = Image.open(path)
     im.load()
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
@@ -86,12 +250,7 @@ def load_sketch(path: str, size: int, invert: str = "auto") -> np.ndarray:
         bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
         im = Image.alpha_composite(bg, im)
     g = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
-    if invert == "true" or (invert == "auto" and g.mean() > 0.5):
-        g = 1.0 - g
-    if g.shape != (size, size):
-        t = torch.from_numpy(g)[None, None]
-        g = torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
-    return (g > 0.5).astype(np.float32)
+    return sketch_map(g, size, invert, filled)
 
 
 def edge_target(model: Model, edges: np.ndarray) -> torch.Tensor:
@@ -107,6 +266,16 @@ def timesteps(n_train: int, steps: int) -> List[int]:
     """'leading' spacing with offset 1: arange(steps) * (n_train // steps) + 1, reversed."""
     k = n_train // steps
     return [i * k + 1 for i in range(steps)][::-1]
+
+
+def t_to_sigma(abar: torch.Tensor, t: float) -> float:
+    """k-diffusion's t_to_sigma: log-sigma interpolated at fractional t (as sampler.c)."""
+    n = abar.numel()
+    lo = int(math.floor(t))
+    hi = lo + 1 if lo + 1 < n else lo
+    w = t - lo
+    ls = [math.log(math.sqrt((1 - abar[j].item()) / abar[j].item())) for j in (lo, hi)]
+    return math.exp((1 - w) * ls[0] + w * ls[1])
 
 
 def guided_steps(steps: int, stop: float, stop_step: Optional[int]) -> int:
@@ -126,16 +295,24 @@ def sample(model: Model, prompt: Union[str, List[str]], target: Optional[torch.T
     one encoded sketch for all images or one per image. Returns the final scaled latents [n, C, h, w]; trace, if
     given, gets z after every step. teacher, if given, forces the latents entering step i > 0 to teacher[i - 1]
     (the noise streams are consumed as without it): one step of this sampler from another engine's trajectory."""
-    if sampler not in ("ddim", "ddpm"):
-        raise ValueError("sampler must be ddim or ddpm")
+    if sampler not in ("ddim", "ddpm", "euler_a"):
+        raise ValueError("sampler must be ddim, ddpm or euler_a")
     prompts = [prompt] * n if isinstance(prompt, str) else list(prompt)
     n = len(prompts)
     seeds = list(seeds) if seeds is not None else [seed + i for i in range(n)]
     abar = model.abar
-    ts = timesteps(abar.numel(), steps)
+    euler = sampler == "euler_a"
+    if euler:  # k-diffusion's sigmas (sampler.c): linspace(T - 1, 0, steps), log-sigma interpolated, then 0
+        T = abar.numel()
+        ts = [float(T - 1)] if steps == 1 else [(T - 1) * (1.0 - i / (steps - 1)) for i in range(steps)]
+        sigmas = [t_to_sigma(abar, t) for t in ts] + [0.0]
+    else:
+        ts = timesteps(abar.numel(), steps)
     k = abar.numel() // steps
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     z = torch.stack([torch.randn(model.latent_shape, generator=g) for g in gens]).to(model.device)
+    if euler:
+        z = z * sigmas[0]
     ctx_c = model.encode_text(prompts)
     ctx_u = model.encode_text([negative]).expand(n, -1, -1)
     n_guided = guided_steps(steps, stop, stop_step) if (target is not None and beta != 0) else 0
@@ -146,31 +323,45 @@ def sample(model: Model, prompt: Union[str, List[str]], target: Optional[torch.T
     for i, t in enumerate(ts):
         if teacher is not None and i > 0:
             z = teacher[i - 1].to(model.device, torch.float32).clone()
-        tt = torch.full((n,), t, dtype=torch.long, device=model.device)
+        if euler:
+            tt = torch.full((n,), t, dtype=torch.float32, device=model.device)
+            zs = z * (1.0 / math.sqrt(sigmas[i] ** 2 + 1.0))
+        else:
+            tt = torch.full((n,), t, dtype=torch.long, device=model.device)
+            zs = z
         guided = i < n_guided
         with torch.no_grad():
-            eps_u = model.unet(z.to(model.dtype), tt, ctx_u.to(model.dtype))[0].float() if cfg != 1.0 else None
+            eps_u = model.unet(zs.to(model.dtype), tt, ctx_u.to(model.dtype))[0].float() if cfg != 1.0 else None
         if guided:
-            z_in = z.detach().clone().requires_grad_(True)
+            z_in = zs.detach().clone().requires_grad_(True)
             outs = model.unet(z_in.to(model.dtype), tt, ctx_c.to(model.dtype))
             eps_c = outs[0].float()
         else:
             with torch.no_grad():
-                eps_c = model.unet(z.to(model.dtype), tt, ctx_c.to(model.dtype))[0].float()
+                eps_c = model.unet(zs.to(model.dtype), tt, ctx_c.to(model.dtype))[0].float()
         eps = eps_c.detach() if eps_u is None else eps_u + cfg * (eps_c.detach() - eps_u)
-        a_t = abar[t].item()
-        a_p = abar[t - k].item() if t - k >= 0 else abar[0].item()
-        x0 = (z - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
-        if sampler == "ddim":
-            sigma = eta * math.sqrt((1 - a_p) / (1 - a_t)) * math.sqrt(1 - a_t / a_p)
-            z_prev = math.sqrt(a_p) * x0 + math.sqrt(max(1 - a_p - sigma ** 2, 0.0)) * eps
+        # z_prev: the step's mean (deterministic part); sigma: the scale of the fresh noise added to it
+        if euler:
+            sg, sn = sigmas[i], sigmas[i + 1]
+            up = min(sn, math.sqrt(sn * sn * (sg * sg - sn * sn) / (sg * sg))) if sn > 0 else 0.0
+            down = math.sqrt(max(sn * sn - up * up, 0.0))
+            z_prev = z + eps * (down - sg)
+            sigma = up if sn > 0 else 0.0
         else:
-            b = 1 - a_t / a_p
-            z_prev = (math.sqrt(a_p) * b / (1 - a_t)) * x0 + (math.sqrt(1 - b) * (1 - a_p) / (1 - a_t)) * z
-            sigma = math.sqrt((1 - a_p) / (1 - a_t) * b) if i < steps - 1 else 0.0
-        if sigma > 0:
-            z_prev = z_prev + sigma * torch.stack([torch.randn(model.latent_shape, generator=g) for g in gens]).to(model.device)
+            a_t = abar[t].item()
+            a_p = abar[t - k].item() if t - k >= 0 else abar[0].item()
+            x0 = (z - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+            if sampler == "ddim":
+                sigma = eta * math.sqrt((1 - a_p) / (1 - a_t)) * math.sqrt(1 - a_t / a_p)
+                z_prev = math.sqrt(a_p) * x0 + math.sqrt(max(1 - a_p - sigma ** 2, 0.0)) * eps
+            else:
+                b = 1 - a_t / a_p
+                z_prev = (math.sqrt(a_p) * b / (1 - a_t)) * x0 + (math.sqrt(1 - b) * (1 - a_p) / (1 - a_t)) * z
+                sigma = math.sqrt((1 - a_p) / (1 - a_t) * b) if i < steps - 1 else 0.0
         if guided:
+            # the move is beta x the step's deterministic move: the fresh noise is not a move towards the image,
+            # and counting it (its norm dominates an ancestral step's early on) made the guided push several
+            # times larger with ddpm, euler_a or ddim eta > 0 than with ddim (docs/guidance.md)
             pred = model.lgp(list(outs[1:]), tt).float()
             loss = (pred - target).pow(2).sum()
             g = torch.autograd.grad(loss, z_in)[0]
@@ -179,6 +370,8 @@ def sample(model: Model, prompt: Union[str, List[str]], target: Optional[torch.T
                 gn = g.flatten(1).norm(dim=1)
                 alpha = torch.where(gn > 0, beta * move / gn.clamp_min(1e-30), torch.zeros_like(gn))
                 z_prev = z_prev - alpha[:, None, None, None] * g
+        if sigma > 0:
+            z_prev = z_prev + sigma * torch.stack([torch.randn(model.latent_shape, generator=g) for g in gens]).to(model.device)
         z = z_prev.detach()
         if trace is not None:
             trace.append(z.clone())
@@ -192,13 +385,15 @@ def main() -> int:
     ap.add_argument("--negative", default="")
     ap.add_argument("--sketch", help="sketch image (PNG or JPEG); without it, beta is ignored")
     ap.add_argument("--invert", default="auto", choices=["auto", "true", "false"])
+    ap.add_argument("--filled", default="auto", choices=["auto", "true", "false"],
+                    help="filled regions of the sketch mean their outlines (auto: detected)")
     ap.add_argument("--beta", type=float, default=None)
     ap.add_argument("--stop", type=float, default=None, help="fraction of the steps that are guided")
     ap.add_argument("--stop-step", type=int, help="number of guided steps (overrides --stop)")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--cfg", type=float, default=None)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--sampler", default=None, choices=["ddim", "ddpm"])
+    ap.add_argument("--sampler", default=None, choices=["ddim", "ddpm", "euler_a"])
     ap.add_argument("--eta", type=float, default=None)
     ap.add_argument("--n", type=int, default=1, help="images, with seeds seed, seed+1, ...")
     ap.add_argument("--out", required=True, help="output PNG (several images: NAME-K.png)")
@@ -210,7 +405,7 @@ def main() -> int:
     for k, v in model.manifest.get("defaults", {}).items():  # the model's defaults for what was not given
         if getattr(a, k, "unset") is None:
             setattr(a, k, v)
-    target = edge_target(model, load_sketch(a.sketch, model.size, a.invert)) if a.sketch else None
+    target = edge_target(model, load_sketch(a.sketch, model.size, a.invert, a.filled)) if a.sketch else None
     z = sample(model, a.prompt, target, a.beta, a.stop, a.stop_step, a.steps, a.cfg, a.seed, a.sampler, a.eta,
                a.negative, a.n)
     imgs = model.decode(z)

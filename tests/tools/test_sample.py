@@ -78,6 +78,33 @@ def test_guidance_moves_by_beta_times_the_step(model, target):
     assert abs(guide_move.item() - 0.7 * step_move.item()) < 1e-3 * step_move.item()
 
 
+@pytest.mark.parametrize("sampler,eta", [("ddpm", 0.0), ("ddim", 1.0), ("euler_a", 0.0)])
+def test_ancestral_guidance_moves_by_beta_times_the_mean_step(model, target, sampler, eta):
+    """With fresh noise in the step, the guidance move is beta x the step's deterministic move (the step without
+    its noise), not beta x a move that counts the noise (docs/guidance.md): over one guided step, the guided and
+    unguided trajectories (same noise) differ by beta x || z_T - (z_1 - sigma noise) ||."""
+    kw = dict(steps=4, cfg=3, seed=9, sampler=sampler, eta=eta)
+    trace_u, trace_g = [], []
+    ref.sample(model, "a star", None, trace=trace_u, **kw)
+    ref.sample(model, "a star", target, beta=0.7, stop_step=1, trace=trace_g, **kw)
+    gen = torch.Generator().manual_seed(9)
+    z0 = torch.randn([4, 16, 16], generator=gen)[None]
+    noise = torch.randn([4, 16, 16], generator=gen)[None]
+    abar = model.abar
+    if sampler == "euler_a":
+        s0, s1 = ref.t_to_sigma(abar, 999.0), ref.t_to_sigma(abar, 999.0 * 2 / 3)
+        z0 = z0 * s0
+        sigma = min(s1, (s1 * s1 * (s0 * s0 - s1 * s1) / (s0 * s0)) ** 0.5)
+    else:
+        a_t, a_p = abar[751].item(), abar[501].item()
+        sigma = ((1 - a_p) / (1 - a_t) * (1 - a_t / a_p)) ** 0.5 * (eta if sampler == "ddim" else 1.0)
+    mean_move = (z0 - (trace_u[0] - sigma * noise)).norm().item()
+    noisy_move = (z0 - trace_u[0]).norm().item()
+    guide_move = (trace_g[0] - trace_u[0]).norm().item()
+    assert noisy_move > 1.2 * mean_move  # the noise term is large here: the two rules differ
+    assert abs(guide_move - 0.7 * mean_move) < 2e-3 * mean_move, (guide_move, 0.7 * mean_move, 0.7 * noisy_move)
+
+
 def test_ddpm_and_eta_add_noise(model):
     a = ref.sample(model, "x", None, steps=4, cfg=1, seed=1, sampler="ddim", eta=0.0)
     b = ref.sample(model, "x", None, steps=4, cfg=1, seed=1, sampler="ddim", eta=1.0)
