@@ -23,6 +23,7 @@ static const char HELP[] =
     "  --negative TEXT      negative prompt (default empty)\n"
     "  --sketch FILE        the sketch\n"
     "  --invert MODE        auto (default: invert when the sketch is mostly light), true, false\n"
+    "  --filled MODE        auto (default: a filled region means its outline), true (every region), false (as drawn)\n"
     "  --beta X             edge guidance scale (model default; the paper's 1.6), 0 = unguided\n"
     "  --stop F             fraction of the steps that are guided (model default; the paper's 0.5)\n"
     "  --stop-step N        number of guided steps (instead of --stop)\n"
@@ -164,7 +165,7 @@ static void json_string_out(FILE *f, const char *s) {
 int cmd_generate(int argc, char **argv) {
   cli_args a = {"generate", argc, argv, 1, 0};
   const char *model_dir = cli_default_model(), *prompt = NULL, *negative = "", *sketch_path = NULL;
-  const char *invert_s = "auto", *output = "out.png", *device = "cpu", *seeds_s = NULL, *v = NULL;
+  const char *filled_s = "auto", *invert_s = "auto", *output = "out.png", *device = "cpu", *seeds_s = NULL, *v = NULL;
   const char *beta_s = NULL, *stop_s = NULL, *stop_step_s = NULL, *steps_s = NULL, *cfg_s = NULL, *sampler_s = NULL;
   const char *eta_s = NULL, *seed_s = NULL, *images_s = NULL, *threads_s = NULL;
   const char *max_steps_s = NULL, *max_images_s = NULL, *max_pixels_s = NULL;
@@ -180,6 +181,7 @@ int cmd_generate(int argc, char **argv) {
     else if (cli_value(&a, "--negative", &v) || cli_value(&a, "--negative-prompt", &v)) negative = v;
     else if (cli_value(&a, "--sketch", &v)) sketch_path = v;
     else if (cli_value(&a, "--invert", &v)) invert_s = v;
+    else if (cli_value(&a, "--filled", &v)) filled_s = v;
     else if (cli_value(&a, "--beta", &v)) beta_s = v;
     else if (cli_value(&a, "--stop-step", &v)) stop_step_s = v;
     else if (cli_value(&a, "--stop", &v)) stop_s = v;
@@ -208,6 +210,11 @@ int cmd_generate(int argc, char **argv) {
   int inv = sg_invert_parse(invert_s);
   if (inv < 0) {
     cli_error("generate", "--invert: '%s' is not auto, true or false", invert_s);
+    return CLI_USAGE;
+  }
+  int filled = sg_filled_parse(filled_s);
+  if (filled < 0) {
+    cli_error("generate", "--filled: '%s' is not auto, true or false", filled_s);
     return CLI_USAGE;
   }
   if (seed_s && seeds_s) {
@@ -314,7 +321,8 @@ int cmd_generate(int argc, char **argv) {
   if (sketch_path) {
     size_t px = (size_t)info->image_size * info->image_size;
     if (!(map = malloc(px * sizeof *map))) goto done;
-    if (sg_sketch_map(&sk, info->image_size, (sg_invert)inv, map, &inverted, err, sizeof err)) {
+    if (sg_sketch_map_filled(&sk, info->image_size, (sg_invert)inv, (sg_filled)filled, map, &inverted, NULL, err,
+                             sizeof err)) {
       cli_error("generate", "--sketch %s: %s", sketch_path, err);
       rc = CLI_USAGE;
       goto done;

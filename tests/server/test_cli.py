@@ -58,6 +58,7 @@ def test_unknown_command_and_options(sg):
     (["--prompt", "x", "--images", "65"], "--images: 65 is out of range"),
     (["--prompt", "x", "--sampler", "plms"], "--sampler: 'plms'"),
     (["--prompt", "x", "--invert", "maybe"], "--invert: 'maybe'"),
+    (["--prompt", "x", "--filled", "maybe"], "--filled: 'maybe'"),
     (["--prompt", "x", "--seed", "-5"], "--seed: -5 is out of range"),
     (["--prompt", "x", "--seeds", "1,x"], "--seeds: 'x' is not an integer"),
     (["--prompt", "x", "--stop", "0.5", "--stop-step", "3"], "--stop and --stop-step"),
