@@ -1,9 +1,13 @@
 #!/usr/bin/python3
-"""Measures a shapes model: prompt adherence (shape classifier and colour heads) unguided and sketch-guided, and
-edge fidelity guided against unguided on in-domain edge maps and out-of-domain sketches (METHOD.md).
+"""Measures a shapes model: prompt adherence (shape classifier and colour heads) unguided and sketch-guided, for
+the template caption and for captions as people write them (training templates and held-out templates, each its own
+group), and edge fidelity guided against unguided on in-domain edge maps and out-of-domain sketches (METHOD.md).
 
-Usage: /usr/bin/python3 tools/evaluate.py models/shapes [--adherence 200] [--fidelity 50] [--json OUT]
-The classifier (tools/data/shape_classifier.pt) is trained on the procedural data set when missing.
+Usage: /usr/bin/python3 tools/evaluate.py models/shapes [--adherence 200] [--groups template,train,held_out]
+           [--fidelity 50] [--steps 50] [--sampler ddim] [--cli build/server/sketchguide] [--json OUT]
+With --cli the images come from the C engine's command line (every sampler it has, e.g. dpmpp_2m), else from the
+Python reference sampler (ddim, ddpm). The classifier (tools/data/shape_classifier.pt) is trained on the procedural
+data set when missing.
 """
 import os
 
@@ -11,7 +15,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
 import json
+import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -103,14 +109,93 @@ def classify(net: Classifier, images: np.ndarray):
     return [o.argmax(1).numpy() for o in net(x)]
 
 
-def generate(model, prompts, targets, seeds, beta, stop, steps, cfg, batch=25):
+GROUPS = ("template", "train", "held_out")
+
+
+def prompts_for(group: str, n: int, first_seed: int = EVAL_SEED):
+    """n (prompt, params) cases of a group: `template`, the data set's caption (shapes.caption) of
+    shapes.sample_params; `train` and `held_out`, a natural caption (shapes.natural_caption) from a training or
+    held-out template of shapes.natural_params (half plain backgrounds, which most such captions do not name)."""
+    if group not in GROUPS:
+        raise ValueError("unknown prompt group %r (one of %s)" % (group, ", ".join(GROUPS)))
     out = []
-    for i in range(0, len(prompts), batch):
-        tg = None if targets is None else targets[i:i + batch]
-        z = ref.sample(model, prompts[i:i + batch], tg, beta=beta, stop=stop, steps=steps, cfg=cfg,
-                       seeds=seeds[i:i + batch])
-        out.append(model.decode(z))
-    return np.concatenate(out)
+    for i in range(n):
+        if group == "template":
+            p = shapes.sample_params(first_seed + i)
+            out.append((shapes.caption(p), p))
+        else:
+            p = shapes.natural_params(first_seed + i)
+            rng = np.random.default_rng([first_seed + i, GROUPS.index(group)])
+            out.append((shapes.natural_caption(p, rng, held_out=group == "held_out"), p))
+    return out
+
+
+class Engine:
+    """Makes images: the Python reference sampler over a loaded model, or (cli) the C engine's command line."""
+
+    def __init__(self, model, cli=None, sampler="ddim"):
+        self.model, self.cli, self.sampler = model, cli, sampler
+        if cli is None and sampler not in ("ddim", "ddpm"):
+            raise ValueError("the Python sampler has ddim and ddpm; use --cli for %s" % sampler)
+
+    def generate(self, prompts, sketches, seeds, beta, stop, steps, cfg, batch=25):
+        """uint8 images [N, H, W, 3]; sketches: None (unguided) or one map per prompt (strokes 1.0 on 0)."""
+        if self.cli is not None:
+            return self._generate_cli(prompts, sketches, seeds, beta, stop, steps, cfg)
+        targets = None if sketches is None else ref.edge_target(self.model, np.stack(sketches))
+        out = []
+        for i in range(0, len(prompts), batch):
+            tg = None if targets is None else targets[i:i + batch]
+            z = ref.sample(self.model, prompts[i:i + batch], tg, beta=beta, stop=stop, steps=steps, cfg=cfg,
+                           seeds=seeds[i:i + batch], sampler=self.sampler)
+            out.append(self.model.decode(z))
+        return np.concatenate(out)
+
+    def _generate_cli(self, prompts, sketches, seeds, beta, stop, steps, cfg):
+        from PIL import Image
+        out = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for i, (prompt, seed) in enumerate(zip(prompts, seeds)):
+                png = os.path.join(tmp, "out.png")
+                cmd = [self.cli, "generate", "--model", self.model.folder, "--prompt", prompt, "--seed", str(seed),
+                       "--steps", str(steps), "--cfg", str(cfg), "--sampler", self.sampler, "--output", png,
+                       "--quiet", "--threads", "1"]
+                if sketches is not None:
+                    sk = os.path.join(tmp, "sketch.png")
+                    Image.fromarray((np.asarray(sketches[i]) * 255).round().astype(np.uint8)).save(sk)
+                    cmd += ["--sketch", sk, "--invert", "false", "--beta", str(beta), "--stop", str(stop)]
+                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+                out.append(np.asarray(Image.open(png).convert("RGB")))
+        return np.stack(out)
+
+
+def adherence(engine, net, group, n, size, beta, stop, steps, cfg, guided=True, first_seed=EVAL_SEED):
+    """Prompt adherence of a group of n prompts, unguided and guided by an out-of-domain sketch of the prompt's
+    shape (placed independently of the prompt): shares with the shape, the foreground, the background and both
+    colours right, as the classifier reads the images."""
+    cases = prompts_for(group, n, first_seed)
+    prompts = [c[0] for c in cases]
+    params = [c[1] for c in cases]
+    seeds = list(range(n))
+    truth = [np.array([shapes.SHAPES.index(p["shape"]) for p in params]),
+             np.array([shapes.COLOUR_NAMES.index(p["fg"]) for p in params]),
+             np.array([shapes.COLOUR_NAMES.index(p["bg"]) for p in params])]
+
+    def score(imgs):
+        pr = classify(net, imgs)
+        return {"shape": float((pr[0] == truth[0]).mean()), "fg": float((pr[1] == truth[1]).mean()),
+                "bg": float((pr[2] == truth[2]).mean()),
+                "fg_and_bg": float(((pr[1] == truth[1]) & (pr[2] == truth[2])).mean())}
+
+    res = {"prompts": n, "examples": prompts[:4]}
+    res["unguided"] = score(engine.generate(prompts, None, seeds, 0.0, 0.0, steps, cfg))
+    print("%s unguided adherence: %s" % (group, json.dumps(res["unguided"])), flush=True)
+    if guided and engine.model.lgp is not None:
+        sk = [sketch_for(dict(shapes.sample_params(EVAL_SEED + 100_000 + i), shape=p["shape"]), i, True, size) / 255.0
+              for i, p in enumerate(params)]
+        res["guided"] = score(engine.generate(prompts, sk, seeds, beta, stop, steps, cfg))
+        print("%s guided adherence: %s" % (group, json.dumps(res["guided"])), flush=True)
+    return res
 
 
 def sketch_for(p: dict, k: int, ood: bool, size: int) -> np.ndarray:
@@ -140,6 +225,38 @@ def figure(path, prompts, sketches, unguided, guided, f_u, f_g, ood, scale=3):
     im.save(path)
 
 
+def evidence(path: str, engine, size: int, beta: float, stop: float, steps: int, cfg: float) -> dict:
+    """docs/evidence.png: one hand-drawn sketch per style of tools/sketches.py (read as an upload is, through
+    sample.load_sketch), each with a natural caption of the drawn shape (training and held-out templates by
+    turns); rows of sketch | unguided | guided with edge F1 against the drawn shape's outline."""
+    import inspect
+    import io
+    from PIL import Image
+    import sketches
+    cs = list(sketches.cases(1))
+    rng = np.random.default_rng(EVAL_SEED)
+    prompts, maps, raw = [], [], []
+    for i, c in enumerate(cs):
+        prompts.append(shapes.natural_caption(c["params"], rng, held_out=i % 2 == 1))
+        tmp = os.path.join(tempfile.gettempdir(), "evidence_%d%s" % (os.getpid(), c["ext"]))
+        with open(tmp, "wb") as f:
+            f.write(c["data"])
+        kw = {"filled": "auto"} if "filled" in inspect.signature(ref.load_sketch).parameters else {}
+        maps.append(ref.load_sketch(tmp, size, "auto", **kw))
+        os.unlink(tmp)
+        raw.append(255 - np.asarray(Image.open(io.BytesIO(c["data"])).convert("L").resize((size, size), Image.BILINEAR)))
+    seeds = [c["seed"] % 100_000 for c in cs]
+    gu = engine.generate(prompts, None, seeds, 0.0, 0.0, steps, cfg)
+    gg = engine.generate(prompts, maps, seeds, beta, stop, steps, cfg)
+    f_u = [edges.f1(edges.detect(im), c["outline"]) for im, c in zip(gu, cs)]
+    f_g = [edges.f1(edges.detect(im), c["outline"]) for im, c in zip(gg, cs)]
+    labels = ["%s  [%s sketch, %s template]" % (p, c["style"], "held-out" if i % 2 else "training")
+              for i, (p, c) in enumerate(zip(prompts, cs))]
+    figure(path, labels, raw, gu, gg, f_u, f_g, [False] * len(cs))
+    return {"cases": [{"prompt": p, "style": c["style"], "edge_f1_unguided": float(u), "edge_f1_guided": float(g)}
+                      for p, c, u, g in zip(prompts, cs, f_u, f_g)]}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model")
@@ -149,8 +266,16 @@ def main() -> int:
     ap.add_argument("--cfg", type=float, default=None, help="default: the model's recommended cfg, else 7.5")
     ap.add_argument("--beta", type=float, default=1.6)
     ap.add_argument("--stop", type=float, default=0.5)
+    ap.add_argument("--groups", default=",".join(GROUPS), help="prompt groups for adherence (comma-separated): "
+                    "template (the data set's caption), train (natural captions, training templates), held_out "
+                    "(natural captions, held-out templates)")
+    ap.add_argument("--unguided-only", action="store_true", help="adherence without the sketch-guided half")
+    ap.add_argument("--sampler", default="ddim")
+    ap.add_argument("--cli", help="the sketchguide executable: generate with the C engine (any of its samplers)")
     ap.add_argument("--json", help="write the figures here")
     ap.add_argument("--figure", help="write a PNG of sketches, unguided and guided results side by side")
+    ap.add_argument("--evidence", help="write docs/evidence.png here: natural prompts, one sketch per style of "
+                    "tools/sketches.py")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -167,42 +292,26 @@ def main() -> int:
         pred = [o.argmax(1) for o in net(x)]
     res["classifier_accuracy_real"] = {k: float((p == l).float().mean()) for k, p, l in zip(("shape", "fg", "bg"), pred, lab)}
 
-    n = a.adherence
-    params = [shapes.sample_params(EVAL_SEED + i) for i in range(n)]
-    prompts = [shapes.caption(p) for p in params]
-    seeds = list(range(n))
-    truth = [np.array([shapes.SHAPES.index(p["shape"]) for p in params]),
-             np.array([shapes.COLOUR_NAMES.index(p["fg"]) for p in params]),
-             np.array([shapes.COLOUR_NAMES.index(p["bg"]) for p in params])]
-    imgs_u = generate(model, prompts, None, seeds, 0.0, 0.0, a.steps, cfg)
-    pu = classify(net, imgs_u)
-    res["unguided"] = {"shape": float((pu[0] == truth[0]).mean()), "fg": float((pu[1] == truth[1]).mean()),
-                       "bg": float((pu[2] == truth[2]).mean()),
-                       "fg_and_bg": float(((pu[1] == truth[1]) & (pu[2] == truth[2])).mean())}
-    print("unguided adherence:", json.dumps(res["unguided"]), flush=True)
-    if model.lgp is not None:
-        # guided by an out-of-domain sketch of the prompt's shape, placed independently of the prompt's seed
-        sk = []
-        for i, p in enumerate(params):
-            q = dict(shapes.sample_params(EVAL_SEED + 100_000 + i), shape=p["shape"])
-            sk.append(sketch_for(q, i, True, size) / 255.0)
-        targets = ref.edge_target(model, np.stack(sk))
-        imgs_g = generate(model, prompts, targets, seeds, a.beta, a.stop, a.steps, cfg)
-        pg = classify(net, imgs_g)
-        res["guided"] = {"shape": float((pg[0] == truth[0]).mean()), "fg": float((pg[1] == truth[1]).mean()),
-                         "bg": float((pg[2] == truth[2]).mean()),
-                         "fg_and_bg": float(((pg[1] == truth[1]) & (pg[2] == truth[2])).mean())}
-        print("guided adherence:", json.dumps(res["guided"]), flush=True)
-
+    engine = Engine(model, a.cli, a.sampler)
+    res["sampler"] = a.sampler
+    res["engine"] = "c-cli" if a.cli else "python-reference"
+    res["adherence"] = {}
+    for group in a.groups.split(","):
+        res["adherence"][group] = adherence(engine, net, group, a.adherence, size, a.beta, a.stop, a.steps, cfg,
+                                            guided=not a.unguided_only)
+    if "template" in res["adherence"]:  # the earlier layout's figures: the template group
+        res["unguided"] = res["adherence"]["template"]["unguided"]
+        if "guided" in res["adherence"]["template"]:
+            res["guided"] = res["adherence"]["template"]["guided"]
+    if model.lgp is not None and a.fidelity > 0:
         m = a.fidelity
         fp = [shapes.sample_params(EVAL_SEED + 200_000 + i) for i in range(m)]
         fprompts = [shapes.caption(p) for p in fp]
         fsk = [sketch_for(dict(shapes.sample_params(EVAL_SEED + 300_000 + i), shape=p["shape"]), i, i % 2 == 1, size)
                for i, p in enumerate(fp)]
-        ft = ref.edge_target(model, np.stack(fsk) / 255.0)
         fseeds = list(range(1000, 1000 + m))
-        gu = generate(model, fprompts, None, fseeds, 0.0, 0.0, a.steps, cfg)
-        gg = generate(model, fprompts, ft, fseeds, a.beta, a.stop, a.steps, cfg)
+        gu = engine.generate(fprompts, None, fseeds, 0.0, 0.0, a.steps, cfg)
+        gg = engine.generate(fprompts, [s / 255.0 for s in fsk], fseeds, a.beta, a.stop, a.steps, cfg)
         f_u = np.array([edges.f1(edges.detect(im), s) for im, s in zip(gu, fsk)])
         f_g = np.array([edges.f1(edges.detect(im), s) for im, s in zip(gg, fsk)])
         ood = np.arange(m) % 2 == 1
@@ -216,6 +325,8 @@ def main() -> int:
         print("edge F1:", json.dumps(res["edge_f1"]), flush=True)
         if a.figure:
             figure(a.figure, fprompts[:8], fsk[:8], gu[:8], gg[:8], f_u[:8], f_g[:8], ood[:8])
+    if a.evidence:
+        res["evidence"] = evidence(a.evidence, engine, size, a.beta, a.stop, a.steps, cfg)
     res["seconds"] = round(time.time() - t0, 1)
     if a.json:
         with open(a.json, "w") as f:
