@@ -329,7 +329,7 @@ int sg_generate(sg_model *m, const sg_generate_params *p, sg_result *out, char *
        * fresh noise of an ancestral step is taken out while the move is normalised and put back after it (counted
        * in, it made the move several times larger with ddpm and euler_a; docs/guidance.md) */
       float betas[MAX_IMAGES], cn = (float)sg_sampler_noise_scale(g.sampler, i);
-      for (int32_t k = 0; k < g.n; k++) betas[k] = (float)p->beta;
+      for (int32_t k = 0; k < g.n; k++) betas[k] = (float)(p->beta * sg_sampler_move_ratio(g.sampler, i));
       for (size_t k = 0; cn != 0.0f && k < tot; k++) g.tmp[k] -= cn * g.noise[k];
       if (ts_guidance_move(g.tmp, g.z, g.grad, betas, g.n, (int64_t)g.len)) goto runtime;
       for (size_t k = 0; cn != 0.0f && k < tot; k++) g.tmp[k] += cn * g.noise[k];

@@ -214,6 +214,13 @@ double sg_sampler_noise_scale(const sg_sampler *s, int32_t i) {
   return up;
 }
 
+double sg_sampler_move_ratio(const sg_sampler *s, int32_t i) {
+  if (!s || i < 0 || i >= s->p.steps || s->p.kind != SG_SAMPLER_EULER_A) return 1.0;
+  double up, down, sg = s->sigma[i], sn = s->sigma[i + 1];
+  ancestral_sigmas(s, i, &up, &down);
+  return sg > down ? (sg - sn) / (sg - down) : 1.0;
+}
+
 int sg_sampler_step(sg_sampler *s, int32_t i, const float *x, const float *eps, const float *noise, float *x_prev) {
   if (!s || i < 0 || i >= s->p.steps || !x || !eps || !x_prev) return SG_SAMPLER_EINVAL;
   int noisy = sg_sampler_needs_noise(s, i);

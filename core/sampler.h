@@ -88,6 +88,11 @@ int sg_sampler_needs_noise(const sg_sampler *s, int32_t i);
  * Guidance normalises its move by the mean's move alone (docs/guidance.md). */
 double sg_sampler_noise_scale(const sg_sampler *s, int32_t i);
 
+/* How much larger the probability-flow (noise-free) step's move is than the mean's move of step i: Euler ancestral's
+ * mean goes to sigma_down, below the next sigma, so guidance scales its move by (sigma - sigma_next) / (sigma -
+ * sigma_down); 1 for the other samplers (docs/guidance.md). */
+double sg_sampler_move_ratio(const sg_sampler *s, int32_t i);
+
 /* One step from state x with noise prediction eps (and noise, when needed) to x_prev (may alias x). Steps must
  * be taken in order 0, 1, ... for DPM++ 2M. Returns 0 or SG_SAMPLER_EINVAL. */
 int sg_sampler_step(sg_sampler *s, int32_t i, const float *x, const float *eps, const float *noise, float *x_prev);

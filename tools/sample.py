@@ -347,7 +347,10 @@ def sample(model: Model, prompt: Union[str, List[str]], target: Optional[torch.T
             down = math.sqrt(max(sn * sn - up * up, 0.0))
             z_prev = z + eps * (down - sg)
             sigma = up if sn > 0 else 0.0
+            # the mean moves to sigma_down, below sigma_next: the move is measured as the ODE step's, to sigma_next
+            ratio = (sg - sn) / (sg - down) if sg > down else 1.0
         else:
+            ratio = 1.0
             a_t = abar[t].item()
             a_p = abar[t - k].item() if t - k >= 0 else abar[0].item()
             x0 = (z - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
@@ -368,7 +371,7 @@ def sample(model: Model, prompt: Union[str, List[str]], target: Optional[torch.T
             with torch.no_grad():
                 move = (z - z_prev).flatten(1).norm(dim=1)
                 gn = g.flatten(1).norm(dim=1)
-                alpha = torch.where(gn > 0, beta * move / gn.clamp_min(1e-30), torch.zeros_like(gn))
+                alpha = torch.where(gn > 0, (beta * ratio) * move / gn.clamp_min(1e-30), torch.zeros_like(gn))
                 z_prev = z_prev - alpha[:, None, None, None] * g
         if sigma > 0:
             z_prev = z_prev + sigma * torch.stack([torch.randn(model.latent_shape, generator=g) for g in gens]).to(model.device)
