@@ -138,7 +138,9 @@ def test_load_sketch(tmp_path):
     s = ref.load_sketch(str(tmp_path / "dark.png"), 32)
     # thresholded at 64, then every 2 x 2 box with a stroke pixel is a stroke: columns 15 and 16 of rows 5 to 24
     assert s.shape == (32, 32) and s[5:25, 15:17].all() and s.sum() == 40
-    assert ref.load_sketch(str(tmp_path / "dark.png"), 32, invert="false").sum() > 900
+    # not inverted, the white page is one filled region: as drawn (filled false) it is all strokes, else its outline
+    assert ref.load_sketch(str(tmp_path / "dark.png"), 32, invert="false", filled="false").sum() > 900
+    assert ref.load_sketch(str(tmp_path / "dark.png"), 32, invert="false").sum() < 300
     rgba = np.zeros((64, 64, 4), np.uint8)
     rgba[20:40, 20:22] = (0, 0, 0, 255)  # black stroke on a transparent background: flattened onto white
     Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
