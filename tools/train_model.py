@@ -13,6 +13,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # torch runs its own thread 
 import argparse
 import json
 import math
+import shutil
 import subprocess
 import sys
 import time
@@ -168,6 +169,113 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, ids_s: torch.Tens
     return ((student - teacher).pow(2) * mask).sum() / (mask.sum() * student.shape[-1]).clamp_min(1)
 
 
+def distill_text(work: str, cfg: dict, steps: int, batch: int = 48, lr: float = 1e-3) -> None:
+    """Trains the text encoder of DIR/unet.pt alone (the U-Net, VAE and so the LGP stay as they are), cheaply:
+    distill_loss of its reading of natural captions (shapes.natural_caption of shapes.natural_params) against the
+    starting encoder's (DIR/teacher_text.pt) reading of the template caption of the same picture. Warm-up over
+    100 steps, cosine decay to a tenth; the result replaces both the text weights and their EMA; resumable (the
+    step it reached is kept in the checkpoint as text_distill_step)."""
+    path = os.path.join(work, "unet.pt")
+    ck = torch.load(path)
+    done = int(ck.get("text_distill_step", 0))
+    if done >= steps:
+        return
+    tok = clip_tokenizer.Tokenizer.from_files(os.path.join(work, "tokenizer"))
+    text, teacher = sdmodels.CLIPTextModel(cfg["text"]), sdmodels.CLIPTextModel(cfg["text"])
+    text.load_state_dict(ck["text"])
+    teacher.load_state_dict(torch.load(os.path.join(work, "teacher_text.pt")))
+    teacher.eval().requires_grad_(False)
+    opt = torch.optim.AdamW(text.parameters(), lr, weight_decay=0.0)
+    if ck.get("text_distill_opt") is not None:
+        opt.load_state_dict(ck["text_distill_opt"])
+    n_unet = len(list(sdmodels.UNetModel(cfg["unet"]).parameters()))
+    t0, run = time.time(), 0.0
+    for step in range(done + 1, steps + 1):
+        rng = np.random.default_rng([step, 271828])
+        ps = [shapes.natural_params(int(x)) for x in rng.integers(0, 10 ** 7, batch)]
+        ids_s = torch.tensor([tok.input_ids(shapes.natural_caption(p, rng)) for p in ps])
+        ids_t = torch.tensor([tok.input_ids(shapes.caption(p)) for p in ps])
+        with torch.no_grad():
+            tgt = teacher(ids_t)
+        loss = distill_loss(text(ids_s), tgt, ids_s, ids_t, tok.eot_id)
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, step / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        run += loss.item()
+        if step % 50 == 0:
+            log("text distill step %d/%d loss %.4f (%.2f s/step)" % (step, steps, run / 50, (time.time() - t0) / 50))
+            t0, run = time.time(), 0.0
+        if step % 200 == 0 or step == steps:
+            ck["text"] = text.state_dict()
+            ck["ema"] = ck["ema"][:n_unet] + [p.detach().clone() for p in text.parameters()]
+            ck["text_distill_step"], ck["text_distill_opt"] = step, opt.state_dict()
+            torch.save(ck, path + ".tmp")
+            os.replace(path + ".tmp", path)
+
+
+def train_text(work: str, cfg: dict, steps: int, batch: int = 24, lr: float = 1e-3) -> None:
+    """Trains the text encoder of DIR/unet.pt alone with the diffusion loss through the frozen U-Net (the U-Net,
+    VAE and so the LGP stay the starting model's): pictures drawn and encoded as needed (shapes.natural_params,
+    DIR/vae.pt), each with a natural caption (a tenth empty, so that classifier-free guidance's unconditional
+    reading stays the U-Net's); min-SNR-5 weighting, warm-up over 50 steps, cosine decay to a tenth. The result
+    replaces the text weights and their EMA; resumable (text_step in the checkpoint)."""
+    path = os.path.join(work, "unet.pt")
+    ck = torch.load(path)
+    done = int(ck.get("text_step", 0))
+    if done >= steps:
+        return
+    tok = clip_tokenizer.Tokenizer.from_files(os.path.join(work, "tokenizer"))
+    unet, text = sdmodels.UNetModel(cfg["unet"]), sdmodels.CLIPTextModel(cfg["text"])
+    n_unet = len(list(unet.parameters()))
+    with torch.no_grad():  # the exported (EMA) U-Net is the one to read
+        unet.load_state_dict(ck["unet"])
+        for p, e in zip(unet.parameters(), ck["ema"][:n_unet]):
+            p.copy_(e)
+    unet.requires_grad_(False)
+    text.load_state_dict(ck["text"])
+    vae = sdmodels.AutoencoderKL(cfg["vae"])
+    vae.load_state_dict(torch.load(os.path.join(work, "vae.pt")))
+    vae.eval().requires_grad_(False)
+    opt = torch.optim.AdamW(text.parameters(), lr, weight_decay=0.0)
+    if ck.get("text_opt") is not None:
+        opt.load_state_dict(ck["text_opt"])
+    abar = alphas_cumprod(cfg["schedule"]).float()
+    snr = abar / (1 - abar)
+    weight = torch.clamp(snr, max=5.0) / snr
+    empty = tok.input_ids("")
+    t0, run = time.time(), 0.0
+    for step in range(done + 1, steps + 1):
+        rng = np.random.default_rng([step, 161803])
+        gen = torch.Generator().manual_seed(step)
+        ps = [shapes.natural_params(int(x)) for x in rng.integers(0, 10 ** 7, batch)]
+        with torch.no_grad():
+            z0 = vae.encode_moments(to_tensor(np.stack([shapes.render(p)[0] for p in ps])))[0] * cfg["vae"]["scaling_factor"]
+        cond = torch.tensor([empty if rng.random() < 0.1 else tok.input_ids(shapes.natural_caption(p, rng)) for p in ps])
+        t = torch.randint(0, abar.numel(), (batch,), generator=gen)
+        noise = torch.randn(z0.shape, generator=gen)
+        a_t = abar[t][:, None, None, None]
+        eps = unet(a_t.sqrt() * z0 + (1 - a_t).sqrt() * noise, t, text(cond))[0]
+        loss = ((eps - noise).pow(2).mean(dim=(1, 2, 3)) * weight[t]).mean()
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, step / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(text.parameters(), 1.0)
+        opt.step()
+        run += loss.item()
+        if step % 25 == 0:
+            log("text step %d/%d loss %.4f (%.2f s/step)" % (step, steps, run / 25, (time.time() - t0) / 25))
+            t0, run = time.time(), 0.0
+        if step % 50 == 0 or step == steps:
+            ck["text"] = text.state_dict()
+            ck["ema"] = ck["ema"][:n_unet] + [p.detach().clone() for p in text.parameters()]
+            ck["text_step"], ck["text_opt"] = step, opt.state_dict()
+            torch.save(ck, path + ".tmp")
+            os.replace(path + ".tmp", path)
+
+
 def train_unet(work: str, cfg: dict, data: dict, steps: int, batch: int = 32, lr: float = 4e-4,
                ema_decay: float = 0.999, distill: float = 0.0) -> None:
     """Trains (or continues) the U-Net and text encoder to `steps`: warm-up over 500 steps (a tenth of the run
@@ -294,6 +402,11 @@ def init_from(work: str, cfg: dict, model_dir: str) -> None:
     log("initialised from %s at step %d" % (model_dir, step))
 
 
+def _manifest_steps(model_dir: str) -> int:
+    with open(os.path.join(model_dir, "model.json")) as f:
+        return int(json.load(f).get("source", {}).get("train_steps") or 0)
+
+
 def write_checkpoint(work: str, cfg: dict) -> str:
     """Writes DIR/shapes.safetensors: EMA U-Net and text encoder, VAE, LDM key names, config in the metadata."""
     ck = torch.load(os.path.join(work, "unet.pt"))
@@ -324,6 +437,12 @@ def main() -> int:
                     "fine-tune wants less, e.g. 0.995, or the EMA keeps much of the starting model)")
     ap.add_argument("--distill", type=float, default=0.0, help="weight of the text-encoder distillation loss "
                     "(with --init-from: natural captions read like the starting model reads the template caption)")
+    ap.add_argument("--text-distill-steps", type=int, default=0, help="with --init-from: first train the text "
+                    "encoder alone this many steps (distill_text: cheap, no data set; the U-Net and LGP are kept "
+                    "when --unet-steps is not above the starting model's steps)")
+    ap.add_argument("--text-steps", type=int, default=0, help="with --init-from: train the text encoder alone "
+                    "through the frozen U-Net this many steps (train_text; no data set needed)")
+    ap.add_argument("--text-lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--lgp-steps", type=int, default=2000)
     ap.add_argument("--init-from", help="an exported shapes model to continue from when DIR has no checkpoint "
@@ -332,11 +451,6 @@ def main() -> int:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     os.makedirs(a.work, exist_ok=True)
-    data_path = os.path.join(a.work, "data.npz")
-    if not os.path.exists(data_path):
-        log("generating %d samples" % a.samples)
-        make_data(data_path, a.samples)
-    data = dict(np.load(data_path))
     cfg = json.loads(json.dumps(SHAPES_CONFIG))
     tok_dir = os.path.join(a.work, "tokenizer")
     scale = None
@@ -345,18 +459,48 @@ def main() -> int:
             scale = float(json.load(f)["scaling_factor"])
         if not os.path.exists(os.path.join(tok_dir, "merges.txt")):
             clip_tokenizer.Tokenizer.from_files(a.init_from).write(tok_dir)
+    unet_path = os.path.join(a.work, "unet.pt")
+    if os.path.exists(unet_path):
+        unet_done = bool(a.init_from) and torch.load(unet_path)["step"] >= a.unet_steps
+    else:  # init_from will seed it at the model's steps
+        unet_done = bool(a.init_from) and int(_manifest_steps(a.init_from)) >= a.unet_steps
+    data = None
+    if not unet_done:
+        data_path = os.path.join(a.work, "data.npz")
+        if not os.path.exists(data_path):
+            log("generating %d samples" % a.samples)
+            make_data(data_path, a.samples)
+        data = dict(np.load(data_path))
     if not os.path.exists(os.path.join(tok_dir, "merges.txt")):
         clip_tokenizer.learn(list(data["captions"])).write(tok_dir)
     cfg["text"]["vocab_size"] = clip_tokenizer.Tokenizer.from_files(tok_dir).vocab_size
-    if a.init_from and not os.path.exists(os.path.join(a.work, "unet.pt")):
+    if a.init_from and not os.path.exists(unet_path):
         init_from(a.work, cfg, a.init_from)
-    train_vae(a.work, cfg, data, a.vae_steps)
-    encode_latents(a.work, cfg, data, scale)
-    cfg["vae"]["scaling_factor"] = round(torch.load(os.path.join(a.work, "latents.pt"))["scaling_factor"], 5)
-    train_unet(a.work, cfg, data, a.unet_steps, lr=a.lr, ema_decay=a.ema, distill=a.distill)
+    if a.text_distill_steps:
+        distill_text(a.work, cfg, a.text_distill_steps)
+    if a.text_steps:
+        cfg["vae"]["scaling_factor"] = scale
+        train_text(a.work, cfg, a.text_steps, lr=a.text_lr)
+    unet_trained = torch.load(unet_path)["step"] < a.unet_steps if os.path.exists(unet_path) else True
+    if a.init_from and not unet_trained:  # the U-Net (and so the VAE, latents and LGP) stay the starting model's
+        cfg["vae"]["scaling_factor"] = scale
+    else:
+        if data is None:
+            data = dict(np.load(os.path.join(a.work, "data.npz")))
+        train_vae(a.work, cfg, data, a.vae_steps)
+        encode_latents(a.work, cfg, data, scale)
+        cfg["vae"]["scaling_factor"] = round(torch.load(os.path.join(a.work, "latents.pt"))["scaling_factor"], 5)
+        train_unet(a.work, cfg, data, a.unet_steps, lr=a.lr, ema_decay=a.ema, distill=a.distill)
     ckpt = write_checkpoint(a.work, cfg)
     log("checkpoint %s" % ckpt)
-    if a.out:
+    if a.out and a.init_from and not unet_trained:  # same U-Net: export over a copy of the starting model, LGP kept
+        here = os.path.dirname(os.path.abspath(__file__))
+        if os.path.abspath(a.out) != os.path.abspath(a.init_from):
+            os.makedirs(a.out, exist_ok=True)
+            for f in ("model.json", "lgp.pt"):
+                shutil.copyfile(os.path.join(a.init_from, f), os.path.join(a.out, f))
+        subprocess.check_call([sys.executable, os.path.join(here, "export.py"), ckpt, "--out", a.out, "--vocab", tok_dir])
+    elif a.out:
         here = os.path.dirname(os.path.abspath(__file__))
         subprocess.check_call([sys.executable, os.path.join(here, "export.py"), ckpt, "--out", a.out, "--vocab", tok_dir])
         steps = torch.load(os.path.join(a.work, "unet.pt"))["step"]
