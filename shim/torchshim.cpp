@@ -278,6 +278,18 @@ ts_tensor *ts_tensor_from_host(const void *data, ts_dtype dtype, const int64_t *
   });
 }
 
+ts_tensor *ts_tensor_cat(const ts_tensor *const *parts, int n) {
+  return guard<ts_tensor *>(nullptr, [&] {
+    if (!parts || n < 1) throw std::invalid_argument("no tensors to concatenate");
+    std::vector<at::Tensor> v;
+    for (int i = 0; i < n; i++) {
+      if (!parts[i]) throw std::invalid_argument("NULL tensor");
+      v.push_back(parts[i]->t);
+    }
+    return wrap(n == 1 ? v[0] : torch::cat(v, 0));
+  });
+}
+
 int ts_tensor_to_host(const ts_tensor *t, void *out, size_t bytes) {
   return guard<int>(TS_ERROR, [&] {
     if (!t || (!out && bytes)) throw std::invalid_argument("bad arguments");

@@ -89,6 +89,10 @@ int ts_guidance_move(float *z_prev, const float *z, const float *grad, const flo
 void ts_profile_enable(int on);
 void ts_profile_take(double *unet_forward, double *lgp, double *backward);
 
+/* The n tensors parts[0..n) (the same one may repeat) concatenated along dimension 0, as torch.cat(parts); one part
+ * gives a new reference to it. Returns a new tensor or NULL. */
+ts_tensor *ts_tensor_cat(const ts_tensor *const *parts, int n);
+
 /* Tensors. from_host copies ndim dims of data (dtype as given) onto device; to_host converts to float32 (or
  * int64 for integer tensors) and copies exactly bytes bytes, which must match the tensor's size. */
 ts_tensor *ts_tensor_from_host(const void *data, ts_dtype dtype, const int64_t *shape, int ndim, const char *device);
