@@ -1,4 +1,4 @@
-/* The job manager: a bounded FIFO, worker threads running sg_generate, a timer for deadlines and eviction,
+/* The job manager: a bounded FIFO, worker threads stepping batches of generations, a timer for deadlines and eviction,
  * refcounted job records, watches and counters (see jobs.h).
  *
  * One mutex guards everything below; it is released around inference, PNG encoding, callbacks and logging. A job
@@ -68,6 +68,7 @@ struct job {
   int32_t stop_step, steps, n_images;
   int64_t seed;
   sg_sampler_kind sampler;
+  int solo; /* batching off: runs alone */
   /* progress and result */
   int32_t step;
   int32_t worker;
@@ -464,16 +465,9 @@ static void cancel_all_locked(sg_jobs *q, sg_job_error why, const char *msg, job
 
 /* ---- workers ---- */
 
-typedef struct {
-  sg_jobs *q;
-  job *j;
-} run_ctx;
-
-/* sg_generate's progress hook: records the step, checks the cancel flag and the deadline, sends the event. */
-static int on_progress(void *user, int32_t step, int32_t total) {
-  run_ctx *c = user;
-  sg_jobs *q = c->q;
-  job *j = c->j;
+/* Records a step of running j, checks its cancel flag and deadline, sends the progress event. Returns 1 when j
+ * should stop. Lock not held. */
+static int on_progress(sg_jobs *q, job *j, int32_t step, int32_t total) {
   pthread_mutex_lock(&q->mu);
   j->step = step;
   q->st.steps++;
@@ -525,10 +519,8 @@ static int encode_png(const job *j, const sg_model *m, const sg_result *r, int32
                        errlen);
 }
 
-/* Runs j (RUNNING, referenced by the caller) on w's model and records its end. Lock not held. */
-static void run_job(worker *w, job *j) {
-  sg_jobs *q = w->q;
-  run_ctx ctx = {q, j};
+/* The generation parameters of job j. */
+static sg_generate_params params_of(const sg_jobs *q, const job *j) {
   sg_generate_params p = q->defaults;
   p.prompt = j->prompt;
   p.negative_prompt = j->negative;
@@ -542,32 +534,34 @@ static void run_job(worker *w, job *j) {
   p.sampler = j->sampler;
   p.eta = j->eta;
   p.n_images = j->n_images;
-  p.progress = on_progress;
-  p.progress_user = &ctx;
+  p.progress = NULL;
   p.cancel = NULL; /* the flag lives under the lock; on_progress reads it */
-  log_line(q, SG_JOBS_LOG_DEBUG, "%s: job %s on worker %d (%d steps, %d images)", __func__, j->id, (int)w->index,
-        (int)j->steps, (int)j->n_images);
-  sg_result r;
-  char err[256] = "";
-  int rc = sg_generate(w->m, &p, &r, err, sizeof err);
+  return p;
+}
+
+/* Ends running j (referenced by the caller) on w: with rc 0 encodes r's images (and frees r), else records the
+ * failure err (SG_GENERATE_ECANCEL: the reason set on the job); then finishes it, sends its END and drops the
+ * worker's hold on it. Lock not held. */
+static void end_job(worker *w, job *j, int rc, char *err, size_t errlen, sg_result *r) {
+  sg_jobs *q = w->q;
   sg_job_error e = rc ? error_of(rc, err) : SG_JOB_ERR_NONE;
   blob *images = NULL;
   if (rc == 0) {
-    images = calloc((size_t)r.n, sizeof *images);
+    images = calloc((size_t)r->n, sizeof *images);
     if (!images) {
       e = SG_JOB_ERR_NOMEM;
-      snprintf(err, sizeof err, "out of memory");
+      snprintf(err, errlen, "out of memory");
     }
-    for (int32_t k = 0; images && k < r.n && e == SG_JOB_ERR_NONE; k++) {
+    for (int32_t k = 0; images && k < r->n && e == SG_JOB_ERR_NONE; k++) {
       char perr[200] = "";
-      int prc = encode_png(j, w->m, &r, k, &images[k], perr, sizeof perr);
+      int prc = encode_png(j, w->m, r, k, &images[k], perr, sizeof perr);
       if (prc) {
         e = prc == SG_IMAGE_ENOMEM ? SG_JOB_ERR_NOMEM : SG_JOB_ERR_RUNTIME;
-        snprintf(err, sizeof err, "PNG encoding: %s", perr);
+        snprintf(err, errlen, "PNG encoding: %s", perr);
       }
     }
     if (e != SG_JOB_ERR_NONE && images) {
-      for (int32_t k = 0; k < r.n; k++) free(images[k].data);
+      for (int32_t k = 0; k < r->n; k++) free(images[k].data);
       free(images);
       images = NULL;
     }
@@ -577,14 +571,14 @@ static void run_job(worker *w, job *j) {
   if (e == SG_JOB_ERR_NONE) {
     state = SG_JOB_SUCCEEDED;
     j->images = images;
-    j->n_ready = r.n;
-    j->timings = r.timings;
-    j->guided_steps = r.guided_steps;
+    j->n_ready = r->n;
+    j->timings = r->timings;
+    j->guided_steps = r->guided_steps;
     err[0] = 0;
   } else if (e == SG_JOB_ERR_CANCELLED) {
     e = j->cancel != SG_JOB_ERR_NONE ? j->cancel : SG_JOB_ERR_CANCELLED;
     state = e == SG_JOB_ERR_TIMEOUT ? SG_JOB_FAILED : SG_JOB_CANCELLED;
-    snprintf(err, sizeof err, "%s at step %d of %d",
+    snprintf(err, errlen, "%s at step %d of %d",
              e == SG_JOB_ERR_TIMEOUT ? "deadline passed" : e == SG_JOB_ERR_SHUTDOWN ? "shut down" : "cancelled",
              (int)j->step, (int)j->steps);
   }
@@ -592,30 +586,32 @@ static void run_job(worker *w, job *j) {
   sg_job_event ev;
   end_event(q, j, &ev);
   pthread_mutex_unlock(&q->mu);
-  if (rc == 0) sg_result_free(&r);
+  if (rc == 0) sg_result_free(r);
   dispatch(q, j, &ev);
   log_line(q, state == SG_JOB_SUCCEEDED ? SG_JOBS_LOG_INFO : SG_JOBS_LOG_WARN, "%s: job %s %s in %.3f s%s%s", __func__,
         j->id, sg_job_state_name(state), j->t_finished - j->t_started, ev.message[0] ? ": " : "", ev.message);
+  pthread_mutex_lock(&q->mu);
+  q->n_running--; /* only now, so that drain returns after the END events went out */
+  pthread_cond_broadcast(&q->idle_cv);
+  unref_locked(q, j);
+  pthread_mutex_unlock(&q->mu);
 }
 
-static void *worker_main(void *arg) {
-  worker *w = arg;
-  sg_jobs *q = w->q;
-  pthread_mutex_lock(&q->mu);
-  for (;;) {
-    while (!q->stopping && !q->qhead) pthread_cond_wait(&q->work_cv, &q->mu);
-    if (q->stopping) break; /* sg_jobs_free emptied the queue */
+/* Takes queued jobs for w's batch (lock held): FIFO, up to max_batch members in all; a solo job (batching off)
+ * waits until the batch is empty and then runs alone. Jobs whose deadline passed are ended onto *pending. Returns
+ * how many were taken into out. */
+static int32_t admit_locked(sg_jobs *q, worker *w, int32_t cap, int32_t n_active, int solo_active, job **out,
+                            job **pending) {
+  int32_t n = 0;
+  double now = sg_jobs_now();
+  evict_due_locked(q, now);
+  while (q->qhead && !solo_active && n_active + n < cap) {
     job *j = q->qhead;
-    double now = sg_jobs_now();
-    evict_due_locked(q, now);
     if (j->deadline > 0 && now >= j->deadline) { /* the timer has not got to it yet */
-      job *pending = NULL;
-      end_queued_locked(q, j, SG_JOB_FAILED, SG_JOB_ERR_TIMEOUT, "deadline passed while queued", &pending);
-      pthread_mutex_unlock(&q->mu);
-      send_ends(q, pending);
-      pthread_mutex_lock(&q->mu);
+      end_queued_locked(q, j, SG_JOB_FAILED, SG_JOB_ERR_TIMEOUT, "deadline passed while queued", pending);
       continue;
     }
+    if (j->solo && n_active + n > 0) break; /* it waits at the head, so that the batch empties for it */
     list_remove(&q->qhead, &q->qtail, j);
     q->n_queued--;
     q->n_running++;
@@ -623,16 +619,87 @@ static void *worker_main(void *arg) {
     j->worker = w->index;
     j->t_started = now;
     j->w_started = wall_now();
-    j->refs++;
+    j->refs++; /* the worker's, until end_job */
     hist_observe(&q->st.queue_seconds, now - j->t_created);
+    out[n++] = j;
+    if (j->solo) solo_active = 1;
+  }
+  return n;
+}
+
+/* A worker: at every step boundary it retires the members that are done, failed or told to stop, admits queued
+ * jobs up to max_batch, and advances every member by one step in one batch call (server/jobs.h). */
+static void *worker_main(void *arg) {
+  worker *w = arg;
+  sg_jobs *q = w->q;
+  int32_t cap = q->p.max_batch;
+  job **jobs = calloc((size_t)cap, sizeof *jobs), **fresh = calloc((size_t)cap, sizeof *fresh);
+  sg_generation **gens = calloc((size_t)cap, sizeof *gens);
+  int *rcs = calloc((size_t)cap, sizeof *rcs);
+  char(*errs)[256] = calloc((size_t)cap, sizeof *errs);
+  job *jobs1[1], *fresh1[1];
+  sg_generation *gens1[1];
+  int rcs1[1];
+  char errs1[1][256];
+  if (!jobs || !fresh || !gens || !rcs || !errs) { /* out of memory: batches of one */
+    free(jobs), free(fresh), free(gens), free(rcs), free(errs);
+    jobs = jobs1, fresh = fresh1, gens = gens1, rcs = rcs1, errs = errs1, cap = 1;
+    log_line(q, SG_JOBS_LOG_WARN, "%s: worker %d: out of memory for a batch of %d; running one job at a time",
+             __func__, (int)w->index, (int)q->p.max_batch);
+  }
+  int32_t n = 0;
+  pthread_mutex_lock(&q->mu);
+  for (;;) {
+    while (!q->stopping && !q->qhead && n == 0) pthread_cond_wait(&q->work_cv, &q->mu);
+    if (q->stopping && n == 0) break; /* sg_jobs_free emptied the queue */
+    job *pending = NULL;
+    int solo_active = n > 0 && jobs[0]->solo;
+    int32_t nf = admit_locked(q, w, cap, n, solo_active, fresh, &pending);
     pthread_mutex_unlock(&q->mu);
-    run_job(w, j);
+    send_ends(q, pending);
+    for (int32_t k = 0; k < nf; k++) {
+      job *j = fresh[k];
+      log_line(q, SG_JOBS_LOG_DEBUG, "%s: job %s on worker %d (%d steps, %d images, batch of %d)", __func__, j->id,
+               (int)w->index, (int)j->steps, (int)j->n_images, (int)(n + 1));
+      sg_generate_params p = params_of(q, j);
+      char err[256] = "";
+      sg_generation *g = NULL;
+      int rc = sg_generation_start(w->m, &p, &g, err, sizeof err);
+      if (rc) {
+        end_job(w, j, rc, err, sizeof err, NULL);
+        continue;
+      }
+      jobs[n] = j;
+      gens[n++] = g;
+    }
+    if (n > 0) {
+      sg_generation_step_batch(gens, n, rcs, errs[0], sizeof errs[0]);
+      int32_t kept = 0;
+      for (int32_t k = 0; k < n; k++) {
+        job *j = jobs[k];
+        sg_generation *g = gens[k];
+        int rc = rcs[k];
+        char *err = errs[k];
+        sg_result r;
+        if (rc == 0 && on_progress(q, j, sg_generation_step_index(g), sg_generation_steps(g))) {
+          rc = SG_GENERATE_ECANCEL;
+          snprintf(err, sizeof errs[k], "cancelled");
+        }
+        if (rc == 0 && !sg_generation_done(g)) {
+          jobs[kept] = j;
+          gens[kept++] = g;
+          continue;
+        }
+        if (rc == 0) rc = sg_generation_finish(g, &r, err, sizeof errs[k]);
+        sg_generation_free(g);
+        end_job(w, j, rc, err, sizeof errs[k], &r);
+      }
+      n = kept;
+    }
     pthread_mutex_lock(&q->mu);
-    q->n_running--; /* only now, so that drain returns after the END events went out */
-    pthread_cond_broadcast(&q->idle_cv);
-    unref_locked(q, j);
   }
   pthread_mutex_unlock(&q->mu);
+  if (jobs != jobs1) free(jobs), free(fresh), free(gens), free(rcs), free(errs);
   return NULL;
 }
 
@@ -673,7 +740,7 @@ static void *timer_main(void *arg) {
 /* ---- public ---- */
 
 sg_jobs_params sg_jobs_default_params(void) {
-  sg_jobs_params p = {16, 256, 600.0, 4096, NULL, NULL};
+  sg_jobs_params p = {16, 256, 600.0, 4096, NULL, NULL, 1};
   return p;
 }
 
@@ -749,6 +816,10 @@ sg_jobs *sg_jobs_new(sg_model *const *models, int32_t n_workers, sg_jobs_params 
     sg_set_err(err, errlen, "keep_finished_seconds: must be between 0 and 1e9");
     return NULL;
   }
+  if (p.max_batch < 1 || p.max_batch > SG_JOBS_MAX_BATCH) {
+    sg_set_err(err, errlen, "max_batch: must be between 1 and %d", SG_JOBS_MAX_BATCH);
+    return NULL;
+  }
   if (p.expired_ids_kept < 0 || p.expired_ids_kept > 10000000) {
     sg_set_err(err, errlen, "expired_ids_kept: must be between 0 and 10000000");
     return NULL;
@@ -787,6 +858,7 @@ sg_jobs *sg_jobs_new(sg_model *const *models, int32_t n_workers, sg_jobs_params 
   }
   q->st.workers = n_workers;
   q->st.max_queue = p.max_queue;
+  q->st.max_batch = p.max_batch;
   int rc = pthread_create(&q->timer, NULL, timer_main, q);
   q->timer_started = rc == 0;
   for (int32_t i = 0; i < n_workers && rc == 0; i++) {
@@ -900,6 +972,7 @@ static job *job_from_request(const sg_jobs *q, const sg_job_request *r) {
   j->eta = r->eta;
   j->n_images = r->n_images;
   j->deadline = r->deadline;
+  j->solo = r->solo != 0;
   j->worker = -1;
   return j;
 }
@@ -935,7 +1008,7 @@ static int submit(sg_jobs *q, const sg_job_request *req, sg_job_watch_fn cb, voi
     q->st.rejected_draining++;
     rc = SG_JOBS_EDRAINING;
     sg_set_err(err, errlen, "the service is shutting down");
-  } else if (q->n_queued >= q->p.max_queue + (q->n_workers - q->n_running)) {
+  } else if (q->n_queued >= q->p.max_queue + (q->n_workers * q->p.max_batch - q->n_running)) {
     q->st.rejected_full++;
     rc = SG_JOBS_EFULL;
     sg_set_err(err, errlen, "the queue is full (%d jobs waiting)", (int)q->n_queued);

@@ -28,6 +28,16 @@
  * have finished after it or keep_finished_seconds have passed since it finished; then it is evicted and its id
  * answers SG_JOBS_EEXPIRED (the last expired_ids_kept evicted ids are remembered) instead of SG_JOBS_ENOTFOUND.
  *
+ * Batching: at every step boundary a worker retires the jobs that finished, failed or must stop (cancel,
+ * deadline, drain: each job at its own next step, as alone), takes queued jobs in FIFO order up to max_batch, and
+ * advances all of them by one step with sg_generation_step_batch (each at its own step, sampler, cfg, guidance
+ * and n). Every job gets a progress event per step. A job is as fast as the batch's step: it slows as the batch
+ * grows only by what the batch costs more than one job (max_batch bounds it; set it where the device stops
+ * gaining). A job that fails (its sketch, its own error) fails alone. A batched job's images match the same job
+ * run alone to rounding (unguided latents within 1e-4; guided ones within a few 8-bit levels, docs/batching.md);
+ * a request with solo set waits for the worker's batch to empty and runs alone, bit-exact with sg_generate.
+ * max_batch 1 runs one job at a time, as before batching.
+ *
  * Errors: sg_jobs_new returns NULL with a message in err; every other call returns 0 (SG_JOBS_OK) or a negative
  * SG_JOBS_E* code. Logging goes through params.log only; nothing here prints, exits or aborts.
  *
@@ -58,6 +68,9 @@ extern "C" {
 
 /* Most extra PNG text chunks per request. */
 #define SG_JOBS_MAX_EXTRA_TEXT 16
+
+/* Most jobs one worker steps together (sg_jobs_params.max_batch). */
+#define SG_JOBS_MAX_BATCH 256
 
 /* Buckets of the duration histograms (see sg_jobs_hist). */
 #define SG_JOBS_HIST_BUCKETS 16
@@ -106,12 +119,15 @@ typedef enum { SG_JOBS_LOG_DEBUG = 0, SG_JOBS_LOG_INFO, SG_JOBS_LOG_WARN, SG_JOB
 typedef void (*sg_jobs_log_fn)(void *user, sg_jobs_log_level level, const char *msg);
 
 typedef struct {
-  int32_t max_queue;             /* jobs that may wait for a busy worker; 16. Beyond it, submit gets EFULL */
+  int32_t max_queue;             /* jobs that may wait for a busy worker (beyond the free places of the workers'
+                                    batches); 16. Beyond it, submit gets EFULL */
   int32_t keep_finished_count;   /* finished jobs kept; 256 (0 evicts a job as soon as it finishes) */
   double keep_finished_seconds;  /* how long a finished job is kept; 600 */
   int32_t expired_ids_kept;      /* evicted ids remembered for EEXPIRED; 4096 */
   sg_jobs_log_fn log;            /* NULL: no logging */
   void *log_user;
+  int32_t max_batch;             /* jobs one worker advances together, one U-Net pass per step for all; 1 (one job at
+                                    a time), up to SG_JOBS_MAX_BATCH */
 } sg_jobs_params;
 
 /* A generation request. sg_jobs_submit deep-copies it (strings, sketch, text chunks), so the caller may free its
@@ -133,6 +149,7 @@ typedef struct {
   const char *model_name;      /* the PNG "model" chunk; NULL = the model's own name */
   const char *const *extra_text; /* further PNG text chunks as key, value pairs: 2 x n_extra_text strings */
   int32_t n_extra_text;        /* 0 .. SG_JOBS_MAX_EXTRA_TEXT */
+  int solo;                    /* 1: never batched with other jobs (bit-exact with sg_generate; see Batching) */
 } sg_job_request;
 
 /* Fixed-bucket histogram of durations in seconds, Prometheus style: le[i] = sg_jobs_hist_bounds()[i], buckets[i]
@@ -156,7 +173,7 @@ typedef struct {
                                    a job someone asked to cancel counts as collected. Exact: each finished job is
                                    counted once and leaves the count once, when collected or evicted, so it is never
                                    negative. A draining service may wait for them. */
-  int32_t workers, max_queue;
+  int32_t workers, max_queue, max_batch;
   int draining;                 /* 1 after sg_jobs_drain */
   uint64_t submitted, succeeded, failed, cancelled, timed_out, shutdown;
   uint64_t rejected_full, rejected_draining, rejected_invalid;
@@ -209,7 +226,7 @@ typedef struct {
 typedef void (*sg_job_watch_fn)(void *user, const sg_job_event *ev);
 
 /* Returns the defaults: max_queue 16, keep_finished_count 256, keep_finished_seconds 600, expired_ids_kept 4096,
- * no log. */
+ * no log, max_batch 1. */
 sg_jobs_params sg_jobs_default_params(void);
 
 /* Returns the current CLOCK_MONOTONIC time in seconds, the clock of sg_job_request.deadline. */

@@ -1,5 +1,5 @@
 /* Tests of server/jobs.c on the bundled model: results as PNG, queue order and limits, cancel, deadlines, expiry,
- * events, the uncollected count, many threads at once, drain and shutdown. jobs.c is included rather than linked, so
+ * events, the uncollected count, many threads at once, drain and shutdown, and batches of jobs (max_batch). jobs.c is included rather than linked, so
  * that check_books can compare the count with the records and a test can make an image's copy fail. */
 #include <math.h>
 #include <pthread.h>
@@ -1040,6 +1040,263 @@ static void test_invalid(void) {
   printf("invalid: ok\n");
 }
 
+/* ---- batching (max_batch > 1) ---- */
+
+/* The largest n_running seen by batch_watch callbacks, which run on the worker between steps. */
+static int32_t most_running;
+
+typedef struct {
+  collector c;
+  sg_jobs *q;
+  int32_t order[4096]; /* the sequence of (job tag) of progress events, shared by every watch of one test */
+} batch_log;
+
+static batch_log blog;
+static int32_t blog_n;
+
+typedef struct {
+  collector c;
+  int32_t tag;
+} tagged;
+
+static void batch_watch(void *user, const sg_job_event *ev) {
+  tagged *t = user;
+  pthread_mutex_lock(&blog.q->mu);
+  if (blog.q->n_running > most_running) most_running = blog.q->n_running;
+  pthread_mutex_unlock(&blog.q->mu);
+  if (ev->kind == SG_JOB_EVENT_PROGRESS) {
+    int32_t i = __atomic_fetch_add(&blog_n, 1, __ATOMIC_SEQ_CST);
+    if (i < 4096) blog.order[i] = t->tag;
+  }
+  collect(&t->c, ev);
+}
+
+/* Decodes job id's image k and returns the largest difference in levels from pixels (n bytes); -1 on failure. */
+static int png_diff(sg_jobs *q, const char *id, int32_t k, const uint8_t *pixels, size_t n) {
+  uint8_t *png;
+  size_t len;
+  if (sg_jobs_image(q, id, k, &png, &len)) return -1;
+  sg_image im;
+  char err[128];
+  int rc = sg_image_decode(png, len, sg_image_default_params(), &im, err, sizeof err);
+  free(png);
+  if (rc || (size_t)im.width * im.height * im.channels != n) return -1;
+  int d = 0;
+  for (size_t i = 0; i < n; i++) {
+    int e = abs((int)im.pixels[i] - (int)pixels[i]);
+    if (e > d) d = e;
+  }
+  sg_image_free(&im);
+  return d;
+}
+
+/* The request as sg_generate params, for the solo reference. */
+static sg_generate_params gen_params(const sg_job_request *r) {
+  sg_generate_params p = sg_generate_default_params(model);
+  p.prompt = r->prompt;
+  p.negative_prompt = r->negative_prompt;
+  p.sketch = r->sketch;
+  p.beta = r->beta;
+  p.stop = r->stop;
+  p.stop_step = r->stop_step;
+  p.steps = r->steps;
+  p.cfg = r->cfg;
+  p.seed = r->seed;
+  p.sampler = r->sampler;
+  p.eta = r->eta;
+  p.n_images = r->n_images;
+  return p;
+}
+
+static float *square_sketch(int nan_pixel) {
+  int32_t S = sg_model_get_info(model)->image_size;
+  float *s = calloc((size_t)S * S, sizeof *s);
+  for (int32_t i = S / 4; i <= 3 * S / 4; i++)
+    s[S / 4 * S + i] = s[3 * S / 4 * S + i] = s[i * S + S / 4] = s[i * S + 3 * S / 4] = 1.0f;
+  if (nan_pixel) s[S / 4 * S + S / 4] = NAN;
+  return s;
+}
+
+/* Jobs held behind a solo job start together when it leaves and share every step (their progress events
+ * interleave; never more than max_batch run), each at its own sampler, steps, cfg, n and guidance; each gets its
+ * own events in order and an image that matches sg_generate of the same request (unguided: within a level;
+ * guided: within a few). A job with a NaN in its sketch fails alone. */
+static void test_batch_mixed(void) {
+  sg_jobs_params p = sg_jobs_default_params();
+  p.max_batch = 4;
+  sg_jobs *q = manager(1, p);
+  blog.q = q;
+  blog_n = 0;
+  most_running = 0;
+  float *sk = square_sketch(0), *bad = square_sketch(1);
+  sg_job_request blocker = request(q, LONG_STEPS), r[6];
+  blocker.solo = 1;
+  const sg_sampler_kind kinds[6] = {SG_SAMPLER_DDIM, SG_SAMPLER_EULER_A, SG_SAMPLER_DPMPP_2M, SG_SAMPLER_DDPM,
+                                    SG_SAMPLER_DDIM, SG_SAMPLER_EULER_A};
+  for (int k = 0; k < 6; k++) {
+    r[k] = request(q, 3 + k);
+    r[k].sampler = kinds[k];
+    r[k].seed = 100 + k;
+    r[k].cfg = k % 2 ? 1.0 : 6.0;
+    r[k].n_images = k == 1 ? 2 : 1;
+    r[k].sketch = k == 2 || k == 3 ? sk : k == 5 ? bad : NULL;
+    r[k].beta = r[k].sketch ? 1.6 : 0;
+  }
+  char bid[SG_JOB_ID_LEN], id[6][SG_JOB_ID_LEN];
+  submit_ok(q, &blocker, bid);
+  wait_for(q, bid, 0, 120);
+  tagged t[6];
+  sg_job_watch *w[6];
+  char err[256];
+  for (int k = 0; k < 6; k++) {
+    collector_init(&t[k].c);
+    t[k].tag = k;
+    CHECK(sg_jobs_submit_watch(q, &r[k], batch_watch, &t[k], id[k], &w[k], err, sizeof err) == 0, "submit %d: %s", k,
+          err);
+  }
+  CHECK(status_of(q, id[0]).state == SG_JOB_QUEUED, "a solo job lets no other job join it");
+  CHECK(sg_jobs_cancel(q, bid) == 0, "cancel the blocker");
+  for (int k = 0; k < 6; k++) CHECK(wait_end(&t[k].c, 300), "job %d: no end", k);
+  CHECK(most_running <= 4, "%d jobs ran at once, max_batch 4", (int)most_running);
+  CHECK(most_running >= 2, "the jobs never ran together (at most %d at once)", (int)most_running);
+  /* jobs 0 and 1 start in the same step: their first events alternate, not one job's run then the other's */
+  int32_t first0 = -1, last0 = -1, first1 = -1;
+  for (int32_t i = 0; i < blog_n && i < 4096; i++) {
+    if (blog.order[i] == 0 && first0 < 0) first0 = i;
+    if (blog.order[i] == 0) last0 = i;
+    if (blog.order[i] == 1 && first1 < 0) first1 = i;
+  }
+  CHECK(first0 >= 0 && first1 >= 0 && first1 < last0, "progress events of jobs 0 and 1 do not interleave");
+  for (int k = 0; k < 6; k++) {
+    sg_job_status st = status_of(q, id[k]);
+    CHECK(t[k].c.out_of_order == 0 && !t[k].c.after_end, "job %d: events out of order", k);
+    if (k == 5) {
+      CHECK(st.state == SG_JOB_FAILED && st.error == SG_JOB_ERR_RUNTIME && strstr(st.message, "finite"),
+            "the NaN sketch: %s %s", sg_job_state_name(st.state), st.message);
+      continue;
+    }
+    CHECK(st.state == SG_JOB_SUCCEEDED && t[k].c.progress == r[k].steps, "job %d: %s after %d events: %s", k,
+          sg_job_state_name(st.state), t[k].c.progress, st.message);
+    sg_generate_params gp = gen_params(&r[k]);
+    sg_result res;
+    CHECK(sg_generate(model, &gp, &res, err, sizeof err) == 0, "solo %d: %s", k, err);
+    size_t px = (size_t)res.width * res.height * 3;
+    for (int32_t i = 0; i < res.n; i++) {
+      int d = png_diff(q, id[k], i, res.pixels + i * px, px);
+      int tol = r[k].sketch ? 8 : 1;
+      CHECK(d >= 0 && d <= tol, "job %d image %d: %d levels from the job run alone (at most %d)", k, (int)i, d, tol);
+    }
+    sg_result_free(&res);
+  }
+  for (int k = 0; k < 6; k++) sg_jobs_unwatch(w[k]), collector_destroy(&t[k].c);
+  sg_jobs_free(q);
+  free(sk);
+  free(bad);
+  printf("batch mixed: ok (at most %d at once)\n", (int)most_running);
+}
+
+/* A job joins a running batch at a step boundary; cancelling one member or its deadline passing stops it alone at
+ * its next step while the others go on; a solo job (batching off) waits for the batch to empty and then runs
+ * alone; the queue holds max_queue beyond the batch's free places; drain lets a batch finish, and cancels one that
+ * outlasts it at the members' next steps. */
+static void test_batch_lifecycle(void) {
+  sg_jobs_params p = sg_jobs_default_params();
+  p.max_batch = 3;
+  p.max_queue = 1;
+  sg_jobs *q = manager(1, p);
+  blog.q = q;
+  most_running = 0;
+  sg_job_request lr = request(q, LONG_STEPS), sr = request(q, 4), solo = request(q, 2);
+  solo.solo = 1;
+  char a[SG_JOB_ID_LEN], b[SG_JOB_ID_LEN], c[SG_JOB_ID_LEN], d[SG_JOB_ID_LEN], e[SG_JOB_ID_LEN], f[SG_JOB_ID_LEN];
+  submit_ok(q, &lr, a);
+  CHECK(wait_for(q, a, 0, 120).state == SG_JOB_RUNNING, "a runs");
+  double end = sg_jobs_now() + 60 * slow;
+  while (status_of(q, a).step < 2 && sg_jobs_now() < end) sleep_s(0.002);
+  lr.deadline = sg_jobs_now() + 3600;
+  submit_ok(q, &lr, b); /* joins a, which is past its second step */
+  sg_job_status sb = wait_for(q, b, 0, 120);
+  CHECK(sb.state == SG_JOB_RUNNING && status_of(q, a).state == SG_JOB_RUNNING, "b joined the running batch");
+  submit_ok(q, &solo, c); /* waits: a solo job needs the worker alone */
+  submit_ok(q, &sr, d);   /* waits behind it (FIFO), although the batch has a free place */
+  char err[256], x[SG_JOB_ID_LEN];
+  CHECK(sg_jobs_submit(q, &sr, x, err, sizeof err) == SG_JOBS_EFULL, "max_queue 1 + 1 free place: the third waits");
+  CHECK(status_of(q, c).state == SG_JOB_QUEUED && status_of(q, d).state == SG_JOB_QUEUED, "c and d wait");
+  collector ca, cb;
+  collector_init(&ca);
+  collector_init(&cb);
+  sg_job_watch *wa, *wb;
+  CHECK(sg_jobs_watch(q, a, collect, &ca, &wa) == 0 && sg_jobs_watch(q, b, collect, &cb, &wb) == 0, "watch a, b");
+  CHECK(sg_jobs_cancel(q, a) == 0, "cancel a");
+  CHECK(wait_end(&ca, 60), "a: no end");
+  sg_job_status st = status_of(q, a);
+  CHECK(st.state == SG_JOB_CANCELLED && st.error == SG_JOB_ERR_CANCELLED, "a cancelled: %s", sg_job_state_name(st.state));
+  /* b goes on alone: its events continue after a's end */
+  pthread_mutex_lock(&cb.mu);
+  int32_t at = cb.progress;
+  pthread_mutex_unlock(&cb.mu);
+  end = sg_jobs_now() + 60 * slow;
+  int more = 0;
+  while (!more && sg_jobs_now() < end) {
+    pthread_mutex_lock(&cb.mu);
+    more = cb.progress > at + 1 && !cb.ends;
+    pthread_mutex_unlock(&cb.mu);
+    sleep_s(0.002);
+  }
+  CHECK(more && status_of(q, b).state == SG_JOB_RUNNING, "b stopped with a");
+  CHECK(status_of(q, c).state == SG_JOB_QUEUED, "the solo job started beside b");
+  /* b's deadline: set it to pass now (under the lock, as a deadline seen at its next step) */
+  pthread_mutex_lock(&q->mu);
+  job *jb;
+  lookup_locked(q, b, &jb);
+  jb->deadline = sg_jobs_now();
+  pthread_mutex_unlock(&q->mu);
+  CHECK(wait_end(&cb, 60), "b: no end");
+  st = status_of(q, b);
+  CHECK(st.state == SG_JOB_FAILED && st.error == SG_JOB_ERR_TIMEOUT && strstr(st.message, "deadline"),
+        "b's deadline: %s %s", sg_job_state_name(st.state), st.message);
+  st = wait_for(q, c, 1, 120);
+  CHECK(st.state == SG_JOB_SUCCEEDED, "solo c: %s", sg_job_state_name(st.state));
+  st = wait_for(q, d, 1, 120);
+  CHECK(st.state == SG_JOB_SUCCEEDED, "d: %s", sg_job_state_name(st.state));
+  /* the solo job's image is sg_generate's, bit for bit */
+  sg_generate_params gp = gen_params(&solo);
+  sg_result res;
+  CHECK(sg_generate(model, &gp, &res, err, sizeof err) == 0, "solo reference: %s", err);
+  CHECK(png_diff(q, c, 0, res.pixels, (size_t)res.width * res.height * 3) == 0, "the solo job differs from sg_generate");
+  sg_result_free(&res);
+  sg_jobs_unwatch(wa);
+  sg_jobs_unwatch(wb);
+  /* drain: a batch of short jobs finishes; then a batch of long ones is cancelled at the timeout */
+  submit_ok(q, &sr, e);
+  submit_ok(q, &sr, f);
+  CHECK(sg_jobs_drain(q, 120 * slow) == 0, "drain of short jobs");
+  CHECK(status_of(q, e).state == SG_JOB_SUCCEEDED && status_of(q, f).state == SG_JOB_SUCCEEDED, "drained jobs ran");
+  sg_jobs_free(q);
+  q = manager(1, p);
+  lr.deadline = 0;
+  submit_ok(q, &lr, a);
+  submit_ok(q, &lr, b);
+  wait_for(q, a, 0, 120);
+  wait_for(q, b, 0, 120);
+  CHECK(sg_jobs_drain(q, 0.2) == SG_JOBS_ETIMEDOUT, "drain of long jobs times out");
+  sg_job_status s1 = status_of(q, a), s2 = status_of(q, b);
+  CHECK(s1.state == SG_JOB_CANCELLED && s1.error == SG_JOB_ERR_SHUTDOWN && s2.state == SG_JOB_CANCELLED &&
+            s2.error == SG_JOB_ERR_SHUTDOWN,
+        "drain cancelled the batch: %s, %s", sg_job_state_name(s1.state), sg_job_state_name(s2.state));
+  sg_jobs_stats s;
+  sg_jobs_stats_get(q, &s);
+  CHECK(s.running == 0 && s.queued == 0 && s.max_batch == 3, "stats after drain");
+  sg_jobs_free(q);
+  collector_destroy(&ca);
+  collector_destroy(&cb);
+  char e2[256];
+  sg_model *models[1] = {model};
+  p.max_batch = 0;
+  CHECK(!sg_jobs_new(models, 1, p, e2, sizeof e2) && strstr(e2, "max_batch"), "max_batch 0: %s", e2);
+  printf("batch lifecycle: ok\n");
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     fprintf(stderr, "usage: test_jobs MODEL_DIR\n");
@@ -1068,6 +1325,8 @@ int main(int argc, char **argv) {
   test_free_busy();
   test_stress(1000);
   test_stress(2);
+  test_batch_mixed();
+  test_batch_lifecycle();
   sg_model_free(model);
   if (failures) fprintf(stderr, "%d failures\n", failures);
   return failures ? 1 : 0;
