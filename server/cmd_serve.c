@@ -262,6 +262,7 @@ int cmd_serve(int argc, char **argv) {
   }
   sg_jobs_params jp = sg_jobs_default_params();
   jp.max_queue = c.max_queue;
+  jp.max_batch = c.max_batch;
   jp.keep_finished_count = c.keep_finished_count;
   jp.keep_finished_seconds = c.keep_finished_seconds;
   jp.log = log_line;

@@ -42,6 +42,8 @@ static const setting SETTINGS[] = {
     {{"sse_keepalive_s", "an event stream quiet this long gets a comment line, for proxies' idle timeouts (0: never)"},
      T_I32, F(sse_keepalive_s), 0, 86400},
     {{"max_queue", "jobs that may wait for a busy worker; beyond it 429"}, T_I32, F(max_queue), 0, 100000},
+    {{"max_batch", "jobs each worker advances together, one U-Net pass per step for all (1: one at a time)"}, T_I32,
+     F(max_batch), 1, SG_JOBS_MAX_BATCH},
     {{"max_body_bytes", "largest request body; beyond it 413"}, T_I64, F(max_body_bytes), 1024, 2147483647.0},
     {{"max_image_pixels", "largest sketch, width x height, checked before decoding"}, T_I64, F(max_image_pixels), 1,
      268435456.0},
@@ -94,6 +96,7 @@ sg_config sg_config_default_params(void) {
   c.connection_timeout_s = h.connection_timeout_s;
   c.sse_keepalive_s = h.sse_keepalive_s;
   c.max_queue = j.max_queue;
+  c.max_batch = j.max_batch;
   c.max_body_bytes = h.max_body_bytes;
   c.max_image_pixels = h.max_image_pixels;
   c.max_steps = h.max_steps;

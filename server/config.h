@@ -54,6 +54,7 @@ typedef struct {
                                     would let stalled clients hold every connection) */
   int32_t sse_keepalive_s;       /* 15: a comment line on event streams quiet this long (sg_http_params) */
   int32_t max_queue;             /* 16 jobs waiting for a worker */
+  int32_t max_batch;             /* 1 job per worker at a time; more share each step's U-Net pass (sg_jobs_params) */
   int64_t max_body_bytes;        /* 16 MiB */
   int64_t max_image_pixels;      /* 4096 x 4096 */
   int32_t max_steps;             /* 150 */

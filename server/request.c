@@ -36,11 +36,12 @@ enum {
   P_TIMEOUT_MS,
   P_ETA,
   P_DRY_RUN,
+  P_BATCHING,
   P_COUNT
 };
 static const char *const PARAM_NAMES[P_COUNT] = {"prompt", "negative_prompt", "sketch", "beta", "stop",
                                                  "stop_step", "steps", "cfg", "seed", "sampler", "n", "invert",
-                                                 "timeout_ms", "eta", "dry_run"};
+                                                 "timeout_ms", "eta", "dry_run", "batching"};
 
 /* The multipart parser's states (RFC 7578 and RFC 2046 5.1.1). */
 typedef enum {
@@ -850,6 +851,13 @@ static int gen_parse(sg_request *q, sg_request_params *a) {
                              sg_request_safe_name(s, shown, sizeof shown));
     a->dry_run = v == SG_INVERT_TRUE;
   }
+  if ((s = param_text(q, P_BATCHING))) {
+    int v = strlen(s) == q->vals[P_BATCHING].len ? sg_invert_parse(s) : -1;
+    if (v != SG_INVERT_TRUE && v != SG_INVERT_FALSE)
+      return sg_request_fail(q, SG_REQUEST_EINVALID, "batching", "batching: '%s' is not true or false",
+                             sg_request_safe_name(s, shown, sizeof shown));
+    a->jr.solo = v == SG_INVERT_FALSE; /* false: never share a step with other jobs (bit-exact repeatability) */
+  }
   if (!sketch) return 0;
   /* the sketch: by its magic bytes, its size checked from the header before decoding */
   sg_buf *sk = &q->vals[P_SKETCH];
@@ -983,6 +991,7 @@ char *sg_request_describe(const sg_request_params *a) {
   json_object_set_new(p, "sampler", json_string(sg_sampler_kind_name(j->sampler)));
   json_object_set_new(p, "n", json_integer(j->n_images));
   json_object_set_new(p, "timeout_ms", json_integer(a->timeout_ms));
+  json_object_set_new(p, "batching", json_boolean(!j->solo));
   int64_t ink = 0;
   for (int32_t k = 0; j->sketch && k < size * size; k++) ink += j->sketch[k] > 0.5f;
   json_object_set_new(s, "format", json_string(sg_image_format_name(a->format)));
