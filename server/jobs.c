@@ -117,6 +117,7 @@ struct sg_jobs {
   size_t table_mask;
   job *qhead, *qtail;
   int32_t n_queued, n_running;
+  int32_t n_solo_running; /* running jobs with solo set: each leaves its worker's batch no free place */
   job *fhead, *ftail; /* finished jobs in the table, oldest first */
   int32_t n_finished;
   int32_t n_uncollected; /* finished jobs kept whose outcome nobody has collected (stats.uncollected): the number
@@ -592,6 +593,7 @@ static void end_job(worker *w, job *j, int rc, char *err, size_t errlen, sg_resu
         j->id, sg_job_state_name(state), j->t_finished - j->t_started, ev.message[0] ? ": " : "", ev.message);
   pthread_mutex_lock(&q->mu);
   q->n_running--; /* only now, so that drain returns after the END events went out */
+  q->n_solo_running -= j->solo;
   pthread_cond_broadcast(&q->idle_cv);
   unref_locked(q, j);
   pthread_mutex_unlock(&q->mu);
@@ -622,7 +624,7 @@ static int32_t admit_locked(sg_jobs *q, worker *w, int32_t cap, int32_t n_active
     j->refs++; /* the worker's, until end_job */
     hist_observe(&q->st.queue_seconds, now - j->t_created);
     out[n++] = j;
-    if (j->solo) solo_active = 1;
+    if (j->solo) solo_active = 1, q->n_solo_running++;
   }
   return n;
 }
@@ -1008,7 +1010,8 @@ static int submit(sg_jobs *q, const sg_job_request *req, sg_job_watch_fn cb, voi
     q->st.rejected_draining++;
     rc = SG_JOBS_EDRAINING;
     sg_set_err(err, errlen, "the service is shutting down");
-  } else if (q->n_queued >= q->p.max_queue + (q->n_workers * q->p.max_batch - q->n_running)) {
+  } else if (q->n_queued >= q->p.max_queue + (q->n_workers * q->p.max_batch - q->n_running -
+                                              q->n_solo_running * (q->p.max_batch - 1))) {
     q->st.rejected_full++;
     rc = SG_JOBS_EFULL;
     sg_set_err(err, errlen, "the queue is full (%d jobs waiting)", (int)q->n_queued);

@@ -120,7 +120,8 @@ typedef void (*sg_jobs_log_fn)(void *user, sg_jobs_log_level level, const char *
 
 typedef struct {
   int32_t max_queue;             /* jobs that may wait for a busy worker (beyond the free places of the workers'
-                                    batches); 16. Beyond it, submit gets EFULL */
+                                    batches; a worker running a solo job has none); 16. Beyond it, submit gets
+                                    EFULL */
   int32_t keep_finished_count;   /* finished jobs kept; 256 (0 evicts a job as soon as it finishes) */
   double keep_finished_seconds;  /* how long a finished job is kept; 600 */
   int32_t expired_ids_kept;      /* evicted ids remembered for EEXPIRED; 4096 */

@@ -23,7 +23,8 @@ from conftest import ROOT, binary, wait_for
 STAR = os.path.join(ROOT, "docs", "examples", "star.png")
 PROMPT = "a red star on a plain blue background"
 BOUNDARY = "sgTestBoundary0123456789"
-LONG = 150  # steps of a job that keeps a worker busy until it is cancelled
+LONG = 150  # steps of a job that keeps a worker busy until it is cancelled (sent with batching false: alone, so
+#             that the jobs behind it wait whatever max_batch is; SG_TEST_MAX_BATCH)
 
 
 def clean_env(**extra):
@@ -38,7 +39,10 @@ class Server:
 
     def __init__(self, *args, env=None):
         self.errf = tempfile.TemporaryFile()
-        cmd = [binary(), "serve", "--port", "0", "--threads", "1", "--warmup-steps", "1"] + [str(a) for a in args]
+        # SG_TEST_MAX_BATCH (meson's http-batch8 sets 8): every server of the suite batches that many jobs; a test's
+        # own --max-batch comes later and wins
+        batch = ["--max-batch", os.environ["SG_TEST_MAX_BATCH"]] if os.environ.get("SG_TEST_MAX_BATCH") else []
+        cmd = [binary(), "serve", "--port", "0", "--threads", "1", "--warmup-steps", "1"] + batch + [str(a) for a in args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.errf, env=env or clean_env(), text=True)
         line = self.proc.stdout.readline()
         m = re.match(r"listening on http://(\S+):(\d+)$", line.strip())
@@ -405,7 +409,7 @@ def parse_sse(data):
 
 
 def test_events_one_per_step_and_one_end(srv):
-    blocker = srv.submit_async(steps=LONG)
+    blocker = srv.submit_async(steps=LONG, batching="false")
     srv.wait_state(blocker, ("running",))
     st, _, data = srv.generate(steps=5, headers={"Prefer": "respond-async"})
     assert st == 202 and json.loads(data)["status"] == "queued", data  # behind the blocker: the 202 says so
@@ -431,9 +435,9 @@ def test_events_one_per_step_and_one_end(srv):
 # --- cancellation -----------------------------------------------------------------------------------------------
 
 def test_cancel_queued_and_running(srv):
-    running = srv.submit_async(steps=LONG)
+    running = srv.submit_async(steps=LONG, batching="false")
     srv.wait_state(running, ("running",))
-    queued = srv.submit_async(steps=LONG)
+    queued = srv.submit_async(steps=LONG, batching="false")
     o = srv.status(queued)
     assert o["status"] == "queued" and o["queue_position"] == 0
     st, _, o = srv.json("DELETE", "/v1/jobs/" + queued)
@@ -460,7 +464,7 @@ def test_client_disconnect_cancels_queued_and_running(srv):
     wait_for(lambda: srv.metrics()['sketchguide_jobs_finished_total{state="cancelled"}'] == before + 1,
              what="the running job to be cancelled")
     # queued: behind a busy worker
-    blocker = srv.submit_async(steps=LONG)
+    blocker = srv.submit_async(steps=LONG, batching="false")
     srv.wait_state(blocker, ("running",))
     s = socket.create_connection(("127.0.0.1", srv.port))
     s.sendall(req)
@@ -475,7 +479,7 @@ def test_client_disconnect_cancels_queued_and_running(srv):
 
 
 def test_event_stream_client_leaving_does_not_cancel(srv):
-    job = srv.submit_async(steps=LONG)
+    job = srv.submit_async(steps=LONG, batching="false")
     srv.wait_state(job, ("running",))
     s = socket.create_connection(("127.0.0.1", srv.port))
     s.sendall(b"GET /v1/jobs/%s/events HTTP/1.1\r\nHost: x\r\n\r\n" % job.encode())
@@ -490,7 +494,7 @@ def test_event_stream_client_leaving_does_not_cancel(srv):
 def test_sync_client_of_a_cancelled_job_gets_409():
     s = Server("--log-level", "debug")
     try:
-        blocker = s.submit_async(steps=LONG)
+        blocker = s.submit_async(steps=LONG, batching="false")
         s.wait_state(blocker, ("running",))
         result = {}
         t = threading.Thread(target=lambda: result.update(r=s.generate(steps=2)))
@@ -512,7 +516,7 @@ def test_sync_client_of_a_cancelled_job_gets_409():
 def test_idle_timeout_spares_waiting_requests_and_streams():
     s = Server("--connection-timeout-s", "1")
     try:
-        blocker = s.submit_async(steps=LONG)
+        blocker = s.submit_async(steps=LONG, batching="false")
         s.wait_state(blocker, ("running",))
         queued = s.submit_async(steps=2)
         result = {}
@@ -543,7 +547,7 @@ def test_event_stream_keepalive_while_queued():
     """A stream whose job waits gets `: keep-alive` comments every sse_keepalive_s, then its events as usual."""
     s = Server("--sse-keepalive-s", "1")
     try:
-        blocker = s.submit_async(steps=LONG)
+        blocker = s.submit_async(steps=LONG, batching="false")
         s.wait_state(blocker, ("running",))
         queued = s.submit_async(steps=2)
         sock = socket.create_connection(("127.0.0.1", s.port), timeout=60)
@@ -755,7 +759,7 @@ def test_422_names_the_parameter(srv):
         (dict(stop=1.5), "stop"), (dict(cfg=1000), "cfg"), (dict(eta=-0.1), "eta"),
         (dict(sampler="plms"), "sampler"), (dict(invert="maybe"), "invert"), (dict(timeout_ms=0), "timeout_ms"),
         (dict(timeout_ms=10 ** 12), "timeout_ms"), (dict(stop=0.5, stop_step=1), "stop_step"),
-        (dict(stop_step=9), "stop_step"), (dict(dry_run="perhaps"), "dry_run"),
+        (dict(stop_step=9), "stop_step"), (dict(dry_run="perhaps"), "dry_run"), (dict(batching="2"), "batching"),
     ]
     for kw, param in cases:
         st, _, data = srv.generate(**kw)
@@ -770,6 +774,35 @@ def test_422_names_the_parameter(srv):
     body = json.dumps({"prompt": PROMPT, "sketch": base64.b64encode(star_bytes()).decode(), "steps": 1e99})
     st, _, data = srv.request("POST", "/v1/generate", body, {"Content-Type": "application/json"})
     assert st == 422 and error_of(data)["param"] == "steps"
+
+
+def test_batching(srv):
+    """--max-batch: /v1/info states it and the guarantees; a request's batching field (dry run, 422); jobs that
+    share a worker's steps succeed, an unguided one within a level of the same request alone (srv, which runs it
+    alone), and one with batching false (guided) is bit-exact with it."""
+    assert dry_run_params(srv)["batching"] is True and dry_run_params(srv, batching="false")["batching"] is False
+    assert dry_run_params(srv, batching="TRUE")["batching"] is True
+    s = Server("--max-batch", "3")
+    try:
+        st, _, o = s.json("GET", "/v1/info")
+        assert st == 200 and o["model"]["batching"] == {"max_batch": 3, "unguided_latent_tolerance": 1e-4,
+                                                        "guided_pixel_tolerance": 8, "solo_bit_exact": True}, o
+        blocker = s.submit_async(steps=LONG, beta=0)  # the others queue behind it and start together
+        s.wait_state(blocker, ("running",))
+        ids = [s.submit_async(steps=6, seed=21, beta=0), s.submit_async(steps=5, seed=22, sampler="euler_a"),
+               s.submit_async(steps=4, seed=23, batching="false")]
+        st, _, _ = s.request("DELETE", "/v1/jobs/" + blocker)
+        assert st in (200, 202, 204), st
+        outs = [s.wait_state(j, ("succeeded", "failed", "cancelled"), timeout=300) for j in ids]
+        assert all(o["status"] == "succeeded" for o in outs), outs
+        mine = [s.request("GET", "/v1/jobs/%s/images/0" % j)[2] for j in ids]
+    finally:
+        assert s.stop() == 0
+        s.close()
+    alone = [srv.generate(steps=6, seed=21, beta=0)[2], srv.generate(steps=4, seed=23)[2]]
+    a, b = (Image.open(io.BytesIO(x)).convert("RGB") for x in (mine[0], alone[0]))
+    assert max(abs(p - q) for p, q in zip(a.tobytes(), b.tobytes())) <= 1
+    assert mine[2] == alone[1]
 
 
 def dry_run_params(srv, **kw):
@@ -834,9 +867,9 @@ def test_422_sketch_over_the_pixel_limit():
 def test_429_queue_full():
     s = Server("--max-queue", "1")
     try:
-        running = s.submit_async(steps=LONG)
+        running = s.submit_async(steps=LONG, batching="false")
         s.wait_state(running, ("running",))
-        queued = s.submit_async(steps=LONG)
+        queued = s.submit_async(steps=LONG, batching="false")
         st, h, data = s.generate(headers={"Prefer": "respond-async"})
         assert st == 429 and int(h["retry-after"]) >= 1 and error_of(data)["code"] == "queue_full"
         st, h, data = s.generate()  # sync requests too
@@ -851,7 +884,7 @@ def test_429_queue_full():
 
 def test_504_deadline(srv):
     # queued behind a busy worker past its deadline
-    blocker = srv.submit_async(steps=LONG)
+    blocker = srv.submit_async(steps=LONG, batching="false")
     srv.wait_state(blocker, ("running",))
     st, h, data = srv.generate(steps=2, timeout_ms=300)
     assert st == 504 and error_of(data)["code"] == "timeout" and h["x-job-id"]
@@ -928,7 +961,7 @@ def test_sigterm_drains_and_exits_0():
     s = Server()
     try:
         results = {}
-        long_job = s.submit_async(steps=LONG)
+        long_job = s.submit_async(steps=LONG, batching="false")
         s.wait_state(long_job, ("running",))
 
         def one(i):
