@@ -39,8 +39,8 @@ class Server:
 
     def __init__(self, *args, env=None):
         self.errf = tempfile.TemporaryFile()
-        # SG_TEST_MAX_BATCH (meson's http-batch8 sets 8): every server of the suite batches that many jobs; a test's
-        # own --max-batch comes later and wins
+        # SG_TEST_MAX_BATCH (SG_TEST_MAX_BATCH=8 meson test http): every server of the suite batches that many jobs;
+        # a test's own --max-batch comes later and wins
         batch = ["--max-batch", os.environ["SG_TEST_MAX_BATCH"]] if os.environ.get("SG_TEST_MAX_BATCH") else []
         cmd = [binary(), "serve", "--port", "0", "--threads", "1", "--warmup-steps", "1"] + batch + [str(a) for a in args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.errf, env=env or clean_env(), text=True)
