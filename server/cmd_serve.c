@@ -15,6 +15,7 @@
 #include "jobs.h"
 #include "metrics.h"
 #include "model.h"
+#include "store.h"
 
 #ifndef SG_VERSION
 #define SG_VERSION "unknown"
@@ -198,7 +199,26 @@ int cmd_serve(int argc, char **argv) {
   int owner[SG_CONFIG_MAX_DEVICES] = {0};
   sg_jobs *jobs = NULL;
   sg_http *http = NULL;
+  sg_store *store = NULL;
+  sg_store_worker *worker = NULL;
+  int frontend = !strcmp(c.role, "frontend"), worker_role = !strcmp(c.role, "worker");
   if (!metrics) goto done;
+  if (c.redis_url[0]) { /* cluster mode: jobs in Redis (it may be down now: the store reconnects by itself) */
+    sg_store_redis_params rp = sg_store_redis_default_params();
+    rp.url = c.redis_url;
+    rp.max_queue = c.max_queue;
+    rp.keep_finished_seconds = c.keep_finished_seconds;
+    rp.lease_seconds = c.lease_seconds;
+    rp.heartbeat_seconds = c.heartbeat_seconds;
+    rp.max_attempts = c.max_attempts;
+    rp.log = log_line;
+    rp.log_user = &lg;
+    if (!(store = sg_store_redis_new(rp, err, sizeof err))) {
+      cli_error("serve", "%s", err);
+      rc = CLI_USAGE;
+      goto done;
+    }
+  }
 
   sg_http_params hp = sg_http_default_params();
   hp.host = c.host;
@@ -220,6 +240,7 @@ int cmd_serve(int argc, char **argv) {
   hp.ui = c.ui;
   hp.result_ttl_s = c.keep_finished_seconds; /* OpenAI url results last as long as the job keeps its images */
   hp.version = SG_VERSION;
+  hp.probes_only = worker_role;
   hp.log = log_line;
   hp.log_user = &lg;
   if (!(http = sg_http_start(hp, metrics, err, sizeof err))) {
@@ -230,8 +251,24 @@ int cmd_serve(int argc, char **argv) {
   int v6 = strchr(c.host, ':') != NULL;
   printf("listening on http://%s%s%s:%d\n", v6 ? "[" : "", c.host, v6 ? "]" : "", (int)sg_http_port(http));
   fflush(stdout);
-  logf_(&lg, SG_JOBS_LOG_INFO, "serve: sketchguide %s on %s port %d; loading %s on %s", SG_VERSION, c.host,
-        (int)sg_http_port(http), model_dir, c.devices);
+  logf_(&lg, SG_JOBS_LOG_INFO, "serve: sketchguide %s on %s port %d; role %s, %s job store; %s%s%s", SG_VERSION,
+        c.host, (int)sg_http_port(http), c.role, store ? "redis" : "local", frontend ? "no model" : "loading ",
+        frontend ? "" : model_dir, frontend ? "" : "");
+  if (frontend) { /* no model here: its description comes from the workers, through Redis */
+    int said = 0;
+    while (sg_http_attach(http, store, NULL, "cluster") != 0) {
+      if (!said++) logf_(&lg, SG_JOBS_LOG_INFO, "serve: waiting for a worker to publish its model in Redis");
+      struct timespec tick = {0, 250 * 1000000L};
+      if (sigtimedwait(&sigs, NULL, &tick) > 0) {
+        rc = CLI_OK;
+        goto done;
+      }
+    }
+    printf("ready: frontend (redis job store)\n");
+    fflush(stdout);
+    logf_(&lg, SG_JOBS_LOG_INFO, "serve: ready (frontend)");
+    goto serve;
+  }
 
   int32_t threads = c.threads > 0 ? c.threads : cli_default_threads();
   for (int32_t i = 0; i < n_dev; i++) {
@@ -261,7 +298,7 @@ int cmd_serve(int argc, char **argv) {
     }
   }
   sg_jobs_params jp = sg_jobs_default_params();
-  jp.max_queue = c.max_queue;
+  jp.max_queue = store ? n_dev : c.max_queue; /* cluster mode: the queue is Redis's; a worker takes what it runs */
   jp.max_batch = c.max_batch;
   jp.keep_finished_count = c.keep_finished_count;
   jp.keep_finished_seconds = c.keep_finished_seconds;
@@ -271,10 +308,28 @@ int cmd_serve(int argc, char **argv) {
     logf_(&lg, SG_JOBS_LOG_ERROR, "serve: %s", err);
     goto done;
   }
-  sg_http_attach(http, jobs, sg_model_get_info(models[0]), c.devices);
+  if (store) {
+    if (!(worker = sg_store_worker_start(store, jobs, sg_model_get_info(models[0]), c.worker_name, err,
+                                         sizeof err))) {
+      logf_(&lg, SG_JOBS_LOG_ERROR, "serve: %s", err);
+      goto done;
+    }
+  } else if (!(store = sg_store_local_new(jobs))) {
+    logf_(&lg, SG_JOBS_LOG_ERROR, "serve: out of memory");
+    goto done;
+  }
+  /* a redis store knows the model once the worker has published it (at its first contact with Redis) */
+  while (sg_http_attach(http, store, sg_model_get_info(models[0]), c.devices) != 0) {
+    struct timespec tick = {0, 100 * 1000000L};
+    if (sigtimedwait(&sigs, NULL, &tick) > 0) {
+      rc = CLI_OK;
+      goto done;
+    }
+  }
   printf("ready: model %s, %d worker(s) on %s\n", sg_model_get_info(models[0])->name, (int)n_dev, c.devices);
   fflush(stdout);
   logf_(&lg, SG_JOBS_LOG_INFO, "serve: ready");
+serve:;
 
   int sig;
   do {
@@ -283,12 +338,21 @@ int cmd_serve(int argc, char **argv) {
   logf_(&lg, SG_JOBS_LOG_INFO, "serve: %s: draining (up to %.0f s for queued and running jobs)",
         sig == SIGINT ? "SIGINT" : "SIGTERM", c.drain_seconds);
   sg_http_drain(http);
-  if (sg_jobs_drain(jobs, c.drain_seconds) != 0)
-    logf_(&lg, SG_JOBS_LOG_WARN, "serve: the drain time passed; the remaining jobs were cancelled");
-  await_collection(jobs, &sigs, c.collect_seconds, &lg);
+  if (worker) { /* cluster mode: running jobs finish and are stored, or go back to the queue for another worker */
+    if (sg_store_worker_stop(worker, c.drain_seconds) != 0)
+      logf_(&lg, SG_JOBS_LOG_WARN, "serve: the drain time passed; the remaining jobs went back to the queue");
+    worker = NULL;
+  } else if (jobs) {
+    if (sg_jobs_drain(jobs, c.drain_seconds) != 0)
+      logf_(&lg, SG_JOBS_LOG_WARN, "serve: the drain time passed; the remaining jobs were cancelled");
+    await_collection(jobs, &sigs, c.collect_seconds, &lg);
+  }
   rc = CLI_OK;
 done:
-  sg_http_stop(http, 10.0); /* the answers of the drained jobs go out first */
+  /* the answers of the drained jobs go out first; a frontend's waiting clients have their jobs elsewhere */
+  sg_http_stop(http, frontend ? c.drain_seconds : 10.0);
+  if (worker) sg_store_worker_stop(worker, 0);
+  sg_store_free(store);
   sg_jobs_free(jobs);
   for (int32_t i = 0; i < n_dev; i++)
     if (owner[i]) sg_model_free(models[i]);

@@ -15,6 +15,7 @@
 #include "http.h"
 #include "jobs.h"
 #include "mem.h"
+#include "store.h"
 
 typedef enum { T_I32, T_I64, T_F64, T_BOOL, T_STR, T_LIST, T_LEVEL } kind;
 
@@ -71,6 +72,17 @@ static const setting SETTINGS[] = {
     {{"log_level", "debug, info, warn or error (prompts are logged at debug only)"}, T_LEVEL, F(log_level), 0, 0},
     {{"warmup_steps", "steps of the warm-up generation on each worker before ready (0: none)"}, T_I32,
      F(warmup_steps), 0, 100},
+    {{"role", "all, frontend or worker: what this replica does in cluster mode (redis_url); all without Redis"},
+     T_STR, F(role), 0, 0},
+    {{"redis_url", "redis://HOST[:PORT][/DB]: cluster mode, jobs kept in Redis (empty: local, in this process)"},
+     T_STR, F(redis_url), 0, 0},
+    {{"worker_name", "this worker's name in Redis (empty: host name and process id)"}, T_STR, F(worker_name), 0, 0},
+    {{"lease_seconds", "cluster mode: a running job whose worker is silent this long is run by another"}, T_F64,
+     F(lease_seconds), 0.5, 86400},
+    {{"heartbeat_seconds", "cluster mode: a worker's heartbeat period (below half of lease_seconds)"}, T_F64,
+     F(heartbeat_seconds), 0.05, 3600},
+    {{"max_attempts", "cluster mode: a job started this many times without finishing ends failed"}, T_I32,
+     F(max_attempts), 1, 100},
 };
 #undef F
 
@@ -112,6 +124,11 @@ sg_config sg_config_default_params(void) {
   c.ui = h.ui;
   c.log_level = SG_CONFIG_LOG_INFO;
   c.warmup_steps = 2;
+  snprintf(c.role, sizeof c.role, "all");
+  sg_store_redis_params rp = sg_store_redis_default_params();
+  c.lease_seconds = rp.lease_seconds;
+  c.heartbeat_seconds = rp.heartbeat_seconds;
+  c.max_attempts = rp.max_attempts;
   return c;
 }
 
@@ -455,6 +472,23 @@ int sg_config_finish(sg_config *c, char *err, size_t errlen) {
   if (sg_config_devices(c, devs, SG_CONFIG_MAX_DEVICES) < 0) {
     sg_set_err(err, errlen, "devices: '%s' is not a comma-separated list of cpu, cuda or cuda:N (at most %d)",
                c->devices, SG_CONFIG_MAX_DEVICES);
+    return SG_CONFIG_EINVAL;
+  }
+  if (strcmp(c->role, "all") && strcmp(c->role, "frontend") && strcmp(c->role, "worker")) {
+    sg_set_err(err, errlen, "role: '%s' is not all, frontend or worker", c->role);
+    return SG_CONFIG_EINVAL;
+  }
+  if (strcmp(c->role, "all") && !c->redis_url[0]) {
+    sg_set_err(err, errlen, "role: %s needs redis_url (cluster mode); without Redis a replica does all", c->role);
+    return SG_CONFIG_EINVAL;
+  }
+  if (c->redis_url[0] && strncmp(c->redis_url, "redis://", 8)) {
+    sg_set_err(err, errlen, "redis_url: '%s' is not redis://HOST[:PORT][/DB]", c->redis_url);
+    return SG_CONFIG_EINVAL;
+  }
+  if (c->lease_seconds <= 2 * c->heartbeat_seconds) {
+    sg_set_err(err, errlen, "lease_seconds: %g must exceed twice heartbeat_seconds (%g)", c->lease_seconds,
+               c->heartbeat_seconds);
     return SG_CONFIG_EINVAL;
   }
   if (c->default_timeout_ms > c->max_timeout_ms) {

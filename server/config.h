@@ -72,6 +72,12 @@ typedef struct {
   int ui;                        /* 1: the sketch pad at / (sg_http_params.ui) */
   int32_t log_level;             /* SG_CONFIG_LOG_INFO */
   int32_t warmup_steps;          /* 2; 0 = no warm-up generation */
+  char role[16];                 /* "all"; "frontend" (HTTP, no model) or "worker" (model, probes only): redis_url */
+  char redis_url[512];           /* "" = local mode; "redis://HOST[:PORT][/DB]" = cluster mode */
+  char worker_name[128];         /* "" = host name and pid */
+  double lease_seconds;          /* 10 */
+  double heartbeat_seconds;      /* 2 */
+  int32_t max_attempts;          /* 3 */
   char token[1024];              /* set by load_env (SKETCHGUIDE_TOKEN) or finish (token_file); "" = no auth */
   int _token_from_env;
 } sg_config;

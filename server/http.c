@@ -48,6 +48,7 @@
 #include "openai.h"
 #include "request.h"
 #include "sampler.h"
+#include "store.h"
 #include "web_assets.h"
 
 #define WATCHDOG_MS 200
@@ -77,6 +78,7 @@ typedef enum {
   E_CANCELLED,
   E_URI_TOO_LONG,
   E_HEADERS_TOO_LARGE,
+  E_UNAVAILABLE,
 } err_kind;
 
 static const struct {
@@ -101,6 +103,7 @@ static const struct {
     [E_CANCELLED] = {409, "cancelled", "cancelled"},
     [E_URI_TOO_LONG] = {414, "uri_too_long", "uri_too_long"},
     [E_HEADERS_TOO_LARGE] = {431, "header_fields_too_large", "header_fields_too_large"},
+    [E_UNAVAILABLE] = {503, "unavailable", "unavailable"},
 };
 
 typedef enum { D_JOBS, D_JOB_ERROR, D_IMAGE, D_REQUEST, D_OPENAI } err_domain;
@@ -117,6 +120,9 @@ static const struct {
     {D_JOBS, SG_JOBS_EEXPIRED, E_GONE},
     {D_JOBS, SG_JOBS_EFINISHED, E_CONFLICT},
     {D_JOBS, SG_JOBS_ENOIMAGE, E_NOT_FOUND},
+    {D_JOBS, SG_STORE_EUNAVAILABLE, E_UNAVAILABLE},
+    {D_JOBS, SG_STORE_ECONFLICT, E_CONFLICT},
+    {D_JOBS, SG_STORE_EUNSUPPORTED, E_BAD_REQUEST},
     {D_JOB_ERROR, SG_JOB_ERR_INVALID, E_INVALID},
     {D_JOB_ERROR, SG_JOB_ERR_TIMEOUT, E_TIMEOUT},
     {D_JOB_ERROR, SG_JOB_ERR_CANCELLED, E_CANCELLED},
@@ -166,8 +172,10 @@ struct sg_http {
   int32_t port;
   sg_metrics *metrics;
   atomic_int ready, draining, stopping;
-  sg_jobs *jobs;
+  sg_store *store;
   const sg_model_info *model;
+  sg_model_info model_copy; /* the store's model when the caller has none (a frontend) */
+  sg_job_request defaults;
   char devices[512];
   sg_openai_files *files; /* the keys of url results (openai.h) */
   pthread_mutex_t mu;   /* the waiting list and the watchdog's flag */
@@ -216,7 +224,7 @@ struct req {
   req *wprev, *wnext;
   int fd;
   int suspended, done, gone;
-  sg_job_watch *watch;
+  sg_store_watcher *watch;
   int want_json;
   sg_job_status st;
   int st_ok;
@@ -316,7 +324,7 @@ static enum MHD_Result send_json(req *r, int status, json_t *body) {
 /* Seconds a client should wait before retrying a full queue: the mean job time times the jobs ahead, per worker. */
 static int retry_after_s(sg_http *h) {
   sg_jobs_stats s;
-  if (!h->jobs || sg_jobs_stats_get(h->jobs, &s)) return 1;
+  if (!h->store || sg_store_stats(h->store, &s)) return 1;
   double mean = s.inference_seconds.count ? s.inference_seconds.sum / (double)s.inference_seconds.count : 1.0;
   double est = ceil(mean * (s.queued + 1) / (s.workers > 0 ? s.workers : 1));
   return est < 1 ? 1 : est > 3600 ? 3600 : (int)est;
@@ -346,7 +354,7 @@ static enum MHD_Result send_error(req *r, err_kind k, const char *param, const c
   if (status == 405) MHD_add_response_header(resp, "Allow", r->allow);
   if (status == 429 || status == 503) {
     char ra[16];
-    snprintf(ra, sizeof ra, "%d", status == 429 ? retry_after_s(r->h) : k == E_NOT_READY ? 5 : 30);
+    snprintf(ra, sizeof ra, "%d", status == 429 ? retry_after_s(r->h) : k == E_NOT_READY ? 5 : k == E_UNAVAILABLE ? 2 : 30);
     MHD_add_response_header(resp, "Retry-After", ra);
   }
   if (r->rt && (r->rt->flags & R_BODY) && !r->job_id[0] && !r->submit_failed)
@@ -523,20 +531,20 @@ static void upload_remove(req *r) {
 
 /* ---- a synchronous generation: the watch callback and the answer ---- */
 
-static void on_sync_event(void *user, const sg_job_event *ev) {
+static void on_sync_event(void *user, const sg_job_event *ev, const char *event_id) {
   req *r = user;
   if (ev->kind != SG_JOB_EVENT_END) return;
   /* copy the result now, from the event (its record is held for this callback): a finished job may be evicted
    * before the connection is served again, or even before this callback runs (a tiny keep_finished_count with
    * other jobs finishing), when a copy by id would answer SG_JOBS_EEXPIRED */
   sg_job_status st;
-  int ok = sg_jobs_event_status(ev, &st) == 0;
+  int ok = sg_store_event_status(r->h->store, ev, &st) == 0;
   uint8_t *png[SG_JOBS_MAX_IMAGES] = {0};
   size_t len[SG_JOBS_MAX_IMAGES] = {0};
   int32_t n = 0, failed = 0;
   if (ev->state == SG_JOB_SUCCEEDED)
     for (; n < ev->n_images && n < SG_JOBS_MAX_IMAGES; n++)
-      if (sg_jobs_event_image(ev, n, &png[n], &len[n])) {
+      if (sg_store_event_image(r->h->store, ev, n, &png[n], &len[n])) {
         failed = 1;
         break;
       }
@@ -664,7 +672,7 @@ static sg_request *request_new(sg_http *h, const route *rt) {
   lim.max_timeout_ms = P->max_timeout_ms;
   lim.image_size = h->model->image_size;
   lim.has_lgp = h->model->has_lgp;
-  lim.defaults = sg_jobs_default_request(h->jobs);
+  lim.defaults = h->defaults;
   if (rt->flags & (R_OAI_GEN | R_OAI_EDIT))
     sg_openai_limits(rt->flags & R_OAI_EDIT ? SG_OPENAI_EDITS : SG_OPENAI_GENERATIONS, &lim);
   return sg_request_new(&lim);
@@ -693,7 +701,31 @@ static int work_refused(req *r, enum MHD_Result *ret) {
     *ret = send_error(r, E_NOT_READY, NULL, "the model is still loading");
     return 1;
   }
+  if (r->h->p.probes_only) {
+    *ret = send_error(r, E_NOT_FOUND, NULL, "this replica is a worker (role worker): it serves probes and metrics only");
+    return 1;
+  }
+  if (!sg_store_ready(r->h->store)) {
+    *ret = send_error(r, E_UNAVAILABLE, NULL, "the job store (Redis) cannot be reached; try again shortly");
+    return 1;
+  }
   return 0;
+}
+
+/* The Idempotency-Key of a request: NULL when absent; on a malformed one sends 400 and sets *bad. */
+static const char *idempotency_key(req *r, enum MHD_Result *ret, int *bad) {
+  const char *k = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Idempotency-Key");
+  *bad = 0;
+  if (!k) return NULL;
+  size_t n = strlen(k);
+  int ok = n >= 1 && n <= SG_STORE_MAX_IDEM_KEY;
+  for (size_t i = 0; ok && i < n; i++) ok = k[i] > 32 && k[i] < 127;
+  if (!ok) {
+    *bad = 1;
+    *ret = send_error(r, E_BAD_REQUEST, "Idempotency-Key", "Idempotency-Key: 1 to %d printable ASCII characters, no spaces",
+                      SG_STORE_MAX_IDEM_KEY);
+  }
+  return k;
 }
 
 static enum MHD_Result h_generate(req *r) {
@@ -732,23 +764,29 @@ static enum MHD_Result h_generate(req *r) {
   int async = prefer && header_has(prefer, "respond-async") && !OAI(r); /* OpenAI's routes answer at the end */
   r->seed = a.jr.seed;
   char err[256] = "";
+  int bad_key;
+  sg_store_submit_opts so = {idempotency_key(r, &ret, &bad_key), a.seed_random};
+  if (bad_key) return ret;
+  int64_t seed = a.jr.seed;
   if (async) {
-    rc = sg_jobs_submit(h->jobs, &a.jr, r->job_id, err, sizeof err);
+    rc = sg_store_submit(h->store, &a.jr, &so, NULL, NULL, r->job_id, &seed, NULL, err, sizeof err);
   } else {
     /* the watch goes in with the job: a fast job could otherwise end and be evicted before a later watch */
     const char *accept = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Accept");
     r->want_json = accept && header_has(accept, "application/json") && !header_has(accept, "image/png");
     r->ph = PH_WAIT;
     reg_add(r);
-    rc = sg_jobs_submit_watch(h->jobs, &a.jr, on_sync_event, r, r->job_id, &r->watch, err, sizeof err);
+    rc = sg_store_submit(h->store, &a.jr, &so, on_sync_event, r, r->job_id, &seed, &r->watch, err, sizeof err);
     if (rc) r->ph = PH_NEW;
   }
+  r->seed = seed; /* another job's when an Idempotency-Key matched */
   if (rc) {
     char param[32];
     err_kind k = kind_of(D_JOBS, rc);
     param_of_message(err, param, sizeof param);
     r->submit_failed = 1;
-    return send_error(r, k, k == E_INVALID ? param : NULL, "%s", err[0] ? err : sg_jobs_strerror(rc));
+    return send_error(r, k, k == E_INVALID ? param : k == E_CONFLICT ? "Idempotency-Key" : NULL, "%s",
+                      err[0] ? err : sg_store_strerror(rc));
   }
   logf_(h, SG_JOBS_LOG_DEBUG, "%s: job %s (%s, %d steps, %d images, seed %lld) prompt \"%s\"", __func__, r->job_id,
         async ? "async" : "sync", (int)a.jr.steps, (int)a.jr.n_images, (long long)a.jr.seed, a.jr.prompt);
@@ -756,13 +794,13 @@ static enum MHD_Result h_generate(req *r) {
     char url[96], ev[112], seed[32];
     snprintf(url, sizeof url, "/v1/jobs/%s", r->job_id);
     snprintf(ev, sizeof ev, "/v1/jobs/%s/events", r->job_id);
-    snprintf(seed, sizeof seed, "%lld", (long long)a.jr.seed);
+    snprintf(seed, sizeof seed, "%lld", (long long)r->seed);
     json_t *o = json_object();
     json_object_set_new(o, "id", json_string(r->job_id));
     sg_job_status now; /* a free worker may have started it already */
-    int known = sg_jobs_status(h->jobs, r->job_id, &now) == 0;
+    int known = sg_store_status(h->store, r->job_id, &now) == 0;
     json_object_set_new(o, "status", json_string(known ? sg_job_state_name(now.state) : "queued"));
-    json_object_set_new(o, "seed", json_integer(a.jr.seed));
+    json_object_set_new(o, "seed", json_integer(r->seed));
     json_object_set_new(o, "url", json_string(url));
     json_object_set_new(o, "events_url", json_string(ev));
     size_t n = 0;
@@ -779,7 +817,7 @@ static enum MHD_Result h_generate(req *r) {
   pthread_mutex_unlock(&r->mu);
   if (suspended) return MHD_YES;
   if (!done) { /* stopping: give the job back */
-    sg_jobs_cancel(h->jobs, r->job_id);
+    sg_store_cancel(h->store, r->job_id);
     return send_error(r, E_DRAINING, NULL, "the service is shutting down");
   }
   return sync_answer(r);
@@ -794,6 +832,8 @@ static enum MHD_Result h_healthz(req *r) {
 static enum MHD_Result h_readyz(req *r) {
   if (atomic_load(&r->h->draining)) return send_error(r, E_DRAINING, NULL, "the service is shutting down");
   if (!atomic_load(&r->h->ready)) return send_error(r, E_NOT_READY, NULL, "the model is still loading");
+  if (!sg_store_ready(r->h->store))
+    return send_error(r, E_UNAVAILABLE, NULL, "the job store (Redis) cannot be reached");
   json_t *o = json_object();
   json_object_set_new(o, "status", json_string("ready"));
   return send_json(r, 200, o);
@@ -804,11 +844,21 @@ static enum MHD_Result h_metrics(req *r) {
   sg_jobs_stats js;
   int ready = atomic_load(&h->ready);
   sg_metrics_state st = {ready, atomic_load(&h->draining), -1, NULL};
-  if (ready && sg_jobs_stats_get(h->jobs, &js) == 0) st.jobs = &js;
+  if (ready && sg_store_stats(h->store, &js) == 0) st.jobs = &js;
   const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
   if (di) st.connections = (int32_t)di->num_connections;
   char *text = sg_metrics_render(h->metrics, &st);
   if (!text) return send_error(r, E_INTERNAL, NULL, "out of memory");
+  char *extra = ready ? sg_store_metrics_text(h->store, "sketchguide") : NULL; /* cluster mode's figures */
+  if (extra) {
+    size_t a = strlen(text), b = strlen(extra);
+    char *both = realloc(text, a + b + 1);
+    if (both) {
+      memcpy(both + a, extra, b + 1);
+      text = both;
+    }
+    free(extra);
+  }
   size_t n = strlen(text);
   struct MHD_Response *resp = MHD_create_response_from_buffer(n, text, MHD_RESPMEM_MUST_FREE);
   if (!resp) {
@@ -830,7 +880,7 @@ static enum MHD_Result h_info(req *r) {
   if (atomic_load(&h->ready)) {
     const sg_model_info *m = h->model;
     sg_jobs_stats js;
-    sg_jobs_stats_get(h->jobs, &js);
+    if (sg_store_stats(h->store, &js)) memset(&js, 0, sizeof js);
     json_t *mo = json_object();
     json_object_set_new(mo, "name", json_string(m->name));
     json_object_set_new(mo, "image_size", json_integer(m->image_size));
@@ -845,7 +895,7 @@ static enum MHD_Result h_info(req *r) {
     json_object_set_new(bo, "solo_bit_exact", json_true());
     json_object_set_new(mo, "batching", bo);
     json_object_set_new(o, "model", mo);
-    sg_job_request d = sg_jobs_default_request(h->jobs);
+    sg_job_request d = h->defaults;
     json_object_set_new(def, "steps", json_integer(d.steps < P->max_steps ? d.steps : P->max_steps));
     json_object_set_new(def, "cfg", json_real(d.cfg));
     json_object_set_new(def, "beta", json_real(d.beta));
@@ -869,7 +919,7 @@ static enum MHD_Result h_info(req *r) {
   json_object_set_new(lim, "max_connections", json_integer(P->max_connections));
   if (atomic_load(&h->ready)) {
     sg_jobs_stats js;
-    sg_jobs_stats_get(h->jobs, &js);
+    if (sg_store_stats(h->store, &js)) memset(&js, 0, sizeof js);
     json_object_set_new(lim, "max_queue", json_integer(js.max_queue));
   }
   json_object_set_new(o, "limits", lim);
@@ -884,11 +934,19 @@ static int job_missing(req *r, int rc, enum MHD_Result *ret) {
   char id[48];
   sg_request_safe_name(r->id, id, sizeof id);
   *ret = rc == SG_JOBS_EEXPIRED ? send_error(r, E_GONE, NULL, "job %s has expired (finished jobs are kept a while)", id)
-                                : send_error(r, E_NOT_FOUND, NULL, "no job %s", id);
+         : rc == SG_STORE_EUNAVAILABLE
+             ? send_error(r, E_UNAVAILABLE, NULL, "the job store (Redis) cannot be reached; try again shortly")
+         : rc == SG_STORE_EBADDATA ? send_error(r, E_INTERNAL, NULL, "job %s: its record in the store is malformed", id)
+         : rc == SG_JOBS_ENOMEM    ? send_error(r, E_INTERNAL, NULL, "out of memory")
+                                   : send_error(r, E_NOT_FOUND, NULL, "no job %s", id);
   return 1;
 }
 
 static int not_ready(req *r, enum MHD_Result *ret) {
+  if (atomic_load(&r->h->ready) && r->h->p.probes_only) {
+    *ret = send_error(r, E_NOT_FOUND, NULL, "this replica is a worker (role worker): it serves probes and metrics only");
+    return 1;
+  }
   if (atomic_load(&r->h->ready)) return 0;
   *ret = send_error(r, E_NOT_READY, NULL, "the model is still loading");
   return 1;
@@ -898,7 +956,7 @@ static enum MHD_Result h_job_get(req *r) {
   enum MHD_Result ret;
   if (not_ready(r, &ret)) return ret;
   sg_job_status st;
-  if (job_missing(r, sg_jobs_status(r->h->jobs, r->id, &st), &ret)) return ret;
+  if (job_missing(r, sg_store_status(r->h->store, r->id, &st), &ret)) return ret;
   memcpy(r->job_id, st.id, sizeof r->job_id);
   return send_json(r, 200, sg_jobjson_status(&st));
 }
@@ -906,11 +964,11 @@ static enum MHD_Result h_job_get(req *r) {
 static enum MHD_Result h_job_delete(req *r) {
   enum MHD_Result ret;
   if (not_ready(r, &ret)) return ret;
-  int rc = sg_jobs_cancel(r->h->jobs, r->id);
+  int rc = sg_store_cancel(r->h->store, r->id);
   if (rc == SG_JOBS_EFINISHED) return send_error(r, E_CONFLICT, NULL, "the job has already finished");
   if (job_missing(r, rc, &ret)) return ret;
   sg_job_status st;
-  if (job_missing(r, sg_jobs_status(r->h->jobs, r->id, &st), &ret)) return ret;
+  if (job_missing(r, sg_store_status(r->h->store, r->id, &st), &ret)) return ret;
   memcpy(r->job_id, st.id, sizeof r->job_id);
   /* a running job stops at its next step: accepted, not done */
   return send_json(r, st.state == SG_JOB_RUNNING ? 202 : 200, sg_jobjson_status(&st));
@@ -921,10 +979,10 @@ static enum MHD_Result h_job_image(req *r) {
   if (not_ready(r, &ret)) return ret;
   uint8_t *png = NULL;
   size_t len = 0;
-  int rc = sg_jobs_image(r->h->jobs, r->id, r->index, &png, &len);
+  int rc = sg_store_image(r->h->store, r->id, r->index, &png, &len);
   if (rc == SG_JOBS_ENOIMAGE) {
     sg_job_status st;
-    if (job_missing(r, sg_jobs_status(r->h->jobs, r->id, &st), &ret)) return ret;
+    if (job_missing(r, sg_store_status(r->h->store, r->id, &st), &ret)) return ret;
     if (st.state == SG_JOB_QUEUED || st.state == SG_JOB_RUNNING)
       return send_error(r, E_CONFLICT, NULL, "the job is %s; its images are not ready", sg_job_state_name(st.state));
     return send_error(r, E_NOT_FOUND, NULL, "the job (%s) has no image %d", sg_job_state_name(st.state),
@@ -959,15 +1017,16 @@ static enum MHD_Result h_file(req *r) {
 
 /* ---- server-sent events ---- */
 
-/* Appends one event to the stream's buffer; r->mu held. */
-static void stream_push_locked(req *r, const char *event, json_t *data) {
+/* Appends one event (with its id line when it has one) to the stream's buffer; r->mu held. */
+static void stream_push_locked(req *r, const char *event, const char *event_id, json_t *data) {
   char *text = data ? json_dumps(data, JSON_COMPACT | JSON_REAL_PRECISION(15)) : NULL;
   if (!text) {
     r->gone = 1; /* out of memory: end the stream rather than lose events silently */
     return;
   }
-  char headl[64];
-  int n = snprintf(headl, sizeof headl, "event: %s\ndata: ", event);
+  char headl[128];
+  int n = event_id ? snprintf(headl, sizeof headl, "id: %s\nevent: %s\ndata: ", event_id, event)
+                   : snprintf(headl, sizeof headl, "event: %s\ndata: ", event);
   if (sg_buf_add(&r->ev, headl, (size_t)n) || sg_buf_add(&r->ev, text, strlen(text)) ||
       sg_buf_add(&r->ev, "\n\n", 2))
     r->gone = 1;
@@ -977,7 +1036,7 @@ static void stream_push_locked(req *r, const char *event, json_t *data) {
   r->ev_t = now_s();
 }
 
-static void on_stream_event(void *user, const sg_job_event *ev) {
+static void on_stream_event(void *user, const sg_job_event *ev, const char *event_id) {
   req *r = user;
   json_t *o = json_object();
   if (o) {
@@ -998,7 +1057,7 @@ static void on_stream_event(void *user, const sg_job_event *ev) {
     }
   }
   pthread_mutex_lock(&r->mu);
-  stream_push_locked(r, ev->kind == SG_JOB_EVENT_END ? "end" : "progress", o);
+  stream_push_locked(r, ev->kind == SG_JOB_EVENT_END ? "end" : "progress", event_id, o);
   if (ev->kind == SG_JOB_EVENT_END) r->ev_end = 1;
   resume_locked(r);
   pthread_mutex_unlock(&r->mu);
@@ -1033,16 +1092,28 @@ static enum MHD_Result h_job_events(req *r) {
   if (not_ready(r, &ret)) return ret;
   sg_http *h = r->h;
   sg_job_status st;
-  if (job_missing(r, sg_jobs_status(h->jobs, r->id, &st), &ret)) return ret;
-  json_t *o = sg_jobjson_status(&st);
+  if (job_missing(r, sg_store_status(h->store, r->id, &st), &ret)) return ret;
+  /* a client resuming (EventSource sends the id of the last event it got) gets the events after it and no status
+   * snapshot, so that nothing is repeated; only a store with event ids (redis) can resume */
+  const char *last = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Last-Event-ID");
+  if (last && !*last) last = NULL;
+  if (last && strcmp(sg_store_kind(h->store), "redis"))
+    return send_error(r, E_BAD_REQUEST, "Last-Event-ID", "Last-Event-ID: this replica keeps no event history (local "
+                                                          "job store); reconnect without it");
   r->seed = st.seed; /* for the end event's images */
-  pthread_mutex_lock(&r->mu);
-  stream_push_locked(r, "status", o);
-  pthread_mutex_unlock(&r->mu);
-  json_decref(o);
+  if (!last) {
+    json_t *o = sg_jobjson_status(&st);
+    pthread_mutex_lock(&r->mu);
+    stream_push_locked(r, "status", NULL, o);
+    pthread_mutex_unlock(&r->mu);
+    json_decref(o);
+  }
   r->ph = PH_STREAM;
   reg_add(r);
-  if (job_missing(r, sg_jobs_watch(h->jobs, r->id, on_stream_event, r, &r->watch), &ret)) return ret;
+  int wrc = sg_store_watch(h->store, r->id, last, on_stream_event, r, &r->watch);
+  if (wrc == SG_JOBS_EINVAL)
+    return send_error(r, E_BAD_REQUEST, "Last-Event-ID", "Last-Event-ID: not an event id of this job's stream");
+  if (job_missing(r, wrc, &ret)) return ret;
   struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, r, NULL);
   if (!resp) return MHD_NO;
   MHD_add_response_header(resp, "Content-Type", "text/event-stream");
@@ -1471,7 +1542,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
   if (!r) return;
   *con_cls = NULL;
   if (r->watch) {
-    sg_jobs_unwatch(r->watch); /* no callback runs after this: nobody resumes a closed connection */
+    sg_store_unwatch(h->store, r->watch); /* no callback runs after this: nobody resumes a closed connection */
     r->watch = NULL;
   }
   int cancelled = 0;
@@ -1479,7 +1550,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
   int unfinished = r->ph == PH_WAIT && r->job_id[0] && !r->done;
   pthread_mutex_unlock(&r->mu);
   if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && unfinished)
-    cancelled = sg_jobs_cancel(h->jobs, r->job_id) == 0;
+    cancelled = sg_store_cancel(h->store, r->job_id) == 0;
   reg_remove(r);
   upload_remove(r);
   double ms = (now_s() - r->t0) * 1000.0;
@@ -1668,12 +1739,15 @@ sg_http *sg_http_start(sg_http_params p, sg_metrics *metrics, char *err, size_t 
 
 int32_t sg_http_port(const sg_http *h) { return h ? h->port : -1; }
 
-void sg_http_attach(sg_http *h, sg_jobs *jobs, const sg_model_info *model, const char *devices) {
-  if (!h || !jobs || !model) return;
-  h->jobs = jobs;
-  h->model = model;
+int sg_http_attach(sg_http *h, sg_store *store, const sg_model_info *model, const char *devices) {
+  if (!h || !store) return SG_JOBS_EINVAL;
+  int rc = sg_store_model(store, &h->model_copy, &h->defaults);
+  if (rc) return rc;
+  h->store = store;
+  h->model = model ? model : &h->model_copy;
   snprintf(h->devices, sizeof h->devices, "%s", devices ? devices : "");
-  atomic_store(&h->ready, 1); /* sequentially consistent: jobs and model are visible to whoever sees ready */
+  atomic_store(&h->ready, 1); /* sequentially consistent: store and model are visible to whoever sees ready */
+  return 0;
 }
 
 void sg_http_drain(sg_http *h) {

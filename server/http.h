@@ -7,8 +7,8 @@
  *   char err[256];
  *   sg_http *h = sg_http_start(p, metrics, err, sizeof err);   // answers /healthz at once, 503 for work
  *   printf("listening on http://%s:%d\n", p.host, sg_http_port(h));
- *   ... load the models, sg_jobs_new ...
- *   sg_http_attach(h, jobs, sg_model_get_info(model), "cpu");  // ready: /readyz 200, work accepted
+ *   ... load the models, sg_jobs_new, store = sg_store_local_new(jobs) (or a redis store: store.h) ...
+ *   sg_http_attach(h, store, sg_model_get_info(model), "cpu"); // ready: /readyz 200, work accepted
  *   ... on SIGTERM:
  *   sg_http_drain(h);                             // /readyz 503, new work 503
  *   sg_jobs_drain(jobs, 30);                      // the waiting clients get their answers
@@ -34,6 +34,7 @@
 #include "jobs.h"
 #include "metrics.h"
 #include "model.h"
+#include "store.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -64,6 +65,7 @@ typedef struct {
   const char *version;           /* reported by /v1/info; "unknown" */
   double result_ttl_s;           /* 600: how long the URLs of OpenAI url results last (the job manager's
                                     keep_finished_seconds: the job's images must outlive them) */
+  int probes_only;               /* 0; 1: a cluster worker: /healthz, /readyz, /metrics, /v1/info only (jobs 404) */
   sg_jobs_log_fn log;            /* NULL: no logging */
   void *log_user;
 } sg_http_params;
@@ -79,10 +81,11 @@ sg_http *sg_http_start(sg_http_params p, sg_metrics *metrics, char *err, size_t 
 /* Returns the TCP port the server listens on (the chosen one when params.port was 0). */
 int32_t sg_http_port(const sg_http *h);
 
-/* Hands the job manager and the model description (for /v1/info and defaults) to the server and marks it ready.
- * jobs and model stay owned by the caller and must outlive sg_http_stop; devices (copied) is reported by
- * /v1/info. Call it once. */
-void sg_http_attach(sg_http *h, sg_jobs *jobs, const sg_model_info *model, const char *devices);
+/* Hands the job store and the model description (for /v1/info and limits) to the server and marks it ready. The
+ * defaults of requests come from sg_store_model; model NULL (a frontend that loads none) takes the store's model
+ * too. store and model stay owned by the caller and must outlive sg_http_stop; devices (copied) is reported by
+ * /v1/info. Call it once it succeeds. Returns 0, or what sg_store_model returns (the server stays not ready). */
+int sg_http_attach(sg_http *h, sg_store *store, const sg_model_info *model, const char *devices);
 
 /* Marks the server draining: /readyz and new generation requests answer 503; status, image and event requests
  * are still served. */
