@@ -7,7 +7,7 @@ PACKAGES=(
   build-essential meson ninja-build pkg-config
   python3-torch python3-numpy python3-pil python3-pytest
   libtorch-dev libopenblas0-pthread
-  libmicrohttpd-dev libjansson-dev libturbojpeg0-dev libpng-dev zlib1g-dev
+  libmicrohttpd-dev libjansson-dev libturbojpeg0-dev libpng-dev zlib1g-dev libhiredis-dev redis-server
   python3-yaml python3-jsonschema
   chromium fonts-dejavu-core nginx
   clang libclang-rt-14-dev llvm-14
@@ -17,6 +17,8 @@ PACKAGES=(
 # deployment test (tests/deploy). Neither runs as a service: the tests start their own.
 # docker.io and mmdebstrap: the image suite (tests/deploy/test_image.py) builds and runs the container image with
 # Debian's Docker, its base images made from Debian's archive (deploy/base-images.sh); it starts dockerd itself.
+# libhiredis-dev: cluster mode's job store (server/store_redis.c); redis-server: its tests (tests/cluster), which start
+# their own on a free loopback port (the system service is not needed and may stay stopped).
 # clang, its libFuzzer runtime (libclang-rt-14-dev, only recommended by clang) and llvm-14 (llvm-cov): the fuzz
 # targets (tests/fuzz, docs/fuzzing.md); without them the suite `fuzz` skips its libFuzzer runs.
 # node and npm for the checks of openapi.yaml (redocly, Prism), the browser test (playwright-core, axe-core) and the Kubernetes

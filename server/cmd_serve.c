@@ -350,7 +350,8 @@ serve:;
   rc = CLI_OK;
 done:
   /* the answers of the drained jobs go out first; a frontend's waiting clients have their jobs elsewhere */
-  sg_http_stop(http, frontend ? c.drain_seconds : 10.0);
+  if (frontend) sg_http_stop(http, c.drain_seconds); /* its waiting clients' jobs run elsewhere: they may finish */
+  else sg_http_stop(http, 10.0);
   if (worker) sg_store_worker_stop(worker, 0);
   sg_store_free(store);
   sg_jobs_free(jobs);
