@@ -764,8 +764,9 @@ static enum MHD_Result h_generate(req *r) {
   int async = prefer && header_has(prefer, "respond-async") && !OAI(r); /* OpenAI's routes answer at the end */
   r->seed = a.jr.seed;
   char err[256] = "";
-  int bad_key;
-  sg_store_submit_opts so = {idempotency_key(r, &ret, &bad_key), a.seed_random};
+  int bad_key = 0; /* Idempotency-Key: cluster mode's (a local replica forgets its jobs with its process) */
+  sg_store_submit_opts so = {NULL, a.seed_random};
+  if (!strcmp(sg_store_kind(h->store), "redis")) so.idempotency_key = idempotency_key(r, &ret, &bad_key);
   if (bad_key) return ret;
   int64_t seed = a.jr.seed;
   if (async) {

@@ -1175,6 +1175,10 @@ struct run {
   char entry[48];
   char local[SG_JOB_ID_LEN];
   sg_job_watch *h;
+  /* progress, mirrored into Redis by the mirror thread so that the engine never waits for a round trip (w->mu) */
+  int32_t step_done, step_sent, total;
+  int ended;
+  pthread_mutex_t smu; /* held while this run's steps are sent (by the mirror thread or its END) */
 };
 
 struct sg_store_worker {
@@ -1183,11 +1187,12 @@ struct sg_store_worker {
   char name[128];
   int32_t slots;
   sg_model_info info;
-  pthread_t loop, hb;
-  int loop_started, hb_started;
-  atomic_int stop;
+  pthread_t loop, hb, mirror;
+  int loop_started, hb_started, mirror_started;
+  atomic_int stop, mirror_stop;
   pthread_mutex_t mu;
   pthread_cond_t cv;
+  pthread_cond_t mcv; /* a step is waiting to be mirrored */
   run *runs;
   int32_t n_runs;
 };
@@ -1348,6 +1353,64 @@ static void finish(sg_store_worker *w, const char *id, const char *entry, sg_job
   if (r) freeReplyObject(r);
 }
 
+/* Sends the steps of x that the engine made and Redis has not seen, in order, one event each; x->smu held. A reply
+ * saying the job was cancelled, or is not this worker's any more, stops the local job at its next step. Returns 0, or
+ * -1 when Redis did not answer (the rest is sent later). */
+static int send_steps(sg_store_worker *w, run *x, int32_t upto, int32_t total) {
+  rstore *s = w->s;
+  char k1[64], k2[64];
+  snprintf(k1, sizeof k1, "sg:job:%s", x->id);
+  snprintf(k2, sizeof k2, "sg:job:%s:ev", x->id);
+  for (int32_t k = x->step_sent + 1; k <= upto; k++) {
+    char step[16], tot[16];
+    snprintf(step, sizeof step, "%d", (int)k);
+    snprintf(tot, sizeof tot, "%d", (int)total);
+    const char *argv[] = {"EVAL", LUA_PROGRESS, "2", k1, k2, w->name, step, tot};
+    size_t len[8];
+    for (int i = 0; i < 8; i++) len[i] = strlen(argv[i]);
+    int rc;
+    redisReply *r = run_argv(s, 8, argv, len, &rc);
+    if (!r) return -1; /* Redis away: tried again later, or at the end */
+    x->step_sent = k;
+    if (r->type == REDIS_REPLY_INTEGER && r->integer != 0) {
+      if (r->integer == 2)
+        logf_(s, SG_JOBS_LOG_WARN, "%s: job %s was taken over by another worker; stopping it here", __func__, x->id);
+      sg_jobs_cancel(w->jobs, x->local);
+    }
+    freeReplyObject(r);
+  }
+  return 0;
+}
+
+/* The mirror thread: whenever a run has steps Redis has not seen, sends them. */
+static void *mirror_main(void *arg) {
+  sg_store_worker *w = arg;
+  pthread_mutex_lock(&w->mu);
+  while (!atomic_load(&w->mirror_stop)) {
+    run *x = NULL;
+    for (run *p = w->runs; p && !x; p = p->next)
+      if (!p->ended && p->step_done > p->step_sent) x = p;
+    if (!x) {
+      struct timespec ts;
+      clock_gettime(CLOCK_REALTIME, &ts);
+      ts.tv_nsec += 100 * 1000000L;
+      ts.tv_sec += ts.tv_nsec / 1000000000L;
+      ts.tv_nsec %= 1000000000L;
+      pthread_cond_timedwait(&w->mcv, &w->mu, &ts);
+      continue;
+    }
+    pthread_mutex_lock(&x->smu); /* order: w->mu, then smu; an ended run is never picked, so its END never waits */
+    int32_t upto = x->step_done, total = x->total;
+    pthread_mutex_unlock(&w->mu);
+    int failed = send_steps(w, x, upto, total);
+    pthread_mutex_unlock(&x->smu);
+    if (failed) sleep_ms(250); /* Redis is away: no busy loop */
+    pthread_mutex_lock(&w->mu);
+  }
+  pthread_mutex_unlock(&w->mu);
+  return NULL;
+}
+
 static void on_local_event(void *user, const sg_job_event *ev) {
   run *x = user;
   sg_store_worker *w = x->w;
@@ -1355,23 +1418,21 @@ static void on_local_event(void *user, const sg_job_event *ev) {
   char k1[64], k2[64];
   snprintf(k1, sizeof k1, "sg:job:%s", x->id);
   snprintf(k2, sizeof k2, "sg:job:%s:ev", x->id);
-  if (ev->kind == SG_JOB_EVENT_PROGRESS) {
-    char step[16], total[16];
-    snprintf(step, sizeof step, "%d", (int)ev->step);
-    snprintf(total, sizeof total, "%d", (int)ev->total);
-    const char *argv[] = {"EVAL", LUA_PROGRESS, "2", k1, k2, w->name, step, total};
-    size_t len[8];
-    for (int i = 0; i < 8; i++) len[i] = strlen(argv[i]);
-    int rc;
-    redisReply *r = run_argv(s, 8, argv, len, &rc);
-    if (r && r->type == REDIS_REPLY_INTEGER && r->integer != 0) {
-      if (r->integer == 2)
-        logf_(s, SG_JOBS_LOG_WARN, "%s: job %s was taken over by another worker; stopping it here", __func__, x->id);
-      sg_jobs_cancel(w->jobs, x->local);
-    }
-    if (r) freeReplyObject(r);
+  if (ev->kind == SG_JOB_EVENT_PROGRESS) { /* handed to the mirror thread: the engine goes on at once */
+    pthread_mutex_lock(&w->mu);
+    x->step_done = ev->step;
+    x->total = ev->total;
+    pthread_cond_signal(&w->mcv);
+    pthread_mutex_unlock(&w->mu);
     return;
   }
+  pthread_mutex_lock(&w->mu);
+  x->ended = 1;
+  int32_t upto = x->step_done, total = x->total;
+  pthread_mutex_unlock(&w->mu);
+  pthread_mutex_lock(&x->smu); /* the steps not yet mirrored go out before the end event */
+  if (ev->error != SG_JOB_ERR_SHUTDOWN) send_steps(w, x, upto, total);
+  pthread_mutex_unlock(&x->smu);
   sg_job_status st;
   int have = sg_jobs_event_status(ev, &st) == 0;
   if (ev->error == SG_JOB_ERR_SHUTDOWN) { /* this worker is stopping: the job goes back to the queue */
@@ -1403,6 +1464,7 @@ static void on_local_event(void *user, const sg_job_event *ev) {
   }
   run_remove(w, x);
   sg_jobs_unwatch(x->h); /* its own handle, from inside its callback */
+  pthread_mutex_destroy(&x->smu);
   free(x);
 }
 
@@ -1510,6 +1572,7 @@ static void take(sg_store_worker *w, const redisReply *entry) {
   if (!bad && !(x = calloc(1, sizeof *x))) bad = "(out of memory)";
   if (!bad) {
     x->w = w;
+    pthread_mutex_init(&x->smu, NULL);
     memcpy(x->id, id, SG_JOB_ID_LEN);
     snprintf(x->entry, sizeof x->entry, "%s", eid);
     pthread_mutex_lock(&w->mu);
@@ -1520,6 +1583,7 @@ static void take(sg_store_worker *w, const redisReply *entry) {
     rc = sg_jobs_submit_watch(w->jobs, &q, on_local_event, x, x->local, &x->h, err, sizeof err);
     if (rc) {
       run_remove(w, x);
+      pthread_mutex_destroy(&x->smu);
       free(x);
       x = NULL;
       finish(w, id, eid, SG_JOB_FAILED, rc == SG_JOBS_EINVAL ? SG_JOB_ERR_INVALID : SG_JOB_ERR_RUNTIME,
@@ -1716,7 +1780,16 @@ sg_store_worker *sg_store_worker_start(sg_store *b, sg_jobs *jobs, const sg_mode
   w->slots = st.workers > 0 ? st.workers : 1;
   pthread_mutex_init(&w->mu, NULL);
   pthread_cond_init(&w->cv, NULL);
+  pthread_cond_init(&w->mcv, NULL);
+  if (pthread_create(&w->mirror, NULL, mirror_main, w)) {
+    sg_set_err(err, errlen, "cannot start the progress thread");
+    free(w);
+    return NULL;
+  }
+  w->mirror_started = 1;
   if (pthread_create(&w->hb, NULL, heartbeat_main, w)) {
+    atomic_store(&w->mirror_stop, 1);
+    pthread_join(w->mirror, NULL);
     sg_set_err(err, errlen, "cannot start the heartbeat thread");
     free(w);
     return NULL;
@@ -1724,7 +1797,9 @@ sg_store_worker *sg_store_worker_start(sg_store *b, sg_jobs *jobs, const sg_mode
   w->hb_started = 1;
   if (pthread_create(&w->loop, NULL, worker_main, w)) {
     atomic_store(&w->stop, 1);
+    atomic_store(&w->mirror_stop, 1);
     pthread_join(w->hb, NULL);
+    pthread_join(w->mirror, NULL);
     sg_set_err(err, errlen, "cannot start the worker thread");
     free(w);
     return NULL;
@@ -1741,11 +1816,17 @@ int sg_store_worker_stop(sg_store_worker *w, double timeout_s) {
    * gives them back to the queue (on_local_event) */
   int rc = sg_jobs_drain(w->jobs, timeout_s);
   pthread_join(w->hb, NULL);
+  atomic_store(&w->mirror_stop, 1);
+  pthread_mutex_lock(&w->mu);
+  pthread_cond_broadcast(&w->mcv);
+  pthread_mutex_unlock(&w->mu);
+  pthread_join(w->mirror, NULL);
   int rc2;
   redisReply *r = run_fmt(w->s, &rc2, "HDEL %s %s", WORKERS, w->name);
   if (r) freeReplyObject(r);
   pthread_mutex_destroy(&w->mu);
   pthread_cond_destroy(&w->cv);
+  pthread_cond_destroy(&w->mcv);
   free(w);
   return rc ? SG_JOBS_ETIMEDOUT : 0;
 }
