@@ -251,9 +251,9 @@ int cmd_serve(int argc, char **argv) {
   int v6 = strchr(c.host, ':') != NULL;
   printf("listening on http://%s%s%s:%d\n", v6 ? "[" : "", c.host, v6 ? "]" : "", (int)sg_http_port(http));
   fflush(stdout);
-  logf_(&lg, SG_JOBS_LOG_INFO, "serve: sketchguide %s on %s port %d; role %s, %s job store; %s%s%s", SG_VERSION,
+  logf_(&lg, SG_JOBS_LOG_INFO, "serve: sketchguide %s on %s port %d; role %s, %s job store; %s%s%s%s", SG_VERSION,
         c.host, (int)sg_http_port(http), c.role, store ? "redis" : "local", frontend ? "no model" : "loading ",
-        frontend ? "" : model_dir, frontend ? "" : "");
+        frontend ? "" : model_dir, frontend ? "" : " on ", frontend ? "" : c.devices);
   if (frontend) { /* no model here: its description comes from the workers, through Redis */
     int said = 0;
     while (sg_http_attach(http, store, NULL, "cluster") != 0) {
@@ -349,8 +349,9 @@ serve:;
   }
   rc = CLI_OK;
 done:
-  /* the answers of the drained jobs go out first; a frontend's waiting clients have their jobs elsewhere */
-  if (frontend) sg_http_stop(http, c.drain_seconds); /* its waiting clients' jobs run elsewhere: they may finish */
+  /* the answers of the drained jobs go out first; a frontend's waiting clients' jobs run elsewhere and may take
+   * up to drain_seconds to finish */
+  if (frontend) sg_http_stop(http, c.drain_seconds);
   else sg_http_stop(http, 10.0);
   if (worker) sg_store_worker_stop(worker, 0);
   sg_store_free(store);

@@ -1242,7 +1242,11 @@ static const char LUA_PROGRESS[] =
     "if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= 'running' then\n"
     "  return 2 end\n"
     "redis.call('HSET', KEYS[1], 'step', ARGV[2])\n"
-    "redis.call('XADD', KEYS[2], '*', 'kind', 'progress', 'state', 'running', 'step', ARGV[2], 'total', ARGV[3])\n"
+    /* a run after a reclaim repeats steps its first run announced: the event stream gets each step once */
+    "if tonumber(ARGV[2]) > tonumber(redis.call('HGET', KEYS[1], 'ev_step') or '0') then\n"
+    "  redis.call('HSET', KEYS[1], 'ev_step', ARGV[2])\n"
+    "  redis.call('XADD', KEYS[2], '*', 'kind', 'progress', 'state', 'running', 'step', ARGV[2], 'total', ARGV[3])\n"
+    "end\n"
     "if redis.call('HGET', KEYS[1], 'cancel') == '1' then return 1 end\n"
     "return 0\n";
 

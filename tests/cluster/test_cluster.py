@@ -393,7 +393,8 @@ def test_sync_client_leaving_cancels_its_job(cl):
 
 def test_worker_sigkill_mid_job_finishes_elsewhere_with_the_solo_image(cl):
     """The worker running a job is SIGKILLed mid-job; after the lease the other worker reclaims it and runs it again
-    from its seed: the client's image is the one a solo (local mode) server makes for that seed."""
+    from its seed: the client's image is the one a solo (local mode) server makes for that seed, and the job's events
+    give each step once."""
     job = cl.submit(steps=LONG // 2, seed=21, prompt="killed worker")
     wait_for(lambda: cl.status(job)["progress"]["step"] >= 1, 120, "the job to make a step")
     first = owner_of(cl.redis, job)
@@ -406,6 +407,11 @@ def test_worker_sigkill_mid_job_finishes_elsewhere_with_the_solo_image(cl):
     assert owner_of(cl.redis, job) != first and cl.redis.cli("HGET", "sg:job:" + job, "attempts") == "2"
     st, _, png = cl.request("GET", "/v1/jobs/%s/images/0" % job)
     assert st == 200
+    # the second run repeats the steps the first announced: the event stream still has each step once
+    c, r = open_events(cl.fports[1], job)
+    ev = read_events(r)
+    c.close()
+    assert [e[2]["step"] for e in ev if e[1] == "progress"] == list(range(1, LONG // 2 + 1)), ev
     solo = Server("--max-queue", "4")
     try:
         body, ctype = multipart([("prompt", "killed worker"), ("steps", LONG // 2), ("seed", 21)])
