@@ -1619,7 +1619,9 @@ static void publish_model(sg_store_worker *w) {
   int rc;
   redisReply *r = run_fmt(w->s, &rc, "SET %s %s", MODEL, text);
   if (r) freeReplyObject(r);
-  free(text);
+  json_free_t jfree; /* json_dumps' text goes back to jansson's allocator, whichever it is */
+  json_get_alloc_funcs(NULL, &jfree);
+  jfree(text);
 }
 
 static void *worker_main(void *arg) {
