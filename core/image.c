@@ -707,7 +707,7 @@ int sg_sketch_map_filled(const sg_image *in, int32_t size, sg_invert inv, sg_fil
   int32_t w = in->width, h = in->height, ch = in->channels;
   size_t n = (size_t)w * (size_t)h, m = (size_t)size * (size_t)size;
   float *g = sg_mem_alloc(n * sizeof *g);
-  uint8_t *map = malloc(m), *full = NULL;
+  uint8_t *map = malloc(m), *full = NULL; /* full: w x h bytes, from sg_mem (given back when freed) */
   if (!g || !map) {
     sg_mem_free(g), free(map);
     sg_set_err(err, errlen, "out of memory for a %d x %d sketch", w, h);
@@ -719,7 +719,7 @@ int sg_sketch_map_filled(const sg_image *in, int32_t size, sg_invert inv, sg_fil
     for (size_t i = 0; i < n; i++) g[i] = 1.0f - g[i];
   if (w >= size && h >= size && (w != size || h != size)) {
     /* larger: thresholded at its own resolution, so that a stroke thinner than the scale still draws a line */
-    if (!(full = malloc(n))) goto nomem;
+    if (!(full = sg_mem_alloc(n))) goto nomem;
     for (size_t i = 0; i < n; i++) full[i] = g[i] > 0.5f;
     sg_mem_free(g), g = NULL;
     if (sg_sketch_despeckle(full, w, h) || sg_sketch_box_any(full, w, h, size, map)) goto nomem;
@@ -743,11 +743,11 @@ int sg_sketch_map_filled(const sg_image *in, int32_t size, sg_invert inv, sg_fil
       (filled != SG_FILLED_FALSE && sg_sketch_thin_wide(map, size, size))) /* false: the strokes as drawn */
     goto nomem;
   for (size_t i = 0; i < m; i++) out[i] = map[i] ? 1.0f : 0.0f;
-  sg_mem_free(g), free(map), free(full);
+  sg_mem_free(g), free(map), sg_mem_free(full);
   if (inverted) *inverted = inv_now;
   return 0;
 nomem:
-  sg_mem_free(g), free(map), free(full);
+  sg_mem_free(g), free(map), sg_mem_free(full);
   sg_set_err(err, errlen, "out of memory preparing a %d x %d sketch map", size, size);
   return SG_IMAGE_ENOMEM;
 }

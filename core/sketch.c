@@ -2,6 +2,7 @@
 #include "sketch.h"
 
 #include "image.h"
+#include "mem.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -39,12 +40,19 @@ static int bad_map(const uint8_t *m, int32_t w, int32_t h) {
   return !m || w <= 0 || h <= 0 || (uint64_t)w * (uint64_t)h > UINT32_MAX;
 }
 
+/* Full-resolution temporaries come from sg_mem (mem.h): a 4096 x 4096 sketch's are given back when freed. */
+static void *zalloc(size_t n) {
+  void *p = sg_mem_alloc(n);
+  if (p) memset(p, 0, n);
+  return p;
+}
+
 /* A queue with room for every stroke pixel of m (at least one), or NULL; *n gets the pixel count. */
 static uint32_t *stroke_queue(const uint8_t *m, size_t px, size_t *n) {
   size_t c = 0;
   for (size_t i = 0; i < px; i++) c += m[i] != 0;
   *n = c;
-  return malloc((c ? c : 1) * sizeof(uint32_t));
+  return sg_mem_alloc((c ? c : 1) * sizeof(uint32_t));
 }
 
 int sg_sketch_despeckle(uint8_t *m, int32_t w, int32_t h) {
@@ -70,7 +78,7 @@ int sg_sketch_despeckle(uint8_t *m, int32_t w, int32_t h) {
       for (size_t k = 0; k < n; k++) m[q[k]] = 0;
   }
   for (size_t i = 0; i < px; i++) m[i] = m[i] != 0;
-  free(q);
+  sg_mem_free(q);
   return SG_SKETCH_OK;
 }
 
@@ -101,10 +109,10 @@ int sg_sketch_filled_to_outline(uint8_t *m, int32_t w, int32_t h, sg_filled mode
   size_t px = (size_t)w * (size_t)h, strokes;
   for (size_t i = 0; i < px; i++) m[i] = m[i] != 0;
   uint32_t *q = stroke_queue(m, px, &strokes);
-  uint8_t *interior = calloc(px, 1);
-  uint32_t *ii = mode == SG_FILLED_AUTO ? calloc(((size_t)w + 1) * ((size_t)h + 1), sizeof *ii) : NULL;
+  uint8_t *interior = zalloc(px);
+  uint32_t *ii = mode == SG_FILLED_AUTO ? zalloc(((size_t)w + 1) * ((size_t)h + 1) * sizeof *ii) : NULL;
   if (!q || !interior || (mode == SG_FILLED_AUTO && !ii)) {
-    free(q), free(interior), free(ii);
+    sg_mem_free(q), sg_mem_free(interior), sg_mem_free(ii);
     return SG_SKETCH_ENOMEM;
   }
   if (mode == SG_FILLED_AUTO) {
@@ -144,7 +152,7 @@ int sg_sketch_filled_to_outline(uint8_t *m, int32_t w, int32_t h, sg_filled mode
       else interior[k] = m[k] == 2 || (m[k] == 0 && (up || down || left || right));
     }
   memcpy(m, interior, px);
-  free(q), free(interior), free(ii);
+  sg_mem_free(q), sg_mem_free(interior), sg_mem_free(ii);
   if (converted) *converted = conv;
   return SG_SKETCH_OK;
 }
@@ -186,9 +194,9 @@ int sg_sketch_thin_wide(uint8_t *m, int32_t w, int32_t h) {
   size_t px = (size_t)w * (size_t)h, strokes;
   for (size_t i = 0; i < px; i++) m[i] = m[i] != 0;
   uint32_t *q = stroke_queue(m, px, &strokes);
-  uint8_t *inner = calloc(px, 1), *skel = malloc(px), *del = malloc(px);
+  uint8_t *inner = zalloc(px), *skel = sg_mem_alloc(px), *del = sg_mem_alloc(px);
   if (!q || !inner || !skel || !del) {
-    free(q), free(inner), free(skel), free(del);
+    sg_mem_free(q), sg_mem_free(inner), sg_mem_free(skel), sg_mem_free(del);
     return SG_SKETCH_ENOMEM;
   }
   for (int32_t y = 1; y + 1 < h; y++)
@@ -210,6 +218,6 @@ int sg_sketch_thin_wide(uint8_t *m, int32_t w, int32_t h) {
     }
   }
   for (size_t i = 0; i < px; i++) m[i] = m[i] == 2 || (m[i] == 3 && skel[i]);
-  free(q), free(inner), free(skel), free(del);
+  sg_mem_free(q), sg_mem_free(inner), sg_mem_free(skel), sg_mem_free(del);
   return SG_SKETCH_OK;
 }
