@@ -220,10 +220,15 @@ def test_several_seeds_and_images(sg, tmp_path):
     assert [l["seed"] for l in lines] == [5, 6, 9, 10]
     for s in (5, 6, 9, 10):
         assert Image.open(tmp_path / ("s%d.png" % s)).text["seed"] == str(s)
-    # image k of a run equals a run of one image at seed + k
+    # image k of a run is a run of one image at seed + k: the same noise, the U-Net's batch of 2 images against 1
+    # changing only the order of its sums (docs/batching.md): at most 1 level here, where another seed changes most
     r = sg("generate", "--prompt", "a blue circle on a plain white background", "--steps", "4", "--seed", "6",
            "--output", tmp_path / "one.png")
-    assert r.returncode == 0 and (png(tmp_path / "one.png") == png(tmp_path / "s6.png")).all()
+    assert r.returncode == 0, r.stderr
+    d = np.abs(png(tmp_path / "one.png").astype(int) - png(tmp_path / "s6.png").astype(int))
+    other = np.abs(png(tmp_path / "one.png").astype(int) - png(tmp_path / "s5.png").astype(int))
+    assert d.max() <= 1 and (d > 0).mean() < 0.01, (d.max(), (d > 0).mean())
+    assert (other > 1).mean() > 0.1, (other > 1).mean()
     r = sg("generate", "--prompt", "a blue circle on a plain white background", "--steps", "2", "--images", "2",
            "--output", tmp_path / "n.png")
     assert r.returncode == 0 and (tmp_path / "n-0.png").exists() and (tmp_path / "n-1.png").exists()
