@@ -224,7 +224,7 @@ def parse_jobs_log(text):
     for i, line in enumerate(text.splitlines()):
         if "serve: SIGTERM: draining" in line:
             drain = i
-        m = re.search(r"run_job: job ([0-9a-f]{32}) (\w+)", line)
+        m = re.search(r"(?:run_job|end_job): job ([0-9a-f]{32}) (\w+)", line)  # the worker's end-of-job line
         if m:
             jobs.append((i, m.group(1), m.group(2)))
         m = re.search(r"POST /v1/generate (\d+) .*job=([0-9a-f]{32})", line)
