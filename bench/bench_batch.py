@@ -22,30 +22,18 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import argparse
 import io
 import statistics
-import subprocess
 import sys
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_http import ROOT, multipart, pct, post  # noqa: E402
+from bench_http import ROOT, multipart, pct, post, start_serve  # noqa: E402
 
 
 def start_server(exe, model, threads, max_batch):
-    p = subprocess.Popen([exe, "serve", "--port", "0", "--model", model, "--threads", str(threads),
-                          "--max-queue", "64", "--max-batch", str(max_batch), "--log-level", "warn",
-                          "--warmup-steps", "2"],
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    port = None
-    for line in p.stdout:
-        if line.startswith("listening on"):
-            port = int(line.rsplit(":", 1)[1])
-        if line.startswith("ready"):
-            break
-    if port is None:
-        raise SystemExit("the server did not start")
-    threading.Thread(target=p.stdout.read, daemon=True).start()
-    return p, port
+    return start_serve([exe, "serve", "--port", "0", "--model", model, "--threads", str(threads),
+                        "--max-queue", "64", "--max-batch", str(max_batch), "--log-level", "warn",
+                        "--warmup-steps", "2"])
 
 
 def fields(guided: bool, seed: int, steps: int):

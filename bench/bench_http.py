@@ -60,9 +60,13 @@ def rss_kb(pid: int) -> int:
 
 
 def start_server(exe, model, threads, max_queue):
-    p = subprocess.Popen([exe, "serve", "--port", "0", "--model", model, "--threads", str(threads),
-                          "--max-queue", str(max_queue), "--log-level", "warn", "--max-steps", "150"],
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    return start_serve([exe, "serve", "--port", "0", "--model", model, "--threads", str(threads),
+                        "--max-queue", str(max_queue), "--log-level", "warn", "--max-steps", "150"])
+
+
+def start_serve(argv):
+    """Starts `sketchguide serve` with argv and waits for "ready": (process, port)."""
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     port = None
     for line in p.stdout:
         if line.startswith("listening on"):
