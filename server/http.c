@@ -408,6 +408,7 @@ static void reg_add(req *r) {
   const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
   r->fd = ci ? ci->connect_fd : -1;
   pthread_mutex_lock(&h->mu);
+  r->wprev = NULL;
   r->wnext = h->waiting;
   if (h->waiting) h->waiting->wprev = r;
   h->waiting = r;
@@ -423,6 +424,7 @@ static void reg_remove(req *r) {
   if (r->wprev) r->wprev->wnext = r->wnext;
   else h->waiting = r->wnext;
   if (r->wnext) r->wnext->wprev = r->wprev;
+  r->wprev = r->wnext = NULL;
   h->n_waiting--;
   r->registered = 0;
   pthread_cond_broadcast(&h->cv);
@@ -511,6 +513,7 @@ static void upload_add(req *r) {
   pthread_mutex_lock(&h->mu);
   r->up_fd = ci->connect_fd;
   r->up_eof = 0;
+  r->uprev = NULL; /* r may have been on the list before (its head), with a link that is stale now */
   r->unext = h->uploading;
   if (h->uploading) h->uploading->uprev = r;
   h->uploading = r;
@@ -525,6 +528,7 @@ static void upload_remove(req *r) {
   if (r->uprev) r->uprev->unext = r->unext;
   else h->uploading = r->unext;
   if (r->unext) r->unext->uprev = r->uprev;
+  r->uprev = r->unext = NULL;
   r->up_registered = 0;
   pthread_mutex_unlock(&h->mu);
 }

@@ -182,6 +182,16 @@ def recv_until(sock, marker, got=b"", count=1):
     return got
 
 
+def recv_all(sock):
+    """Reads from sock until the server closes it."""
+    chunks = []
+    while True:
+        d = sock.recv(65536)
+        if not d:
+            return b"".join(chunks)
+        chunks.append(d)
+
+
 def parse_raw(resp):
     head, _, body = resp.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
@@ -1192,6 +1202,48 @@ def test_client_half_closing_mid_upload_is_released():
             assert got == b"" or got.startswith(b"HTTP/1.1 4"), got[:100]
             c.close()
         assert wait_for(lambda: s.request("GET", "/healthz", timeout=30)[0] == 200, what="a free connection")
+        assert s.generate(steps=1)[0] == 200
+    finally:
+        assert s.stop() == 0
+        s.close()
+
+
+def test_interleaved_heads_keep_the_watchdog_lists_sound():
+    """Requests whose heads and bodies arrive interleaved (A's request line, then B's, then A's whole request)
+    leave the server's lists of waiting and uploading requests sound: a request taken off the list of heads being
+    read and put back while its body is read once kept a stale link, which made the list a cycle (the watchdog
+    then spun forever holding the lock, and the server answered nothing more). The pauses only order the bytes;
+    whatever order they arrive in, every answer must come."""
+    s = Server("--http-threads", "1")
+    try:
+        body = json.dumps(dict(default_fields(dry_run=True), sketch=base64.b64encode(star_bytes()).decode())).encode()
+        for rnd in range(3):
+            a = socket.create_connection(("127.0.0.1", s.port), timeout=30)
+            b = socket.create_connection(("127.0.0.1", s.port), timeout=30)
+            c = socket.create_connection(("127.0.0.1", s.port), timeout=30)
+            try:
+                a.sendall(b"POST /v1/generate HTTP/1.1\r\n")
+                time.sleep(0.3)
+                b.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                time.sleep(0.3)
+                if rnd == 2:
+                    c.sendall(b"POST /v1/generate HTTP/1.1\r\n")
+                    time.sleep(0.3)
+                a.sendall(b"Host: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                          % len(body) + body)
+                st, _, data = parse_raw(recv_all(a))
+                assert st == 200 and json.loads(data)["valid"] is True, data
+                time.sleep(0.6)  # a few watchdog ticks with the lists as A's request left them
+                assert s.request("GET", "/healthz", timeout=20)[0] == 200
+                b.sendall(b"Connection: close\r\n\r\n")
+                assert recv_until(b, b"\r\n\r\n").startswith(b"HTTP/1.1 200")
+                if rnd == 2:
+                    c.sendall(b"Host: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                              b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                    assert parse_raw(recv_all(c))[0] == 200
+            finally:
+                for k in (a, b, c):
+                    k.close()
         assert s.generate(steps=1)[0] == 200
     finally:
         assert s.stop() == 0
