@@ -2,6 +2,7 @@
 #include "mem.h"
 
 #include <jansson.h>
+#include <malloc.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,4 +83,10 @@ char *sg_mem_json_to_malloc(char *text) {
   char *copy = text ? strdup(text) : NULL;
   sg_mem_json_free(text);
   return copy;
+}
+
+int sg_mem_tune_process(void) {
+  if (!mallopt(M_MMAP_THRESHOLD, (int)SG_MEM_MALLOC_MMAP_MIN)) return -1;
+  if (!mallopt(M_TRIM_THRESHOLD, (int)SG_MEM_MALLOC_TRIM_MIN)) return -1;
+  return 0;
 }

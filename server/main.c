@@ -40,6 +40,7 @@ static void usage(FILE *f) {
 int main(int argc, char **argv) {
   /* before jansson allocates anything: a JSON body's strings (a base64 sketch) are given back when freed (mem.h) */
   json_set_alloc_funcs(sg_mem_alloc, sg_mem_free);
+  sg_mem_tune_process(); /* the engine's tensors stay in malloc's arenas (mem.h); on failure glibc's defaults stand */
   if (argc < 2) {
     usage(stderr);
     return CLI_USAGE;
