@@ -912,6 +912,7 @@ static enum MHD_Result h_info(req *r) {
   }
   json_object_set_new(def, "n", json_integer(1));
   json_object_set_new(def, "invert", json_string("auto"));
+  json_object_set_new(def, "filled", json_string("auto"));
   json_object_set_new(def, "seed", json_string("random"));
   json_object_set_new(def, "timeout_ms", json_integer(P->default_timeout_ms));
   json_object_set_new(o, "defaults", def);

@@ -33,6 +33,7 @@ enum {
   P_SAMPLER,
   P_N,
   P_INVERT,
+  P_FILLED,
   P_TIMEOUT_MS,
   P_ETA,
   P_DRY_RUN,
@@ -41,7 +42,7 @@ enum {
 };
 static const char *const PARAM_NAMES[P_COUNT] = {"prompt", "negative_prompt", "sketch", "beta", "stop",
                                                  "stop_step", "steps", "cfg", "seed", "sampler", "n", "invert",
-                                                 "timeout_ms", "eta", "dry_run", "batching"};
+                                                 "filled", "timeout_ms", "eta", "dry_run", "batching"};
 
 /* The multipart parser's states (RFC 7578 and RFC 2046 5.1.1). */
 typedef enum {
@@ -771,6 +772,22 @@ static double now_s(void) {
   return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* Reads parameter p, a mode of the words auto, true/1/yes, false/0/no (any case; invert and filled), with parse
+ * (sg_invert_parse or sg_filled_parse, which read the same words) into *out, left as it is when p is absent.
+ * Returns 1 when given, 0 when absent, or the recorded error's code (EINVALID, naming p). */
+static int mode_param(sg_request *q, int p, int (*parse)(const char *), int *out) {
+  const char *s = param_text(q, p);
+  if (!s) return 0;
+  int v = strlen(s) == q->vals[p].len ? parse(s) : -1; /* a NUL inside is no word */
+  if (v < 0) {
+    char shown[40];
+    return sg_request_fail(q, SG_REQUEST_EINVALID, PARAM_NAMES[p], "%s: '%s' is not auto, true or false",
+                           PARAM_NAMES[p], sg_request_safe_name(s, shown, sizeof shown));
+  }
+  *out = v;
+  return 1;
+}
+
 /* Fills *a from the parameters: values, the sketch decoded and mapped. Returns 0 or the recorded error's code. */
 static int gen_parse(sg_request *q, sg_request_params *a) {
   const sg_request_limits *P = &q->lim;
@@ -837,13 +854,9 @@ static int gen_parse(sg_request *q, sg_request_params *a) {
                              sg_request_safe_name(s, shown, sizeof shown));
     a->jr.sampler = (sg_sampler_kind)k;
   }
-  int inv = SG_INVERT_AUTO;
-  if ((s = param_text(q, P_INVERT))) {
-    inv = strlen(s) == q->vals[P_INVERT].len ? sg_invert_parse(s) : -1;
-    if (inv < 0)
-      return sg_request_fail(q, SG_REQUEST_EINVALID, "invert", "invert: '%s' is not auto, true or false",
-                             sg_request_safe_name(s, shown, sizeof shown));
-  }
+  int inv = SG_INVERT_AUTO, filled = SG_FILLED_AUTO;
+  if ((rc = mode_param(q, P_INVERT, sg_invert_parse, &inv)) < 0) return rc;
+  if ((rc = mode_param(q, P_FILLED, sg_filled_parse, &filled)) < 0) return rc;
   if ((s = param_text(q, P_DRY_RUN))) {
     int v = strlen(s) == q->vals[P_DRY_RUN].len ? sg_invert_parse(s) : -1; /* the same words: true/false/1/0 */
     if (v != SG_INVERT_TRUE && v != SG_INVERT_FALSE)
@@ -892,7 +905,9 @@ static int gen_parse(sg_request *q, sg_request_params *a) {
   a->height = im.height;
   int32_t size = P->image_size;
   q->map = malloc(sizeof(float) * (size_t)size * (size_t)size);
-  rc = q->map ? sg_sketch_map(&im, size, (sg_invert)inv, q->map, &a->inverted, err, sizeof err) : SG_IMAGE_ENOMEM;
+  rc = q->map ? sg_sketch_map_filled(&im, size, (sg_invert)inv, (sg_filled)filled, q->map, &a->inverted,
+                                     &a->filled_regions, err, sizeof err)
+             : SG_IMAGE_ENOMEM;
   sg_image_free(&im);
   if (rc) {
     if (!q->map || rc == SG_IMAGE_ENOMEM) return sg_request_fail(q, SG_REQUEST_ENOMEM, "sketch", "sketch: out of memory");
@@ -998,6 +1013,7 @@ char *sg_request_describe(const sg_request_params *a) {
   json_object_set_new(s, "width", json_integer(a->width));
   json_object_set_new(s, "height", json_integer(a->height));
   json_object_set_new(s, "inverted", json_boolean(a->inverted));
+  json_object_set_new(s, "filled_regions", json_integer(a->filled_regions));
   json_object_set_new(s, "stroke_pixels", json_integer(ink));
   json_object_set_new(s, "map_size", json_integer(size));
   json_object_set_new(o, "valid", json_true());

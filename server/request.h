@@ -80,6 +80,7 @@ typedef struct {
   sg_image_format format;     /* the sketch's format, width and height as sent, and whether it was inverted */
   int32_t width, height;
   int inverted;
+  int32_t filled_regions;     /* the sketch's filled regions replaced by their outlines (as the `filled` mode says) */
   int32_t map_size;           /* limits.image_size */
 } sg_request_params;
 

@@ -16,7 +16,7 @@ import threading
 import time
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from conftest import ROOT, binary, wait_for
 
@@ -770,6 +770,7 @@ def test_422_names_the_parameter(srv):
         (dict(sampler="plms"), "sampler"), (dict(invert="maybe"), "invert"), (dict(timeout_ms=0), "timeout_ms"),
         (dict(timeout_ms=10 ** 12), "timeout_ms"), (dict(stop=0.5, stop_step=1), "stop_step"),
         (dict(stop_step=9), "stop_step"), (dict(dry_run="perhaps"), "dry_run"), (dict(batching="2"), "batching"),
+        (dict(filled="maybe"), "filled"), (dict(filled=""), "filled"),
     ]
     for kw, param in cases:
         st, _, data = srv.generate(**kw)
@@ -917,6 +918,69 @@ def test_dry_run(srv):
     assert (sk["format"], sk["width"], sk["height"], sk["map_size"]) == ("png", w, h, 64)
     assert isinstance(sk["inverted"], bool) and 0 < sk["stroke_pixels"] < 64 * 64
     assert srv.metrics()["sketchguide_queue_depth"] == 0
+
+
+def disc_png():
+    """A filled silhouette: a solid black disc on white, 128 px (the map's 64 px after the downscale)."""
+    im = Image.new("L", (128, 128), 255)
+    ImageDraw.Draw(im).ellipse((24, 24, 104, 104), fill=0)
+    out = io.BytesIO()
+    im.save(out, "PNG")
+    return out.getvalue()
+
+
+def test_filled(srv):
+    """filled (auto, true, false, as invert's words) in both kinds of body: a solid disc is replaced by its outline
+    unless filled is false (the dry run counts the regions converted and the strokes left), the guided image
+    changes with it on /v1/generate and on /v1/images/edits, and another word is a 422 naming filled."""
+    disc = disc_png()
+    files = [("sketch", "disc.png", disc)]
+
+    def sketch_of(**kw):
+        st, _, data = srv.generate(default_fields(dry_run="true", **kw), files)
+        assert st == 200, (kw, data)
+        return json.loads(data)["sketch"]
+
+    drawn, outlined = sketch_of(filled="false"), sketch_of()
+    assert drawn["filled_regions"] == 0 and outlined["filled_regions"] == 1, (drawn, outlined)
+    assert drawn["stroke_pixels"] > 2 * outlined["stroke_pixels"] > 0, (drawn, outlined)  # a disc, then a ring
+    for v in ["auto", "true", "TRUE", "yes", "1"]:
+        assert sketch_of(filled=v) == outlined, v
+    assert sketch_of(filled="No") == sketch_of(filled="0") == drawn
+    b64 = base64.b64encode(disc).decode()
+    for v, want in [(False, drawn), (True, outlined), ("false", drawn), ("auto", outlined), (None, outlined)]:
+        body = json.dumps({"prompt": PROMPT, "sketch": b64, "filled": v, "dry_run": True})
+        st, _, data = srv.request("POST", "/v1/generate", body, {"Content-Type": "application/json"})
+        assert st == 200 and json.loads(data)["sketch"] == want, (v, data)
+    for v in ["maybe", "outline", 2]:
+        body = json.dumps({"prompt": PROMPT, "sketch": b64, "filled": v, "dry_run": True})
+        st, _, data = srv.request("POST", "/v1/generate", body, {"Content-Type": "application/json"})
+        e = error_of(data)
+        assert st == 422 and e["param"] == "filled" and e["message"].startswith("filled:"), (v, data)
+
+    def pixels(data):
+        return Image.open(io.BytesIO(data)).convert("RGB").tobytes()
+
+    # the job follows the map: at a fixed seed the outline and the disc guide to different images (true = auto here)
+    images = {}
+    for v in ["auto", "true", "false"]:
+        st, _, data = srv.generate(default_fields(steps=3, seed=31, filled=v), files)
+        assert st == 200, (v, data)
+        images[v] = pixels(data)
+    assert images["auto"] == images["true"] != images["false"]
+    # the OpenAI edits route takes it as an extra form field, and refuses another word in OpenAI's error shape
+    edits = {}
+    for v in ["auto", "false", "maybe"]:
+        fields = [("prompt", PROMPT), ("steps", 3), ("seed", 31), ("filled", v)]
+        body, ctype = multipart(fields, [("image", "disc.png", disc)])
+        st, _, data = srv.request("POST", "/v1/images/edits", body, {"Content-Type": ctype})
+        if v == "maybe":
+            e = json.loads(data)["error"]
+            assert st == 422 and e["param"] == "filled" and e["code"] == "invalid_parameter", data
+        else:
+            assert st == 200, (v, data)
+            edits[v] = pixels(base64.b64decode(json.loads(data)["data"][0]["b64_json"]))
+    assert edits["auto"] == images["auto"] and edits["false"] == images["false"]
 
 
 # --- concurrency and shutdown -----------------------------------------------------------------------------------

@@ -699,7 +699,8 @@ def test_generation(live):
     # multipart, every parameter (stop_step instead of stop), one image as JSON
     st, hd, data = cl.generate_form([("prompt", PROMPT), ("negative_prompt", "blurry"), ("beta", 1.2), ("stop_step", 1),
                                      ("steps", 2), ("cfg", 7.5), ("eta", 0), ("seed", 11), ("sampler", "ddim"),
-                                     ("n", 1), ("invert", "auto"), ("timeout_ms", 60000), ("dry_run", "false")],
+                                     ("n", 1), ("invert", "auto"), ("filled", "auto"), ("timeout_ms", 60000),
+                                     ("dry_run", "false")],
                                     headers={"Accept": "application/json"})
     assert st == 200 and hd["content-type"] == "application/json" and len(json.loads(data)["images"]) == 1
     # JSON: one image as PNG (through Prism, which re-encodes the PNG; the bytes are compared directly)
@@ -709,7 +710,7 @@ def test_generation(live):
     # JSON: a data URL, several images, every parameter
     st, hd, data = cl.generate_json(gen(sketch="data:image/png;base64," + star_b64(), n=2, seed=100,
                                         negative_prompt="", beta=1.6, stop=0.5, cfg=8, eta=0.0, sampler="ddim",
-                                        invert="auto", timeout_ms=60000, dry_run=False))
+                                        invert="auto", filled=True, timeout_ms=60000, dry_run=False))
     o = json.loads(data)
     assert st == 200 and [im["seed"] for im in o["images"]] == [100, 101] and hd["x-job-id"] == o["id"]
     # dry runs, both kinds of body
@@ -908,8 +909,8 @@ def test_errors(live):
     # 422: out of range; what the spec can say it says, the limits of settings it gives in words
     for params, valid in [(gen(steps=0), False), (gen(steps=LONG + 1), None), (gen(sampler="plms"), False),
                           (gen(stop=0.5, stop_step=1), False), (gen(prompt=""), False), (gen(beta=101), False),
-                          (gen(n=5), None), (gen(invert="maybe"), False), (gen(timeout_ms=0), False),
-                          (gen(seed=-2), False), (gen(prompt="x" * 2001), None)]:
+                          (gen(n=5), None), (gen(invert="maybe"), False), (gen(filled="maybe"), False),
+                          (gen(timeout_ms=0), False), (gen(seed=-2), False), (gen(prompt="x" * 2001), None)]:
         st, _, data = cl.generate_json(params, valid=valid)
         assert st == 422, (params.get("steps"), data)
     assert cl.generate_form([("prompt", PROMPT), ("steps", 0)], valid=False)[0] == 422

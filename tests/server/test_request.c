@@ -1,5 +1,5 @@
 /* Unit tests of server/request.c without a server: the number grammar (exact integers), the multipart parser split at
- * every byte, repeated and empty parts, media types, JSON edges, and dry-run descriptions. */
+ * every byte, repeated and empty parts, media types, JSON edges, dry-run descriptions, and the filled mode. */
 #include <jansson.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -328,6 +328,95 @@ static void test_json_bombs(void) {
   free(t);
 }
 
+/* The stroke pixels of a parsed request's sketch map. */
+static int32_t ink_of(const sg_request_params *p) {
+  int32_t n = 0;
+  for (int32_t k = 0; p->jr.sketch && k < p->map_size * p->map_size; k++) n += p->jr.sketch[k] > 0.5f;
+  return n;
+}
+
+/* filled, in both kinds of body: a solid square (a silhouette) becomes its outline unless filled is false, the
+ * description counts the regions converted, and a value that is not auto/true/false is refused naming filled. */
+static void test_filled(void) {
+  enum { W = 128 };
+  uint8_t *px = malloc(W * W);
+  for (int y = 0; y < W; y++)
+    for (int x = 0; x < W; x++) px[y * W + x] = x >= 32 && x < 96 && y >= 32 && y < 96 ? 0 : 255;
+  uint8_t *png = NULL, *star = sketch;
+  size_t png_len = 0, star_len = sketch_len;
+  char err[200];
+  CHECK(sg_png_encode(px, W, W, 1, NULL, 0, &png, &png_len, err, sizeof err) == 0, "square png: %s", err);
+  sketch = png, sketch_len = png_len;
+  static char body[65536];
+  const struct {
+    const char *value; /* multipart text; NULL: absent */
+    int32_t regions;
+  } cases[] = {{NULL, 1}, {"auto", 1}, {"TRUE", 1}, {"yes", 1}, {"1", 1}, {"false", 0}, {"No", 0}, {"0", 0}};
+  int32_t ink[2] = {0, 0}; /* as drawn (false), outlined (auto) */
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+    const char *kv[] = {"prompt", "a square", "filled", cases[i].value};
+    size_t n = multipart(body, sizeof body, kv, cases[i].value ? 2 : 1);
+    sg_request *q;
+    sg_request_params p;
+    int rc = parse("multipart/form-data; boundary=BB", body, n, &q, &p);
+    char *d = rc ? NULL : sg_request_describe(&p);
+    char want[48];
+    snprintf(want, sizeof want, "\"filled_regions\":%d", (int)cases[i].regions);
+    CHECK(!rc && p.filled_regions == cases[i].regions && d && strstr(d, want), "filled=%s: %d %s",
+          cases[i].value ? cases[i].value : "(absent)", rc, d ? d : sg_request_get_error(q)->message);
+    if (!rc) ink[cases[i].regions] = ink_of(&p);
+    free(d);
+    sg_request_free(q);
+  }
+  /* the square is 32 x 32 at the 64 px map: 1024 pixels as drawn, its two-pixel outline about a quarter of that */
+  CHECK(ink[0] >= 900 && ink[1] > 0 && ink[1] * 2 < ink[0], "stroke pixels as drawn %d, outlined %d", (int)ink[0],
+        (int)ink[1]);
+  const struct {
+    const char *members;
+    int32_t regions;
+  } json_cases[] = {{"\"prompt\": \"x\", \"filled\": false", 0}, {"\"prompt\": \"x\", \"filled\": true", 1},
+                    {"\"prompt\": \"x\", \"filled\": \"FALSE\"", 0}, {"\"prompt\": \"x\", \"filled\": \"auto\"", 1},
+                    {"\"prompt\": \"x\", \"filled\": null", 1}, {"\"prompt\": \"x\", \"filled\": 0", 0}};
+  for (size_t i = 0; i < sizeof json_cases / sizeof *json_cases; i++) {
+    char *b = json_body(json_cases[i].members);
+    sg_request *q;
+    sg_request_params p;
+    int rc = parse("application/json", b, strlen(b), &q, &p);
+    CHECK(!rc && p.filled_regions == json_cases[i].regions, "%s: %d %s", json_cases[i].members, rc,
+          rc ? sg_request_get_error(q)->message : "");
+    sg_request_free(q);
+    free(b);
+  }
+  const char *bad[] = {"maybe", "", "2", "auto ", "outline"};
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    const char *kv[] = {"prompt", "x", "filled", bad[i]};
+    size_t n = multipart(body, sizeof body, kv, 2);
+    sg_request *q;
+    sg_request_params p;
+    int rc = parse("multipart/form-data; boundary=BB", body, n, &q, &p);
+    const sg_request_error *e = sg_request_get_error(q);
+    CHECK(rc == SG_REQUEST_EINVALID && e && !strcmp(e->param, "filled") && !strncmp(e->message, "filled: ", 8),
+          "filled='%s': %d %s", bad[i], rc, e ? e->message : "");
+    sg_request_free(q);
+  }
+  const char *bad_json[] = {"\"prompt\": \"x\", \"filled\": \"maybe\"", "\"prompt\": \"x\", \"filled\": 2",
+                            "\"prompt\": \"x\", \"filled\": \"\""};
+  for (size_t i = 0; i < sizeof bad_json / sizeof *bad_json; i++) {
+    char *b = json_body(bad_json[i]);
+    sg_request *q;
+    sg_request_params p;
+    int rc = parse("application/json", b, strlen(b), &q, &p);
+    const sg_request_error *e = sg_request_get_error(q);
+    CHECK(rc == SG_REQUEST_EINVALID && e && !strcmp(e->param, "filled"), "%s: %d %s", bad_json[i], rc,
+          e ? e->message : "");
+    sg_request_free(q);
+    free(b);
+  }
+  sketch = star, sketch_len = star_len;
+  free(png);
+  free(px);
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     fprintf(stderr, "usage: test_request SKETCH.png\n");
@@ -345,6 +434,7 @@ int main(int argc, char **argv) {
   test_multipart_splits();
   test_multipart_errors();
   test_media_types_and_json();
+  test_filled();
   json_set_alloc_funcs(counting_malloc, free);
   test_numbers_exact();
   test_json_bombs();
