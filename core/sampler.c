@@ -214,6 +214,8 @@ double sg_sampler_noise_scale(const sg_sampler *s, int32_t i) {
   return up;
 }
 
+int sg_sampler_sigma_space(const sg_sampler *s) { return s && sigma_space(s); }
+
 double sg_sampler_move_ratio(const sg_sampler *s, int32_t i) {
   if (!s || i < 0 || i >= s->p.steps || s->p.kind != SG_SAMPLER_EULER_A) return 1.0;
   double up, down, sg = s->sigma[i], sn = s->sigma[i + 1];

@@ -89,9 +89,15 @@ int sg_sampler_needs_noise(const sg_sampler *s, int32_t i);
 double sg_sampler_noise_scale(const sg_sampler *s, int32_t i);
 
 /* How much larger the probability-flow (noise-free) step's move is than the mean's move of step i: Euler ancestral's
- * mean goes to sigma_down, below the next sigma, so guidance scales its move by (sigma - sigma_next) / (sigma -
- * sigma_down); 1 for the other samplers (docs/guidance.md). */
+ * mean goes to sigma_down, below the next sigma, so guidance measures the move to x + (mean - x) x this ratio,
+ * (sigma - sigma_next) / (sigma - sigma_down); 1 for the other samplers (docs/guidance.md). */
 double sg_sampler_move_ratio(const sg_sampler *s, int32_t i);
+
+/* Returns 1 for the sigma-space samplers (Euler ancestral, DPM++ 2M), whose state is x0 + sigma noise and whose
+ * U-Net input is the state x sg_sampler_input_scale, 0 for DDIM and DDPM (the state is the U-Net's input). Guidance
+ * measures and makes its move in the U-Net's input coordinates: step i's output is scaled by
+ * sg_sampler_input_scale(s, i + 1), which is 1 after the last step (docs/guidance.md). */
+int sg_sampler_sigma_space(const sg_sampler *s);
 
 /* One step from state x with noise prediction eps (and noise, when needed) to x_prev (may alias x). Steps must
  * be taken in order 0, 1, ... for DPM++ 2M. Returns 0 or SG_SAMPLER_EINVAL. */

@@ -95,7 +95,9 @@ def bundled():
 def test_ancestral_guidance_moves_by_beta_times_the_mean_step(bundled, sampler, eta):
     """With fresh noise in the step, the guidance move is beta x the step's deterministic move (the step without
     its noise), not beta x a move that counts the noise (docs/guidance.md): over one guided step, the guided and
-    unguided trajectories (same noise) differ by beta x || z_T - (z_1 - sigma noise) ||."""
+    unguided trajectories (same noise) differ by beta x || z_T - (z_1 - sigma noise) ||; for euler_a that move is
+    the noise-free step's to s1, measured in the U-Net's input coordinates (z / sqrt(sigma^2 + 1)), and the push is
+    scaled back to sigma-space by sqrt(s1^2 + 1)."""
     model, target = bundled  # a trained model: a random one's noise prediction can dwarf the step's noise
     kw = dict(steps=4, cfg=3, seed=9, sampler=sampler, eta=eta)
     trace_u, trace_g = [], []
@@ -105,19 +107,22 @@ def test_ancestral_guidance_moves_by_beta_times_the_mean_step(bundled, sampler, 
     z0 = torch.randn([4, 16, 16], generator=gen)[None]
     noise = torch.randn([4, 16, 16], generator=gen)[None]
     abar = model.abar
-    ratio = 1.0
     if sampler == "euler_a":  # the mean goes to sigma_down: the move is measured as the noise-free step's, to s1
         s0, s1 = ref.t_to_sigma(abar, 999.0), ref.t_to_sigma(abar, 999.0 * 2 / 3)
         z0 = z0 * s0
         sigma = min(s1, (s1 * s1 * (s0 * s0 - s1 * s1) / (s0 * s0)) ** 0.5)
         ratio = (s0 - s1) / (s0 - (s1 * s1 - sigma * sigma) ** 0.5)
+        mean = trace_u[0] - sigma * noise
+        ode = z0 + (mean - z0) * ratio
+        want = 0.7 * (z0 / (s0 * s0 + 1) ** 0.5 - ode / (s1 * s1 + 1) ** 0.5).norm().item() * (s1 * s1 + 1) ** 0.5
+        sigma_space = 0.7 * (z0 - ode).norm().item()  # the rule measured in sigma-space: several times larger
+        assert sigma_space > 1.5 * want, (sigma_space, want)
     else:
         a_t, a_p = abar[751].item(), abar[501].item()
         sigma = ((1 - a_p) / (1 - a_t) * (1 - a_t / a_p)) ** 0.5 * (eta if sampler == "ddim" else 1.0)
-    mean_move = (z0 - (trace_u[0] - sigma * noise)).norm().item()
+        want = 0.7 * (z0 - (trace_u[0] - sigma * noise)).norm().item()
     noisy_move = (z0 - trace_u[0]).norm().item()
     guide_move = (trace_g[0] - trace_u[0]).norm().item()
-    want = 0.7 * mean_move * ratio
     assert abs(0.7 * noisy_move - want) > 0.05 * want  # METHOD.md's rule, counting the noise, differs here
     assert abs(guide_move - want) < 2e-3 * want, (guide_move, want, 0.7 * noisy_move)
 
