@@ -138,7 +138,6 @@ static const struct {
     {D_OPENAI, SG_OPENAI_EBAD, E_BAD_REQUEST},
     {D_OPENAI, SG_OPENAI_EINVALID, E_INVALID},
     {D_OPENAI, SG_OPENAI_ENOTFOUND, E_NOT_FOUND},
-    {D_OPENAI, SG_OPENAI_EEXPIRED, E_GONE},
 };
 
 /* Returns the kind of a module's error code; anything unlisted (out of memory, runtime, system) is internal. */
@@ -177,7 +176,6 @@ struct sg_http {
   sg_model_info model_copy; /* the store's model when the caller has none (a frontend) */
   sg_job_request defaults;
   char devices[512];
-  sg_openai_files *files; /* the keys of url results (openai.h) */
   pthread_mutex_t mu;   /* the waiting list and the watchdog's flag */
   pthread_cond_t cv;    /* a waiting request ended; the watchdog should stop */
   req *waiting;
@@ -595,12 +593,20 @@ static enum MHD_Result sync_answer(req *r) {
   }
   if (r->png_failed || r->n_png < 1)
     return send_error(r, E_INTERNAL, NULL, "the job's images could not be copied (out of memory)");
-  if (OAI(r)) { /* url results last as long as the job keeps its images */
-    char base[300];
+  if (OAI(r)) {
+    char base[300], keys[SG_JOBS_MAX_IMAGES][SG_STORE_FILE_KEY_LEN];
+    const char *kp[SG_JOBS_MAX_IMAGES];
     sg_openai_base_url(MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Host"),
                        MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "X-Forwarded-Proto"), base, sizeof base);
-    sg_openai_answer_params ap = {r->oai_format, (int64_t)time(NULL), r->h->model->image_size, st->id,
-                                  (double)time(NULL) + r->h->p.result_ttl_s, base, r->h->files};
+    double expires = (double)time(NULL) + r->h->p.result_ttl_s; /* as long as the job keeps its images */
+    for (int32_t i = 0; r->oai_format == SG_OPENAI_URL && i < r->n_png && i < SG_JOBS_MAX_IMAGES; i++) {
+      int rc = sg_store_file_put(r->h->store, st->id, i, expires, keys[i]); /* in the store: any replica serves it */
+      if (rc == SG_STORE_EUNAVAILABLE)
+        return send_error(r, E_UNAVAILABLE, NULL, "the job store (Redis) cannot be reached; try again shortly");
+      if (rc) return send_error(r, E_INTERNAL, NULL, "the image's URL could not be made: %s", sg_store_strerror(rc));
+      kp[i] = keys[i];
+    }
+    sg_openai_answer_params ap = {r->oai_format, (int64_t)time(NULL), r->h->model->image_size, base, kp};
     size_t n = 0;
     struct MHD_Response *resp = json_response(sg_openai_answer(&ap, r->png, r->png_len, r->n_png), &n);
     if (!resp) return send_error(r, E_INTERNAL, NULL, "out of memory");
@@ -1015,8 +1021,11 @@ static enum MHD_Result h_file(req *r) {
   double exp = 0;
   char key[sizeof r->id];
   memcpy(key, r->id, sizeof key);
-  int rc = sg_openai_files_find(r->h->files, key, (double)time(NULL), r->id, &r->index, &exp);
-  if (rc == SG_OPENAI_EEXPIRED) return send_error(r, E_GONE, NULL, "the URL expired at %.0f (Unix time)", exp);
+  int rc = sg_store_file_get(r->h->store, key, (double)time(NULL), r->id, &r->index, &exp);
+  if (rc == SG_JOBS_EEXPIRED) return send_error(r, E_GONE, NULL, "the URL expired at %.0f (Unix time)", exp);
+  if (rc == SG_STORE_EUNAVAILABLE)
+    return send_error(r, E_UNAVAILABLE, NULL, "the job store (Redis) cannot be reached; try again shortly");
+  if (rc == SG_STORE_EBADDATA) return send_error(r, E_INTERNAL, NULL, "the URL's record in the store is malformed");
   if (rc) return send_error(r, E_NOT_FOUND, NULL, "no such file (URLs last %.0f s)", r->h->p.result_ttl_s);
   return h_job_image(r);
 }
@@ -1616,7 +1625,6 @@ static void destroy(sg_http *h) {
     memset(h->token, 0, strlen(h->token));
     free(h->token);
   }
-  sg_openai_files_free(h->files);
   free(h->host);
   free(h->cors);
   free(h->version);
@@ -1653,8 +1661,7 @@ sg_http *sg_http_start(sg_http_params p, sg_metrics *metrics, char *err, size_t 
   h->token = dup_or_null(p.token);
   h->cors = dup_or_null(p.cors_origins);
   h->version = strdup(p.version ? p.version : "unknown");
-  h->files = sg_openai_files_new(4096);
-  int oom = !h->host || !h->version || !h->files || (p.token && *p.token && !h->token) || (p.cors_origins && *p.cors_origins && !h->cors);
+  int oom = !h->host || !h->version || (p.token && *p.token && !h->token) || (p.cors_origins && *p.cors_origins && !h->cors);
   for (const char *s = h->cors; s && *s && !oom;) { /* the origin list */
     const char *e = strchr(s, ',');
     size_t n = e ? (size_t)(e - s) : strlen(s);

@@ -1,12 +1,10 @@
 /* The OpenAI images API over the native generation: names, checks, answer and error bodies, result URLs (openai.h). */
 #include "openai.h"
 
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 
 #include "base64.h"
 
@@ -107,12 +105,12 @@ json_t *sg_openai_answer(const sg_openai_answer_params *p, uint8_t *const *png, 
             json_object_set_new(o, "size", json_string(size)) ||
             json_object_set_new(o, "output_format", json_string("png"));
   for (int32_t i = 0; i < n && !oom; i++) {
-    char *text = NULL, key[SG_OPENAI_KEY_LEN];
+    char *text = NULL;
     if (p->format == SG_OPENAI_B64_JSON) {
       text = sg_base64_encode(png[i], len[i]);
-    } else if (!sg_openai_files_add(p->files, p->job_id, i, p->expires, key)) {
-      size_t cap = strlen(p->base_url) + 64;
-      if ((text = malloc(cap))) snprintf(text, cap, "%s/v1/images/files/%s", p->base_url, key);
+    } else {
+      size_t cap = strlen(p->base_url) + strlen(p->keys[i]) + 32;
+      if ((text = malloc(cap))) snprintf(text, cap, "%s/v1/images/files/%s", p->base_url, p->keys[i]);
     }
     json_t *im = text ? json_pack("{s:s}", p->format == SG_OPENAI_URL ? "url" : "b64_json", text) : NULL;
     oom = !im || json_array_append_new(data, im); /* append_new drops im when it fails */
@@ -161,95 +159,4 @@ const char *sg_openai_base_url(const char *host, const char *forwarded_proto, ch
   int n = snprintf(out, cap, "%s://%s", https ? "https" : "http", host);
   if (n < 0 || (size_t)n >= cap) out[0] = 0;
   return out;
-}
-
-/* ---- the file keys of url results ---- */
-
-typedef struct {
-  char key[SG_OPENAI_KEY_LEN];
-  char job_id[SG_JOB_ID_LEN];
-  int32_t index;
-  double expires;
-} file_entry;
-
-struct sg_openai_files {
-  pthread_mutex_t mu;
-  file_entry *e;
-  int32_t cap, next, n;
-};
-
-sg_openai_files *sg_openai_files_new(int32_t cap) {
-  if (cap < 1) return NULL;
-  sg_openai_files *f = calloc(1, sizeof *f);
-  if (!f) return NULL;
-  if (!(f->e = calloc((size_t)cap, sizeof *f->e)) || pthread_mutex_init(&f->mu, NULL)) {
-    free(f->e);
-    free(f);
-    return NULL;
-  }
-  f->cap = cap;
-  return f;
-}
-
-void sg_openai_files_free(sg_openai_files *f) {
-  if (!f) return;
-  pthread_mutex_destroy(&f->mu);
-  free(f->e);
-  free(f);
-}
-
-int sg_openai_files_add(sg_openai_files *f, const char *job_id, int32_t index, double expires,
-                        char key[SG_OPENAI_KEY_LEN]) {
-  uint8_t raw[16];
-  size_t got = 0;
-  while (got < sizeof raw) {
-    ssize_t r = getrandom(raw + got, sizeof raw - got, 0);
-    if (r <= 0) return SG_OPENAI_ENOMEM;
-    got += (size_t)r;
-  }
-  static const char hex[] = "0123456789abcdef";
-  for (size_t i = 0; i < sizeof raw; i++) {
-    key[2 * i] = hex[raw[i] >> 4];
-    key[2 * i + 1] = hex[raw[i] & 15];
-  }
-  key[2 * sizeof raw] = 0;
-  pthread_mutex_lock(&f->mu);
-  file_entry *e = &f->e[f->next]; /* the oldest when full */
-  memcpy(e->key, key, SG_OPENAI_KEY_LEN);
-  snprintf(e->job_id, sizeof e->job_id, "%s", job_id);
-  e->index = index;
-  e->expires = expires;
-  f->next = (f->next + 1) % f->cap;
-  if (f->n < f->cap) f->n++;
-  pthread_mutex_unlock(&f->mu);
-  return 0;
-}
-
-/* Compares two keys in time that does not depend on where they differ. */
-static int key_equal(const char *a, const char *b) {
-  unsigned char d = 0;
-  for (size_t i = 0; i < SG_OPENAI_KEY_LEN; i++) d |= (unsigned char)(a[i] ^ b[i]);
-  return d == 0;
-}
-
-int sg_openai_files_find(sg_openai_files *f, const char *key, double now, char job_id[SG_JOB_ID_LEN],
-                         int32_t *index, double *expires) {
-  if (!key || strlen(key) != SG_OPENAI_KEY_LEN - 1) return SG_OPENAI_ENOTFOUND;
-  int rc = SG_OPENAI_ENOTFOUND;
-  pthread_mutex_lock(&f->mu);
-  for (int32_t i = 0; i < f->n; i++) {
-    const file_entry *e = &f->e[i];
-    if (!key_equal(e->key, key)) continue;
-    if (expires) *expires = e->expires;
-    if (now >= e->expires) {
-      rc = SG_OPENAI_EEXPIRED;
-      break;
-    }
-    memcpy(job_id, e->job_id, SG_JOB_ID_LEN);
-    *index = e->index;
-    rc = 0;
-    break;
-  }
-  pthread_mutex_unlock(&f->mu);
-  return rc;
 }

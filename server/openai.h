@@ -1,5 +1,5 @@
 /* The OpenAI images API's shapes over the native generation: the body's names, checks of its own fields, the answer
- * and error bodies, and the table of result URLs. No HTTP here: http.c routes, parses and answers with these.
+ * and error bodies, and result URLs. No HTTP here: http.c routes, parses and answers with these.
  *
  * Basic usage (what http.c does for POST /v1/images/edits and /v1/images/generations):
  *   sg_request_limits lim = ...;                      // the service's limits, as for POST /v1/generate
@@ -8,19 +8,13 @@
  *   sg_openai_options o;
  *   sg_request_error e;
  *   if (sg_openai_check(q, model_name, image_size, &o, &e)) ... answer e (sg_openai_error_body) ...
- *   ... run params.jr as POST /v1/generate does, then:
- *   sg_openai_answer_params ap = {o.format, time(NULL), image_size, job_id, expires, base_url, files};
+ *   ... run params.jr as POST /v1/generate does; for url results register each image's key in the job store
+ *   (sg_store_file_put, store.h: GET /v1/images/files/{key} from any replica until it expires), then:
+ *   sg_openai_answer_params ap = {o.format, time(NULL), image_size, base_url, keys};
  *   json_t *answer = sg_openai_answer(&ap, pngs, lens, n);   // base64 texts or URLs, per o.format
  *
- *   sg_openai_files *f = sg_openai_files_new(4096);  // the URLs handed out (url results)
- *   char key[SG_OPENAI_KEY_LEN];
- *   sg_openai_files_add(f, job_id, 0, expires, key);  // GET /v1/images/files/{key} until expires
- *   sg_openai_files_find(f, key, now, job_id, &index);
- *   sg_openai_files_free(f);
- *
- * Errors: sg_openai_check and sg_openai_files_* return 0 or a negative SG_OPENAI_E* code (with a message in the
- * sg_request_error for the check); the JSON builders return NULL when out of memory; sg_openai_files_new returns NULL
- * when out of memory. The files table is thread-safe; nothing here prints, exits or aborts.
+ * Errors: sg_openai_check returns 0 or a negative SG_OPENAI_E* code (with a message in the sg_request_error); the
+ * JSON builders return NULL when out of memory. Nothing here prints, exits or aborts.
  */
 #ifndef SG_OPENAI_H
 #define SG_OPENAI_H
@@ -40,15 +34,11 @@ enum {
   SG_OPENAI_OK = 0,
   SG_OPENAI_EBAD = -1,      /* malformed (400) */
   SG_OPENAI_EINVALID = -2,  /* well-formed but not acceptable: a size or format this service cannot make (422) */
-  SG_OPENAI_ENOTFOUND = -3, /* another model (404), or an unknown file key */
-  SG_OPENAI_EEXPIRED = -4,  /* a file key past its expiry (410) */
+  SG_OPENAI_ENOTFOUND = -3, /* another model (404) */
   SG_OPENAI_ENOMEM = -5,
 };
 
-#define SG_OPENAI_KEY_LEN 33 /* 32 hex digits and a NUL */
-
 typedef enum { SG_OPENAI_GENERATIONS = 0, SG_OPENAI_EDITS } sg_openai_route;
-typedef struct sg_openai_files sg_openai_files;
 typedef enum { SG_OPENAI_B64_JSON = 0, SG_OPENAI_URL } sg_openai_format;
 
 typedef struct {
@@ -73,15 +63,12 @@ typedef struct {
   sg_openai_format format;
   int64_t created;          /* Unix seconds */
   int32_t image_size;
-  const char *job_id;       /* url results: the job whose images the URLs serve */
-  double expires;           /* url results: Unix seconds */
   const char *base_url;     /* url results: sg_openai_base_url's ("" for paths) */
-  sg_openai_files *files;   /* url results: where the keys go */
+  const char *const *keys;  /* url results: image i's file key (sg_store_file_put), n of them */
 } sg_openai_answer_params;
 
-/* Returns the answer {"created", "data": [{"b64_json": base64 of png[i]} or {"url": base_url/v1/images/files/key}],
- * "size", "output_format"} of n images, or NULL when out of memory (or without randomness for a key). The caller
- * owns it. */
+/* Returns the answer {"created", "data": [{"b64_json": base64 of png[i]} or {"url": base_url/v1/images/files/keys[i]}],
+ * "size", "output_format"} of n images, or NULL when out of memory. The caller owns it. */
 json_t *sg_openai_answer(const sg_openai_answer_params *p, uint8_t *const *png, const size_t *len, int32_t n);
 
 /* Returns the error body {"error": {"message", "type", "param", "code"}} of an answer with HTTP status, the native
@@ -94,22 +81,6 @@ json_t *sg_openai_error_body(sg_openai_route route, int status, const char *code
  * request's Host header (NULL or anything but a host name, IPv4/IPv6 literal and port: out is "", and the URLs are
  * paths). Returns out. */
 const char *sg_openai_base_url(const char *host, const char *forwarded_proto, char *out, size_t cap);
-
-/* Returns a table of at most cap (>= 1) file keys (the oldest is dropped for a new one beyond it), or NULL. */
-sg_openai_files *sg_openai_files_new(int32_t cap);
-
-/* Frees f. NULL is ignored. */
-void sg_openai_files_free(sg_openai_files *f);
-
-/* Registers image index of job_id until expires (Unix seconds) under a new random key written to key. Returns 0 or
- * SG_OPENAI_ENOMEM (no randomness). */
-int sg_openai_files_add(sg_openai_files *f, const char *job_id, int32_t index, double expires,
-                        char key[SG_OPENAI_KEY_LEN]);
-
-/* Looks key up at time now (Unix seconds): 0 with the job's id and the image's index written, SG_OPENAI_ENOTFOUND,
- * or SG_OPENAI_EEXPIRED with *expires (NULL allowed) set to when it expired. */
-int sg_openai_files_find(sg_openai_files *f, const char *key, double now, char job_id[SG_JOB_ID_LEN],
-                         int32_t *index, double *expires);
 
 #ifdef __cplusplus
 }

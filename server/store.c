@@ -1,8 +1,11 @@
 /* The job store's dispatch (store.h) and its `local` implementation over this process's job manager (sg_jobs). */
 #include "store.h"
 
+#include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include "store_impl.h"
 
@@ -65,6 +68,52 @@ char *sg_store_metrics_text(sg_store *s, const char *prefix) {
   return s->ops->metrics_text ? s->ops->metrics_text(s, prefix) : NULL;
 }
 
+/* Whether s is 32 lowercase hex digits (a job id, a file key). */
+static int is_hex32(const char *s) {
+  if (!s) return 0;
+  size_t n = 0;
+  for (; s[n] && n < 33; n++)
+    if (!((s[n] >= '0' && s[n] <= '9') || (s[n] >= 'a' && s[n] <= 'f'))) return 0;
+  return n == 32;
+}
+
+int sg_store_file_put(sg_store *s, const char *job_id, int32_t index, double expires, char key[SG_STORE_FILE_KEY_LEN]) {
+  key[0] = 0;
+  if (!is_hex32(job_id) || index < 0 || index >= SG_JOBS_MAX_IMAGES || !(expires == expires)) return SG_JOBS_EINVAL;
+  uint8_t raw[16];
+  size_t got = 0;
+  while (got < sizeof raw) {
+    ssize_t r = getrandom(raw + got, sizeof raw - got, 0);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return SG_JOBS_ESYS;
+    got += (size_t)r;
+  }
+  static const char hex[] = "0123456789abcdef";
+  for (size_t i = 0; i < sizeof raw; i++) {
+    key[2 * i] = hex[raw[i] >> 4];
+    key[2 * i + 1] = hex[raw[i] & 15];
+  }
+  key[2 * sizeof raw] = 0;
+  int rc = s->ops->file_put(s, key, job_id, index, expires);
+  if (rc) key[0] = 0;
+  return rc;
+}
+
+int sg_store_file_get(sg_store *s, const char *key, double now, char job_id[SG_JOB_ID_LEN], int32_t *index,
+                      double *expires) {
+  if (!is_hex32(key)) return SG_JOBS_ENOTFOUND;
+  char id[SG_JOB_ID_LEN];
+  int32_t i = -1;
+  double exp = 0;
+  int rc = s->ops->file_get(s, key, id, &i, &exp);
+  if (rc) return rc;
+  if (expires) *expires = exp;
+  if (now >= exp) return SG_JOBS_EEXPIRED;
+  memcpy(job_id, id, SG_JOB_ID_LEN);
+  *index = i;
+  return 0;
+}
+
 const char *sg_store_strerror(int code) {
   switch (code) {
     case SG_STORE_EUNAVAILABLE: return "the job store (Redis) cannot be reached";
@@ -77,9 +126,20 @@ const char *sg_store_strerror(int code) {
 
 /* ---- local: a thin layer over sg_jobs ---- */
 
+/* A url result's key in the local table. */
+typedef struct {
+  char key[SG_STORE_FILE_KEY_LEN];
+  char job_id[SG_JOB_ID_LEN];
+  int32_t index;
+  double expires;
+} local_file;
+
 typedef struct {
   sg_store base;
   sg_jobs *jobs;
+  pthread_mutex_t fmu; /* the file keys: a ring of the newest files_cap */
+  local_file *files;
+  int32_t files_cap, files_next, n_files;
 } local_store;
 
 /* A local watch: the job manager's handle and the caller's callback (which takes an event id, NULL here). */
@@ -91,7 +151,12 @@ struct sg_store_watcher {
 
 static sg_jobs *J(sg_store *s) { return ((local_store *)s)->jobs; }
 
-static void local_free(sg_store *s) { free(s); }
+static void local_free(sg_store *s) {
+  local_store *l = (local_store *)s;
+  pthread_mutex_destroy(&l->fmu);
+  free(l->files);
+  free(l);
+}
 
 static int local_ready(sg_store *s) { return 1; }
 
@@ -163,17 +228,64 @@ static int local_event_image(sg_store *s, const sg_job_event *ev, int32_t i, uin
 
 static int local_stats(sg_store *s, sg_jobs_stats *out) { return sg_jobs_stats_get(J(s), out); }
 
+static int local_file_put(sg_store *s, const char *key, const char *job_id, int32_t index, double expires) {
+  local_store *l = (local_store *)s;
+  pthread_mutex_lock(&l->fmu);
+  local_file *e = &l->files[l->files_next]; /* the oldest when full */
+  memcpy(e->key, key, SG_STORE_FILE_KEY_LEN);
+  memcpy(e->job_id, job_id, SG_JOB_ID_LEN);
+  e->index = index;
+  e->expires = expires;
+  l->files_next = (l->files_next + 1) % l->files_cap;
+  if (l->n_files < l->files_cap) l->n_files++;
+  pthread_mutex_unlock(&l->fmu);
+  return 0;
+}
+
+/* Compares two keys in time that does not depend on where they differ. */
+static int key_equal(const char *a, const char *b) {
+  unsigned char d = 0;
+  for (size_t i = 0; i < SG_STORE_FILE_KEY_LEN; i++) d |= (unsigned char)(a[i] ^ b[i]);
+  return d == 0;
+}
+
+static int local_file_get(sg_store *s, const char *key, char job_id[SG_JOB_ID_LEN], int32_t *index, double *expires) {
+  local_store *l = (local_store *)s;
+  int rc = SG_JOBS_ENOTFOUND;
+  pthread_mutex_lock(&l->fmu);
+  for (int32_t i = 0; i < l->n_files; i++) {
+    const local_file *e = &l->files[i];
+    if (!key_equal(e->key, key)) continue;
+    memcpy(job_id, e->job_id, SG_JOB_ID_LEN);
+    *index = e->index;
+    *expires = e->expires;
+    rc = 0;
+    break;
+  }
+  pthread_mutex_unlock(&l->fmu);
+  return rc;
+}
+
 static const sg_store_ops LOCAL_OPS = {
     "local",      local_free,  local_ready,   local_model,        local_submit,      local_status,
     local_image,  local_cancel, local_watch,  local_unwatch,      local_event_status, local_event_image,
-    local_stats,  NULL,
+    local_stats,  NULL,         local_file_put, local_file_get,
 };
 
-sg_store *sg_store_local_new(sg_jobs *jobs) {
-  if (!jobs) return NULL;
+/* A local store keeping files_cap (>= 1) url keys (tests give a small one). Returns NULL when out of memory. */
+static sg_store *local_new(sg_jobs *jobs, int32_t files_cap) {
   local_store *l = calloc(1, sizeof *l);
   if (!l) return NULL;
+  if (files_cap < 1 || !(l->files = calloc((size_t)files_cap, sizeof *l->files)) ||
+      pthread_mutex_init(&l->fmu, NULL)) {
+    free(l->files);
+    free(l);
+    return NULL;
+  }
   l->base.ops = &LOCAL_OPS;
   l->jobs = jobs;
+  l->files_cap = files_cap;
   return &l->base;
 }
+
+sg_store *sg_store_local_new(sg_jobs *jobs) { return jobs ? local_new(jobs, SG_STORE_LOCAL_FILES) : NULL; }

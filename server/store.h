@@ -18,7 +18,8 @@
  * events, the ids of the SSE events); the strings sg:job:{id}:img:{i} (PNGs); sg:known:{id} (an id that existed:
  * 410 rather than 404 once the job's keys expire); sg:idem:{key} (Idempotency-Key); the sorted set sg:queue (queued
  * jobs by submit time: depth and oldest age); the hash sg:workers (heartbeats); sg:model (the workers' model, for
- * frontends that load none). Every write that changes a job is one Lua script, so a record is never half-written.
+ * frontends that load none); sg:file:{key} (an OpenAI url result: "JOB_ID INDEX EXPIRES", sg_store_file_put). Every
+ * write that changes a job is one Lua script, so a record is never half-written.
  *
  * Errors: constructors return NULL (with a message in err for redis); every other call returns 0 or a negative
  * code: the SG_JOBS_E* codes with their meaning in jobs.h, and the SG_STORE_E* codes below. Logging goes through
@@ -162,6 +163,25 @@ sg_store_worker *sg_store_worker_start(sg_store *s, sg_jobs *jobs, const sg_mode
  * back to the queue (another worker runs them at once), and frees w. NULL is ignored. Returns 0 when all finished,
  * SG_JOBS_ETIMEDOUT when some were given back. */
 int sg_store_worker_stop(sg_store_worker *w, double timeout_s);
+
+/* ---- the keys of OpenAI url results (GET /v1/images/files/{key}) ---- */
+
+#define SG_STORE_FILE_KEY_LEN 33 /* 32 lowercase hex digits (128 random bits) and a NUL */
+#define SG_STORE_LOCAL_FILES 4096 /* keys a local store keeps; beyond them the oldest is dropped (then unknown) */
+
+/* Registers image index of job job_id, served until expires (Unix seconds), under a new random key written to key.
+ * local: in this process's table (the newest SG_STORE_LOCAL_FILES keys). redis: the string sg:file:{key}, which any
+ * frontend reads, living known_ids_seconds past expires so that an expired key answers EEXPIRED rather than
+ * ENOTFOUND. Returns 0, SG_JOBS_EINVAL (not a job id, index out of range), SG_JOBS_ESYS (no random bytes),
+ * SG_STORE_EUNAVAILABLE. */
+int sg_store_file_put(sg_store *s, const char *job_id, int32_t index, double expires, char key[SG_STORE_FILE_KEY_LEN]);
+
+/* Looks key up at time now (Unix seconds): 0 with the job's id and the image's index written; SG_JOBS_ENOTFOUND
+ * (unknown, dropped, or not 32 lowercase hex digits: Redis is not asked); SG_JOBS_EEXPIRED with *expires (NULL
+ * allowed) set to when it expired; SG_STORE_EUNAVAILABLE; SG_STORE_EBADDATA (what Redis holds under the key is not
+ * such a record: the wrong type, a bad id, index or time). Local keys are compared in constant time. */
+int sg_store_file_get(sg_store *s, const char *key, double now, char job_id[SG_JOB_ID_LEN], int32_t *index,
+                      double *expires);
 
 /* Returns a short text for an SG_STORE_E* or SG_JOBS_E* code (a static string). */
 const char *sg_store_strerror(int code);

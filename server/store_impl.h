@@ -20,6 +20,9 @@ typedef struct {
   int (*event_image)(sg_store *s, const sg_job_event *ev, int32_t i, uint8_t **png, size_t *len);
   int (*stats)(sg_store *s, sg_jobs_stats *out);
   char *(*metrics_text)(sg_store *s, const char *prefix);
+  /* key: a well-formed new key (put) or one to look up (get, which leaves the expiry to the dispatch) */
+  int (*file_put)(sg_store *s, const char *key, const char *job_id, int32_t index, double expires);
+  int (*file_get)(sg_store *s, const char *key, char job_id[SG_JOB_ID_LEN], int32_t *index, double *expires);
 } sg_store_ops;
 
 struct sg_store {

@@ -1033,6 +1033,59 @@ static char *r_metrics_text(sg_store *b, const char *prefix) {
   return text;
 }
 
+/* ---- the keys of url results ---- */
+
+/* Parses the value of sg:file:{key}, "JOB_ID INDEX EXPIRES" (n bytes, binary: a NUL inside is refused). Returns 0 or
+ * SG_STORE_EBADDATA. */
+static int file_from(const char *v, size_t n, char job_id[SG_JOB_ID_LEN], int32_t *index, double *expires) {
+  char buf[128];
+  if (!v || n < SG_JOB_ID_LEN + 3 || n >= sizeof buf || memchr(v, 0, n)) return SG_STORE_EBADDATA;
+  memcpy(buf, v, n);
+  buf[n] = 0;
+  char *sp1 = strchr(buf, ' '), *sp2 = sp1 ? strchr(sp1 + 1, ' ') : NULL;
+  if (!sp1 || !sp2 || strchr(sp2 + 1, ' ')) return SG_STORE_EBADDATA;
+  *sp1 = *sp2 = 0;
+  int64_t i;
+  double t;
+  if (!is_job_id(buf) || parse_i64(sp1 + 1, 0, SG_JOBS_MAX_IMAGES - 1, &i) || parse_f64(sp2 + 1, &t))
+    return SG_STORE_EBADDATA;
+  memcpy(job_id, buf, SG_JOB_ID_LEN);
+  *index = (int32_t)i;
+  *expires = t;
+  return 0;
+}
+
+static int r_file_put(sg_store *b, const char *key, const char *job_id, int32_t index, double expires) {
+  rstore *s = (rstore *)b;
+  double left = expires - wall_now();
+  /* kept known_ids_seconds past its expiry: an expired key is 410, as an expired job id */
+  double ttl = (left > 0 ? ceil(left) : 0) + s->p.known_ids_seconds;
+  char v[96];
+  snprintf(v, sizeof v, "%s %d %.3f", job_id, (int)index, expires);
+  int rc;
+  redisReply *r = run_fmt(s, &rc, "SET sg:file:%s %s EX %.0f", key, v, ttl); /* %s: one argument, spaces and all */
+  if (!r) return rc;
+  rc = r->type == REDIS_REPLY_STATUS ? 0 : SG_STORE_EUNAVAILABLE;
+  freeReplyObject(r);
+  return rc;
+}
+
+static int r_file_get(sg_store *b, const char *key, char job_id[SG_JOB_ID_LEN], int32_t *index, double *expires) {
+  rstore *s = (rstore *)b;
+  int rc;
+  redisReply *r = run_fmt(s, &rc, "GET sg:file:%s", key);
+  if (!r) {
+    if (rc == SG_STORE_EBADDATA) logf_(s, SG_JOBS_LOG_WARN, "%s: sg:file:%.8s...: not a string", __func__, key);
+    return rc;
+  }
+  rc = r->type == REDIS_REPLY_NIL      ? SG_JOBS_ENOTFOUND
+       : r->type == REDIS_REPLY_STRING ? file_from(r->str, r->len, job_id, index, expires)
+                                       : SG_STORE_EBADDATA;
+  freeReplyObject(r);
+  if (rc == SG_STORE_EBADDATA) logf_(s, SG_JOBS_LOG_WARN, "%s: sg:file:%.8s...: its record is malformed", __func__, key);
+  return rc;
+}
+
 /* ---- construction ---- */
 
 static void r_free(sg_store *b) {
@@ -1054,7 +1107,7 @@ static void r_free(sg_store *b) {
 
 static const sg_store_ops REDIS_OPS = {
     "redis",  r_free,   r_ready,  r_model,   r_submit,       r_status,      r_image,       r_cancel,
-    r_watch,  r_unwatch, r_event_status, r_event_image, r_stats, r_metrics_text,
+    r_watch,  r_unwatch, r_event_status, r_event_image, r_stats, r_metrics_text, r_file_put, r_file_get,
 };
 
 sg_store_redis_params sg_store_redis_default_params(void) {

@@ -3,8 +3,9 @@
 Covers: any frontend answers any job (status, image, events, cancel), a worker SIGKILLed mid-job (the job finishes on the
 other with the solo image), a frontend killed under an SSE stream (the client resumes on the other with Last-Event-ID,
 no gap, no duplicate), Redis SIGKILLed and restarted from its AOF (every accepted job finishes; 503 while it is down),
-Idempotency-Key, TTLs and 410/404, /metrics queue figures, a poison job, hostile data in Redis, and 200 requests with
-kills of a worker and a frontend (0 lost, 0 duplicated). Nothing here measures time: waits are polls with deadlines;
+Idempotency-Key, TTLs and 410/404, OpenAI url results served by any frontend (restarted too) until they expire,
+/metrics queue figures, a poison job, hostile data in Redis, and 200 requests with kills of a worker and a frontend
+(0 lost, 0 duplicated). Nothing here measures time: waits are polls with deadlines;
 events are read by lines whatever the TCP segments."""
 import http.client
 import io
@@ -317,6 +318,104 @@ def test_expired_is_410_unknown_is_404_and_keys_have_ttls(cl):
         assert st == 410, data
         st, _, _ = cl.request("GET", "/v1/jobs/" + "f" * 32, port=p)
         assert st == 404
+
+
+GEN = "/v1/images/generations"
+FILES = "/v1/images/files/"
+
+
+def url_result(request, port, seed):
+    """A url result made through the frontend on port: (its path /v1/images/files/{key}, the job id)."""
+    body = json.dumps({"prompt": PROMPT, "steps": 1, "beta": 0, "seed": seed, "response_format": "url"}).encode()
+    st, h, data = request("POST", GEN, body, {"Content-Type": "application/json"}, port=port)
+    assert st == 200, (st, data[:300])
+    url = json.loads(data)["data"][0]["url"]
+    assert url.startswith("http://127.0.0.1:%d%s" % (port, FILES)), url
+    path = url[url.index(FILES):]
+    assert re.fullmatch(FILES + "[0-9a-f]{32}", path), path
+    return path, h["x-job-id"]
+
+
+def test_openai_url_result_from_any_frontend(cl):
+    """A url result made on frontend 0 is the same PNG from frontend 1 (directly), through nginx, and from frontend 0
+    after a restart; its key lives in Redis with the job's keep time plus known_ids_seconds; unknown or malformed
+    keys 404 on every frontend."""
+    path, job = url_result(cl.request, cl.fports[0], 31)
+    st, _, ref = cl.request("GET", "/v1/jobs/%s/images/0" % job, port=cl.fports[1])
+    assert st == 200
+    st, h, png = cl.request("GET", path, port=cl.fports[1])
+    assert st == 200 and h["content-type"] == "image/png" and png == ref, (st, png[:200])
+    st, _, png = cl.request("GET", path)
+    assert st == 200 and png == ref, (st, png[:200])
+    key = path[len(FILES):]
+    assert cl.redis.cli("GET", "sg:file:" + key).startswith(job + " 0 ")
+    ttl = int(cl.redis.cli("TTL", "sg:file:" + key))
+    assert 3600 < ttl <= 3600 + 7 * 86400 + 5, ttl
+    cl.frontends[0].proc.kill()
+    cl.frontends[0].proc.wait()
+    cl.respawn()
+    st, _, png = cl.request("GET", path, port=cl.fports[0])
+    assert st == 200 and png == ref, (st, png[:200])
+    for p in cl.fports:
+        for bad in ("0" * 32, key[:31], key.upper(), key + "0", "..%2f..%2fetc%2fpasswd", "*"):
+            st, _, data = cl.request("GET", FILES + bad, port=p)
+            assert st == 404, (bad, st, data)
+
+
+def test_openai_url_hostile_records_fail_that_request_only(cl):
+    """What Redis holds under a url key is not trusted: a string that is no record, a hash, a record naming no job id
+    answer 500 saying the record is malformed; a record past its expiry 410; the processes stay up and a real url
+    result still works."""
+    r = cl.redis
+    keys = ["%032x" % (0xf11e0 + k) for k in range(5)]
+    r.cli("SET", "sg:file:" + keys[0], "garbage")
+    r.cli("HSET", "sg:file:" + keys[1], "job", "x")
+    r.cli("SET", "sg:file:" + keys[2], "../../etc/passwd 0 9999999999")
+    r.cli("SET", "sg:file:" + keys[3], ("%032x 99 9999999999" % 7))
+    r.cli("SET", "sg:file:" + keys[4], ("%032x 0 %.3f" % (7, time.time() - 10)))
+    for p in cl.fports:
+        for k in keys[:4]:
+            st, _, data = cl.request("GET", FILES + k, port=p)
+            assert st == 500 and "malformed" in json.loads(data)["error"]["message"], (k, st, data)
+        st, _, data = cl.request("GET", FILES + keys[4], port=p)
+        assert st == 410 and "the URL expired" in json.loads(data)["error"]["message"], data
+    assert all(s.proc.poll() is None for s in cl.workers + cl.frontends)
+    path, _ = url_result(cl.request, cl.fports[1], 32)
+    st, _, png = cl.request("GET", path, port=cl.fports[0])
+    assert st == 200 and png.startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_openai_url_expires_on_every_frontend():
+    """A small cluster of its own (Redis, a worker, two frontends) with keep_finished_seconds 4: a url result made on
+    one frontend is served by the other at once, then both answer 410 saying the URL expired (not 404)."""
+    redis = Redis()
+    nodes = []
+    try:
+        args = ["--redis-url", redis.url, "--lease-seconds", LEASE, "--heartbeat-seconds", HEARTBEAT,
+                "--keep-finished-seconds", 4]
+        nodes.append(Server("--role", "worker", *args))
+        nodes += [Server("--role", "frontend", *args) for _ in range(2)]
+        f0, f1 = nodes[1], nodes[2]
+
+        def request(method, path, body=None, headers=None, port=None):
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+            try:
+                c.request(method, path, body=body, headers=headers or {})
+                resp = c.getresponse()
+                return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+            finally:
+                c.close()
+
+        path, _ = url_result(request, f0.port, 33)
+        st, _, png = request("GET", path, port=f1.port)
+        assert st == 200 and png.startswith(b"\x89PNG\r\n\x1a\n"), (st, png[:200])
+        for f in (f0, f1):
+            wait_for(lambda: (lambda r: r[0] == 410 and b"the URL expired" in r[2])(request("GET", path, port=f.port)),
+                     60, "the URL to expire")
+    finally:
+        for n in nodes:
+            n.close()
+        redis.close()
 
 
 def test_idempotency_key(cl):

@@ -106,25 +106,28 @@ static void test_error_body(void) {
   json_decref(o);
 }
 
-static void test_files(void) {
-  sg_openai_files *f = sg_openai_files_new(2);
-  char k1[SG_OPENAI_KEY_LEN], k2[SG_OPENAI_KEY_LEN], k3[SG_OPENAI_KEY_LEN], id[SG_JOB_ID_LEN];
-  int32_t i = -1;
-  double exp = 0;
-  const char *job = "0123456789abcdef0123456789abcdef";
-  CHECK(sg_openai_files_add(f, job, 1, 1000.0, k1) == 0 && strlen(k1) == 32, "a key");
-  CHECK(sg_openai_files_add(f, job, 2, 2000.0, k2) == 0 && strcmp(k1, k2), "keys differ");
-  CHECK(sg_openai_files_find(f, k1, 999.0, id, &i, &exp) == 0 && i == 1 && !strcmp(id, job), "found before expiry");
-  CHECK(sg_openai_files_find(f, k1, 1000.0, id, &i, &exp) == SG_OPENAI_EEXPIRED && exp == 1000.0, "expired at it");
-  CHECK(sg_openai_files_find(f, "0123", 0, id, &i, NULL) == SG_OPENAI_ENOTFOUND, "a short key");
-  char wrong[SG_OPENAI_KEY_LEN];
-  memcpy(wrong, k2, sizeof wrong);
-  wrong[31] = wrong[31] == '0' ? '1' : '0';
-  CHECK(sg_openai_files_find(f, wrong, 0, id, &i, NULL) == SG_OPENAI_ENOTFOUND, "one digit off");
-  CHECK(sg_openai_files_add(f, job, 3, 3000.0, k3) == 0, "a third key");
-  CHECK(sg_openai_files_find(f, k1, 0, id, &i, NULL) == SG_OPENAI_ENOTFOUND, "the oldest is dropped beyond cap");
-  CHECK(sg_openai_files_find(f, k3, 0, id, &i, NULL) == 0 && i == 3, "the newest is kept");
-  sg_openai_files_free(f);
+static void test_urls(void) {
+  /* url results name the keys the caller registered (sg_store_file_put: tests/server/test_store.c) */
+  uint8_t png[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+  uint8_t *pngs[2] = {png, png};
+  size_t lens[2] = {8, 8};
+  const char *keys[2] = {"0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210"};
+  sg_openai_answer_params ap = {SG_OPENAI_URL, 1700000000, 64, "http://h:1", keys};
+  json_t *o = sg_openai_answer(&ap, pngs, lens, 2);
+  json_t *d = json_object_get(o, "data");
+  CHECK(json_array_size(d) == 2 &&
+            !strcmp(json_string_value(json_object_get(json_array_get(d, 1), "url")),
+                    "http://h:1/v1/images/files/fedcba9876543210fedcba9876543210") &&
+            !json_object_get(json_array_get(d, 0), "b64_json"),
+        "url results name their keys");
+  json_decref(o);
+  ap.format = SG_OPENAI_B64_JSON;
+  ap.keys = NULL;
+  o = sg_openai_answer(&ap, pngs, lens, 1);
+  CHECK(!strcmp(json_string_value(json_object_get(json_array_get(json_object_get(o, "data"), 0), "b64_json")),
+                "iVBORw0KGgo="),
+        "b64_json results need no keys");
+  json_decref(o);
 
   char base[64];
   CHECK(!strcmp(sg_openai_base_url("127.0.0.1:8080", NULL, base, sizeof base), "http://127.0.0.1:8080"), "host");
@@ -148,7 +151,7 @@ int main(int argc, char **argv) {
   fclose(fp);
   test_names();
   test_error_body();
-  test_files();
+  test_urls();
   free(sketch);
   if (failures) fprintf(stderr, "%d failure(s)\n", failures);
   return failures ? 1 : 0;

@@ -1,6 +1,7 @@
-/* Unit tests of the redis job store's parsing (server/store_redis.c, included for its static functions): URLs, ids,
- * hostile status records and event entries built as hiredis replies, the idempotency fingerprint, and a store whose
- * Redis is down (every call answers SG_STORE_EUNAVAILABLE, nothing blocks or crashes). No Redis is needed. */
+/* Unit tests of the job stores (server/store.c and store_redis.c, included for their static functions): URLs, ids,
+ * hostile status records, event entries and url-result records built as hiredis replies, the idempotency
+ * fingerprint, the local store's table of url keys (expiry, the oldest dropped), and a store whose Redis is down
+ * (every call answers SG_STORE_EUNAVAILABLE, nothing blocks or crashes). No Redis is needed. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -143,6 +144,59 @@ static void test_fingerprint(void) {
   CHECK(strcmp(c, d), "the prompt counts");
 }
 
+static void test_local_files(void) {
+  sg_store *s = local_new(NULL, 2); /* the file keys never touch the job manager */
+  char k1[SG_STORE_FILE_KEY_LEN], k2[SG_STORE_FILE_KEY_LEN], k3[SG_STORE_FILE_KEY_LEN], id[SG_JOB_ID_LEN];
+  int32_t i = -1;
+  double exp = 0;
+  const char *job = "0123456789abcdef0123456789abcdef";
+  CHECK(sg_store_file_put(s, job, 1, 1000.0, k1) == 0 && is_hex32(k1), "a key");
+  CHECK(sg_store_file_put(s, job, 2, 2000.0, k2) == 0 && strcmp(k1, k2), "keys differ");
+  CHECK(sg_store_file_get(s, k1, 999.0, id, &i, &exp) == 0 && i == 1 && !strcmp(id, job), "found before expiry");
+  CHECK(sg_store_file_get(s, k1, 1000.0, id, &i, &exp) == SG_JOBS_EEXPIRED && exp == 1000.0, "expired at it");
+  CHECK(sg_store_file_get(s, "0123", 0, id, &i, NULL) == SG_JOBS_ENOTFOUND, "a short key");
+  char wrong[SG_STORE_FILE_KEY_LEN];
+  memcpy(wrong, k2, sizeof wrong);
+  wrong[31] = wrong[31] == '0' ? '1' : '0';
+  CHECK(sg_store_file_get(s, wrong, 0, id, &i, NULL) == SG_JOBS_ENOTFOUND, "one digit off");
+  memcpy(wrong, k2, sizeof wrong);
+  wrong[0] = (char)toupper((unsigned char)(wrong[0] >= 'a' ? wrong[0] : 'a'));
+  CHECK(sg_store_file_get(s, wrong, 0, id, &i, NULL) == SG_JOBS_ENOTFOUND, "upper case is not a key");
+  CHECK(sg_store_file_put(s, "../etc", 0, 1.0, k3) == SG_JOBS_EINVAL && !k3[0], "not a job id");
+  CHECK(sg_store_file_put(s, job, SG_JOBS_MAX_IMAGES, 1.0, k3) == SG_JOBS_EINVAL, "index out of range");
+  CHECK(sg_store_file_put(s, job, 3, 3000.0, k3) == 0, "a third key");
+  CHECK(sg_store_file_get(s, k1, 0, id, &i, NULL) == SG_JOBS_ENOTFOUND, "the oldest is dropped beyond cap");
+  CHECK(sg_store_file_get(s, k3, 0, id, &i, NULL) == 0 && i == 3, "the newest is kept");
+  sg_store_free(s);
+}
+
+static void test_file_records(void) {
+  char id[SG_JOB_ID_LEN];
+  int32_t i = -1;
+  double exp = 0;
+  const char *good = "0123456789abcdef0123456789abcdef 3 1700000600.250";
+  CHECK(file_from(good, strlen(good), id, &i, &exp) == 0 && i == 3 && exp == 1700000600.25 &&
+            !strcmp(id, "0123456789abcdef0123456789abcdef"),
+        "a good record");
+  const char *bad[] = {"", "garbage", "0123456789abcdef0123456789abcdef 3", "0123456789abcdef0123456789abcdef 3 1 x",
+                       "0123456789ABCDEF0123456789abcdef 3 1", "../../../../etc/passwd/0123456789ab 3 1",
+                       "0123456789abcdef0123456789abcdef -1 1", "0123456789abcdef0123456789abcdef 64 1",
+                       "0123456789abcdef0123456789abcdef 3 nan", "0123456789abcdef0123456789abcdef 3 inf",
+                       "0123456789abcdef0123456789abcdef  3 1", "0123456789abcdef0123456789abcdef 3 1e999",
+                       "0123456789abcdef0123456789abcdef 99999999999999999999 1"};
+  for (size_t k = 0; k < sizeof bad / sizeof *bad; k++)
+    CHECK(file_from(bad[k], strlen(bad[k]), id, &i, &exp) == SG_STORE_EBADDATA, "refused: '%s'", bad[k]);
+  char nul[64];
+  memcpy(nul, good, strlen(good));
+  nul[33] = 0; /* "...def \0 1700..." */
+  CHECK(file_from(nul, strlen(good), id, &i, &exp) == SG_STORE_EBADDATA, "a NUL inside");
+  char big[4096];
+  memset(big, '1', sizeof big);
+  memcpy(big, good, strlen(good));
+  CHECK(file_from(big, sizeof big, id, &i, &exp) == SG_STORE_EBADDATA, "too long");
+  CHECK(file_from(NULL, 0, id, &i, &exp) == SG_STORE_EBADDATA, "none");
+}
+
 static void test_redis_down(void) {
   /* a port nobody listens on: connection refused at once */
   int port = 1;
@@ -158,6 +212,14 @@ static void test_redis_down(void) {
   CHECK(sg_store_status(s, "0123456789abcdef0123456789abcdef", &st) == SG_STORE_EUNAVAILABLE, "status");
   CHECK(sg_store_status(s, "nope", &st) == SG_JOBS_ENOTFOUND, "a malformed id needs no Redis");
   CHECK(sg_store_cancel(s, "0123456789abcdef0123456789abcdef") == SG_STORE_EUNAVAILABLE, "cancel");
+  char key[SG_STORE_FILE_KEY_LEN], fid[SG_JOB_ID_LEN];
+  int32_t fi;
+  CHECK(sg_store_file_put(s, "0123456789abcdef0123456789abcdef", 0, 1e10, key) == SG_STORE_EUNAVAILABLE && !key[0],
+        "file put");
+  CHECK(sg_store_file_get(s, "0123456789abcdef0123456789abcdef", 0, fid, &fi, NULL) == SG_STORE_EUNAVAILABLE,
+        "file get");
+  CHECK(sg_store_file_get(s, "0123456789abcdef0123456789abcdef*", 0, fid, &fi, NULL) == SG_JOBS_ENOTFOUND,
+        "a malformed key needs no Redis");
   sg_job_request q;
   memset(&q, 0, sizeof q);
   q.prompt = "p";
@@ -188,6 +250,8 @@ int main(void) {
   test_status_records();
   test_events();
   test_fingerprint();
+  test_local_files();
+  test_file_records();
   test_redis_down();
   if (failures) fprintf(stderr, "%d failure(s)\n", failures);
   return failures ? 1 : 0;
