@@ -23,6 +23,14 @@ def wait_for(cond, timeout=60.0, what="condition"):
     raise AssertionError("timed out waiting for " + what)
 
 
+def batch_args():
+    """The servers' --max-batch from SG_TEST_MAX_BATCH (`SG_TEST_MAX_BATCH=8 meson test openapi-conformance`: every
+    server a suite starts batches that many jobs; docs/batching.md): ["--max-batch", N], or [] when it is unset. Put
+    it before a test's own arguments, so that a test's --max-batch comes later and wins."""
+    n = os.environ.get("SG_TEST_MAX_BATCH")
+    return ["--max-batch", n] if n else []
+
+
 def binary() -> str:
     """The binary under test: $SKETCHGUIDE_BIN (set by meson), else build/server/sketchguide; skips without one."""
     exe = os.environ.get("SKETCHGUIDE_BIN", os.path.join(ROOT, "build", "server", "sketchguide"))

@@ -12,7 +12,7 @@ import tempfile
 
 import pytest
 
-from conftest import ROOT, binary, wait_for
+from conftest import ROOT, batch_args, binary, wait_for
 
 STAR = os.path.join(ROOT, "docs", "examples", "star.png")
 PROMPT = "a red star on a plain blue background"
@@ -28,7 +28,8 @@ def serve(*args):
     out = tempfile.TemporaryFile()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKETCHGUIDE_")}
     env["OPENBLAS_NUM_THREADS"] = "1"
-    p = subprocess.Popen([binary(), "serve", "--port", "0", "--threads", "1", "--warmup-steps", "1"] + list(args),
+    p = subprocess.Popen([binary(), "serve", "--port", "0", "--threads", "1", "--warmup-steps", "1"] + batch_args() +
+                         list(args),
                          stdout=out, stderr=subprocess.STDOUT, env=env)
 
     def text():

@@ -66,8 +66,10 @@ function waitFor(re, what, ms = 120000) {
 }
 
 test.before(async () => {
+  // SG_TEST_MAX_BATCH=8 (docs/batching.md): the server batches that many jobs
+  const batch = process.env.SG_TEST_MAX_BATCH ? ['--max-batch', process.env.SG_TEST_MAX_BATCH] : [];
   server = spawn(BIN, ['serve', '--port', '0', '--threads', '1', '--max-queue', '1', '--warmup-steps', '1',
-                       '--max-steps', '999', '--log-level', 'debug'],
+                       '--max-steps', '999', '--log-level', 'debug', ...batch],
                  {env: {...process.env, SKETCHGUIDE_TOKEN: TOKEN, OPENBLAS_NUM_THREADS: '1'}, stdio: ['ignore', 'pipe', 'pipe']});
   server.stdout.on('data', (d) => { output += d; });
   server.stderr.on('data', (d) => { output += d; });
@@ -188,13 +190,13 @@ test('errors are the SDK typed errors, with OpenAI error bodies, and run nothing
 test('a full queue is the SDK RateLimitError (429, Retry-After)', async () => {
   const auth = {Authorization: `Bearer ${TOKEN}`, 'Content-Type': 'application/json'};
   const sketch = fs.readFileSync(STAR).toString('base64');
-  const submit = async (steps) => {
+  const submit = async (steps, batching = true) => {
     const r = await fetch(`${base}/v1/generate`, {method: 'POST', headers: {...auth, Prefer: 'respond-async'},
-                                                  body: JSON.stringify({prompt: PROMPT, sketch, steps})});
+                                                  body: JSON.stringify({prompt: PROMPT, sketch, steps, batching})});
     assert.equal(r.status, 202);
     return (await r.json()).id;
   };
-  const running = await submit(999);
+  const running = await submit(999, false); // alone: the next one waits at any max_batch
   for (let t0 = Date.now(); ;) { // until it runs, so that the next one waits in the queue
     const st = await (await fetch(`${base}/v1/jobs/${running}`, {headers: auth})).json();
     if (st.status === 'running') break;

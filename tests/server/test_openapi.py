@@ -35,7 +35,7 @@ try:
 except ImportError as e:  # Debian: python3-jsonschema python3-yaml (setup.sh installs them)
     raise ImportError("test_openapi needs PyYAML and jsonschema (Debian: python3-yaml python3-jsonschema): %s" % e)
 
-from conftest import ROOT, binary, wait_for
+from conftest import ROOT, batch_args, binary, wait_for
 
 SPEC_PATH = os.path.join(ROOT, "openapi.yaml")
 PRISM = os.path.join(ROOT, "node_modules", "@stoplight", "prism-cli", "dist", "index.js")
@@ -45,7 +45,8 @@ TOKEN = "conformance-Token_1"
 AUTH = {"Authorization": "Bearer " + TOKEN}
 ORIGIN = "http://allowed.example"
 LONG = 999  # steps of a job that keeps the worker busy until it is cancelled (server A's --max-steps, the sampler's
-#            most: it outlasts the requests made while it runs, however fast the machine or slow the client)
+#            most: it outlasts the requests made while it runs, however fast the machine or slow the client); sent
+#            with batching false, so that the jobs behind it wait at any max_batch (SG_TEST_MAX_BATCH)
 METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NO_JOB = "0" * 32
@@ -351,7 +352,7 @@ class Proc:
 
 
 def start_server(*args, env=None, wait_ready=True):
-    cmd = [binary(), "serve", "--port", "0", "--threads", "1"] + [str(a) for a in args]
+    cmd = [binary(), "serve", "--port", "0", "--threads", "1"] + batch_args() + [str(a) for a in args]
     p = Proc(cmd, env=env or server_env())
     m = p.wait_line(r"^listening on http://\S+:(\d+)$")
     p.port = int(m.group(1))
@@ -797,7 +798,7 @@ def test_queue_cancel_conflict_timeout(live):
     """A busy worker: queued and running states, 409 for images not ready, 429, 504, DELETE of a queued (200) and
     a running (202) job, a synchronous client whose job is cancelled (409), progress events."""
     cl, srv, _ = live
-    st, _, data = cl.generate_json(gen(steps=LONG), headers={"Prefer": "respond-async"})
+    st, _, data = cl.generate_json(gen(steps=LONG, batching=False), headers={"Prefer": "respond-async"})
     running = json.loads(data)["id"]
     cl.wait_state(running, ("running",))
     # its event stream, read directly while it runs: status, progress..., end (once cancelled below)

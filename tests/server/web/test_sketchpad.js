@@ -81,7 +81,9 @@ function startServer(extraEnv = {}) {
     const env = {...process.env, OPENBLAS_NUM_THREADS: '1', ...extraEnv};
     // --max-steps 999 (the sampler's most): the job that keeps the worker busy, and the one cancelled while it runs,
     // last far longer than the page's steps around them, however fast the machine
-    const proc = spawn(BIN, ['serve', '--port', '0', '--threads', '1', '--max-steps', '999'],
+    // SG_TEST_MAX_BATCH=8 (docs/batching.md): the server batches that many jobs
+    const batch = process.env.SG_TEST_MAX_BATCH ? ['--max-batch', process.env.SG_TEST_MAX_BATCH] : [];
+    const proc = spawn(BIN, ['serve', '--port', '0', '--threads', '1', '--max-steps', '999', ...batch],
       {env, stdio: ['ignore', 'pipe', 'pipe']});
     servers.add(proc);
     proc.on('exit', () => servers.delete(proc));
@@ -217,13 +219,14 @@ async function progressRecorder(page) {
 }
 
 /* Submits a job of the most steps and images the service allows, which keeps its only worker busy until release():
-   the page's next job waits in the queue meanwhile. Resolves to the job's id. */
+   the page's next job waits in the queue meanwhile (batching false: at any max_batch). Resolves to the job's id. */
 function occupyWorker(page, info, token) {
   return page.evaluate(async ([steps, n, t]) => {
     const form = new FormData();
     form.append('prompt', 'a blue circle');
     form.append('steps', steps);
     form.append('n', n);
+    form.append('batching', 'false');
     const c = document.createElement('canvas');
     c.width = c.height = 16;
     const ctx = c.getContext('2d');
