@@ -215,12 +215,18 @@ def distill_text(work: str, cfg: dict, steps: int, batch: int = 48, lr: float = 
             os.replace(path + ".tmp", path)
 
 
-def train_text(work: str, cfg: dict, steps: int, batch: int = 24, lr: float = 1e-3) -> None:
+def train_text(work: str, cfg: dict, steps: int, batch: int = 24, lr: float = 1e-3, teach: float = 0.0,
+               template_share: float = 0.0) -> None:
     """Trains the text encoder of DIR/unet.pt alone with the diffusion loss through the frozen U-Net (the U-Net,
     VAE and so the LGP stay the starting model's): pictures drawn and encoded as needed (shapes.natural_params,
-    DIR/vae.pt), each with a natural caption (a tenth empty, so that classifier-free guidance's unconditional
-    reading stays the U-Net's); min-SNR-5 weighting, warm-up over 50 steps, cosine decay to a tenth. The result
-    replaces the text weights and their EMA; resumable (text_step in the checkpoint)."""
+    DIR/vae.pt), each with a natural caption (template_share of them the template caption; a tenth empty, so that
+    classifier-free guidance's unconditional reading stays the U-Net's); min-SNR-5 weighting, warm-up over 50
+    steps, cosine decay to a tenth. With teach > 0 and DIR/teacher_text.pt, the loss adds teach x the mean squared
+    difference between the U-Net's prediction on the student's reading of the caption and its prediction on the
+    teacher encoder's reading of the template caption of the same picture (the empty caption for the empty ones),
+    at the same noisy latent and timestep: a target without the diffusion loss's noise, so that a natural caption
+    comes to act on the U-Net as the template caption acts through the teacher. The result replaces the text weights
+    and their EMA; resumable (text_step in the checkpoint)."""
     path = os.path.join(work, "unet.pt")
     ck = torch.load(path)
     done = int(ck.get("text_step", 0))
@@ -245,19 +251,40 @@ def train_text(work: str, cfg: dict, steps: int, batch: int = 24, lr: float = 1e
     snr = abar / (1 - abar)
     weight = torch.clamp(snr, max=5.0) / snr
     empty = tok.input_ids("")
-    t0, run = time.time(), 0.0
+    teacher = None
+    if teach > 0:
+        teacher = sdmodels.CLIPTextModel(cfg["text"])
+        teacher.load_state_dict(torch.load(os.path.join(work, "teacher_text.pt")))
+        teacher.eval().requires_grad_(False)
+    t0, run, run_teach = time.time(), 0.0, 0.0
     for step in range(done + 1, steps + 1):
         rng = np.random.default_rng([step, 161803])
         gen = torch.Generator().manual_seed(step)
         ps = [shapes.natural_params(int(x)) for x in rng.integers(0, 10 ** 7, batch)]
         with torch.no_grad():
             z0 = vae.encode_moments(to_tensor(np.stack([shapes.render(p)[0] for p in ps])))[0] * cfg["vae"]["scaling_factor"]
-        cond = torch.tensor([empty if rng.random() < 0.1 else tok.input_ids(shapes.natural_caption(p, rng)) for p in ps])
+        cond, tmpl = [], []
+        for p in ps:
+            r = rng.random()
+            if r < 0.1:
+                cond.append(empty)
+                tmpl.append(empty)
+                continue
+            tmpl.append(tok.input_ids(shapes.caption(p)))
+            cond.append(tmpl[-1] if r < 0.1 + template_share else tok.input_ids(shapes.natural_caption(p, rng)))
+        cond, tmpl = torch.tensor(cond), torch.tensor(tmpl)
         t = torch.randint(0, abar.numel(), (batch,), generator=gen)
         noise = torch.randn(z0.shape, generator=gen)
         a_t = abar[t][:, None, None, None]
-        eps = unet(a_t.sqrt() * z0 + (1 - a_t).sqrt() * noise, t, text(cond))[0]
+        zt = a_t.sqrt() * z0 + (1 - a_t).sqrt() * noise
+        eps = unet(zt, t, text(cond))[0]
         loss = ((eps - noise).pow(2).mean(dim=(1, 2, 3)) * weight[t]).mean()
+        if teacher is not None:
+            with torch.no_grad():
+                target = unet(zt, t, teacher(tmpl))[0]
+            tl = (eps - target).pow(2).mean()
+            run_teach += tl.item()
+            loss = loss + teach * tl
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, step / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
         opt.zero_grad()
@@ -266,8 +293,9 @@ def train_text(work: str, cfg: dict, steps: int, batch: int = 24, lr: float = 1e
         opt.step()
         run += loss.item()
         if step % 25 == 0:
-            log("text step %d/%d loss %.4f (%.2f s/step)" % (step, steps, run / 25, (time.time() - t0) / 25))
-            t0, run = time.time(), 0.0
+            log("text step %d/%d loss %.4f teacher %.5f (%.2f s/step)" % (step, steps, run / 25, run_teach / 25,
+                                                                           (time.time() - t0) / 25))
+            t0, run, run_teach = time.time(), 0.0, 0.0
         if step % 50 == 0 or step == steps:
             ck["text"] = text.state_dict()
             ck["ema"] = ck["ema"][:n_unet] + [p.detach().clone() for p in text.parameters()]
@@ -379,9 +407,10 @@ def run_start(path: str) -> int:
     return step
 
 
-def init_from(work: str, cfg: dict, model_dir: str) -> None:
+def init_from(work: str, cfg: dict, model_dir: str, teacher_dir: str = None) -> None:
     """Seeds DIR with the weights of an exported shapes model (its TorchScript modules hold LDM key names), so that
-    a session without the earlier work folder continues training from the committed model (Adam starts afresh)."""
+    a session without the earlier work folder continues training from the committed model (Adam starts afresh);
+    the teacher text encoder (DIR/teacher_text.pt) is teacher_dir's (same tokenizer), else the model's own."""
     with open(os.path.join(model_dir, "model.json")) as f:
         man = json.load(f)
     mods = {k: torch.jit.load(os.path.join(model_dir, v)).state_dict() for k, v in man["modules"].items()}
@@ -394,7 +423,13 @@ def init_from(work: str, cfg: dict, model_dir: str) -> None:
     unet, text = sdmodels.UNetModel(cfg["unet"]), sdmodels.CLIPTextModel(cfg["text"])
     unet.load_state_dict(mods["unet"])
     text.load_state_dict(mods["text_encoder"])
-    torch.save(text.state_dict(), os.path.join(work, "teacher_text.pt"))  # for train_unet's distill
+    teacher = text.state_dict()
+    if teacher_dir:
+        with open(os.path.join(teacher_dir, "model.json")) as f:
+            tman = json.load(f)
+        teacher = torch.jit.load(os.path.join(teacher_dir, tman["modules"]["text_encoder"])).state_dict()
+        sdmodels.CLIPTextModel(cfg["text"]).load_state_dict(teacher)  # the same layout, or a clear error
+    torch.save(teacher, os.path.join(work, "teacher_text.pt"))  # for train_unet's distill and train_text's teacher
     step = int(man.get("source", {}).get("train_steps") or 0)
     torch.save({"unet": unet.state_dict(), "text": text.state_dict(), "opt": None, "step": step,
                 "ema": [p.detach().clone() for p in list(unet.parameters()) + list(text.parameters())]},
@@ -443,6 +478,13 @@ def main() -> int:
     ap.add_argument("--text-steps", type=int, default=0, help="with --init-from: train the text encoder alone "
                     "through the frozen U-Net this many steps (train_text; no data set needed)")
     ap.add_argument("--text-lr", type=float, default=1e-3)
+    ap.add_argument("--text-teach", type=float, default=0.0, help="with --text-steps: weight of the teacher loss "
+                    "(the U-Net's prediction on the new encoder's reading of a natural caption against its prediction "
+                    "on the teacher encoder's reading of the template caption)")
+    ap.add_argument("--text-template-share", type=float, default=0.0, help="with --text-steps: the share of "
+                    "captions that are the template caption")
+    ap.add_argument("--teacher-from", help="with --init-from: the model directory whose text encoder is the "
+                    "teacher (default: --init-from's)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--lgp-steps", type=int, default=2000)
     ap.add_argument("--init-from", help="an exported shapes model to continue from when DIR has no checkpoint "
@@ -475,12 +517,12 @@ def main() -> int:
         clip_tokenizer.learn(list(data["captions"])).write(tok_dir)
     cfg["text"]["vocab_size"] = clip_tokenizer.Tokenizer.from_files(tok_dir).vocab_size
     if a.init_from and not os.path.exists(unet_path):
-        init_from(a.work, cfg, a.init_from)
+        init_from(a.work, cfg, a.init_from, a.teacher_from)
     if a.text_distill_steps:
         distill_text(a.work, cfg, a.text_distill_steps)
     if a.text_steps:
         cfg["vae"]["scaling_factor"] = scale
-        train_text(a.work, cfg, a.text_steps, lr=a.text_lr)
+        train_text(a.work, cfg, a.text_steps, lr=a.text_lr, teach=a.text_teach, template_share=a.text_template_share)
     unet_trained = torch.load(unet_path)["step"] < a.unet_steps if os.path.exists(unet_path) else True
     if a.init_from and not unet_trained:  # the U-Net (and so the VAE, latents and LGP) stay the starting model's
         cfg["vae"]["scaling_factor"] = scale
