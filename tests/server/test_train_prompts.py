@@ -262,8 +262,10 @@ def guided_f1(model_dir, n_cases=8, steps=15):
 def test_prompts_only_predictor_guides_like_the_data_trained_one(sg, tmp_path):
     """Two predictors for the bundled model with the same step budget, one on 32 procedural pairs (images, exact
     edge maps, captions), one on 32 images the model made from 16 prompts (no data set): guided by either, the
-    edge F1 on out-of-domain sketches is above unguided by 0.05, and the prompts-only one within 0.06 of the other.
-    A trainer that does not learn leaves guided near unguided; computed here, for whatever the bundled model is."""
+    edge F1 on out-of-domain sketches is above unguided by 0.08, and the prompts-only one within 0.06 of the other.
+    A trainer that does not learn leaves guided near unguided, one that learns the wrong pairing (targets of another
+    image) only the edge maps' average, which guides a little (+0.06); computed here, for whatever the bundled model
+    is."""
     torch.set_num_threads(1)
     pairs = tmp_path / "pairs"
     pairs.mkdir()
@@ -279,11 +281,15 @@ def test_prompts_only_predictor_guides_like_the_data_trained_one(sg, tmp_path):
     fg_prompts, fu2 = guided_f1(tmp_path / "prompts")
     print("edge F1 out of domain: unguided %.3f, guided by the data-trained LGP %.3f, by the prompts-only LGP %.3f"
           % (fu, fg_data, fg_prompts))
-    # measured (bundled model of b07c741, this CPU): unguided 0.309, data-trained 0.427, prompts only 0.394; a
-    # predictor that learnt nothing guides no better than unguided (about 0.31), which both bounds reject
+    # measured (bundled model of 49d7d5d, this CPU): unguided 0.271, data-trained 0.366, prompts only 0.380. Broken
+    # trainers (scratch builds; docs/train-lgp-prompts.md, "Can the comparison fail"), data / prompts: learning rate
+    # 1e-6 of the one set 0.237 / 0.282; each pair trained on the next pair's edge map 0.335 / 0.268; each generated
+    # image given the previous image's edge map 0.366 / 0.343. At a margin of 0.05 the last (0.343 > 0.321) and a
+    # broken data-trained predictor (0.335) passed; 0.08 fails both, by 0.008 and 0.016 (the working ones pass by
+    # 0.015 and 0.029): a narrow gap, which more steps or cases would widen at the cost of time
     assert fu == fu2  # the same unguided images
-    assert fg_data > fu + 0.05, (fg_data, fu)
-    assert fg_prompts > fu + 0.05, (fg_prompts, fu)
+    assert fg_data > fu + 0.08, (fg_data, fu)
+    assert fg_prompts > fu + 0.08, (fg_prompts, fu)
     assert fg_prompts >= fg_data - 0.06, (fg_prompts, fg_data)
 
 
