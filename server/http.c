@@ -902,7 +902,7 @@ static enum MHD_Result h_info(req *r) {
     json_t *bo = json_object(); /* the guarantees tests/core/test_generate_batch.c checks (docs/batching.md) */
     json_object_set_new(bo, "max_batch", json_integer(js.max_batch));
     json_object_set_new(bo, "unguided_latent_tolerance", json_real(5e-4));
-    json_object_set_new(bo, "guided_pixel_tolerance", json_integer(24));
+    json_object_set_new(bo, "guided_pixel_tolerance", json_integer(32));
     json_object_set_new(bo, "solo_bit_exact", json_true());
     json_object_set_new(mo, "batching", bo);
     json_object_set_new(o, "model", mo);

@@ -11,9 +11,13 @@
 #include "check.h"
 
 /* Unguided: the batch changes only the order of the U-Net's sums (issue 13 asked for 1e-4; the bundled model of 07c3097 gives up to 2e-4 at n 2: the bound is 5e-4). Guided: the
- * trajectory amplifies those differences (docs/batching.md); the pixels must stay within PIXEL_TOL levels. */
+ * trajectory amplifies those differences (docs/batching.md); the pixels must stay within PIXEL_TOL levels, and within
+ * MEAN_PIXEL_TOL on average. With the bundled model of 86af8df the DDIM member of seed 12 differs by 25 levels at
+ * most but 0.43 on average (a few pixels of one edge: its trajectory is the most sensitive, alone or as image 1 of
+ * an n 2 member); a wrong row, gradient or context in the batch moves whole images, tens of levels on average. */
 #define LATENT_TOL 5e-4
-#define PIXEL_TOL 24
+#define PIXEL_TOL 32
+#define MEAN_PIXEL_TOL 1.0 /* the mean of |batched - solo| over a member's pixels, in levels */
 
 typedef struct {
   const char *prompt, *negative;
@@ -136,18 +140,23 @@ static void check_against_solo(sg_model *m, const char *name, const spec *cs, in
     if (src || rcs[k]) continue;
     double dl = 0;
     int dp = 0;
+    double dsum = 0;
     size_t nl = (size_t)s.n * s.latent_len, np = (size_t)s.n * s.width * s.height * 3;
     for (size_t i = 0; i < nl; i++) dl = fmax(dl, fabs((double)s.latents[i] - res[k].latents[i]));
     for (size_t i = 0; i < np; i++) {
       int d = abs((int)s.pixels[i] - (int)res[k].pixels[i]);
       if (d > dp) dp = d;
+      dsum += d;
     }
     printf("%s: member %d (%s, %d steps, cfg %.1f, beta %.1f, n %d, joins in round %d): batched vs solo: latents "
-           "%.2e, pixels %d levels\n",
+           "%.2e, pixels %d levels (mean %.3f)\n",
            name, (int)k, sg_sampler_kind_name(cs[k].sampler), (int)cs[k].steps, cs[k].cfg, guided ? cs[k].beta : 0.0,
-           (int)cs[k].n, (int)cs[k].join, dl, dp);
-    if (guided)
+           (int)cs[k].n, (int)cs[k].join, dl, dp, dsum / (double)np);
+    if (guided) {
       CHECK(dp <= PIXEL_TOL, "%s: member %d (guided): pixels differ by %d levels", name, (int)k, dp);
+      CHECK(dsum / (double)np <= MEAN_PIXEL_TOL, "%s: member %d (guided): pixels differ by %.3f levels on average",
+            name, (int)k, dsum / (double)np);
+    }
     else
       CHECK(dl <= LATENT_TOL, "%s: member %d (unguided): latents differ by %.3g", name, (int)k, dl);
     CHECK(res[k].guided_steps == s.guided_steps, "%s: member %d: guided steps %d vs %d", name, (int)k,

@@ -797,7 +797,7 @@ def test_batching(srv):
     try:
         st, _, o = s.json("GET", "/v1/info")
         assert st == 200 and o["model"]["batching"] == {"max_batch": 3, "unguided_latent_tolerance": 5e-4,
-                                                        "guided_pixel_tolerance": 24, "solo_bit_exact": True}, o
+                                                        "guided_pixel_tolerance": 32, "solo_bit_exact": True}, o
         blocker = s.submit_async(steps=LONG, beta=0)  # the others queue behind it and start together
         s.wait_state(blocker, ("running",))
         ids = [s.submit_async(steps=6, seed=21, beta=0), s.submit_async(steps=5, seed=22, sampler="euler_a"),
