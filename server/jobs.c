@@ -210,6 +210,14 @@ static void key_to_id(const uint8_t *key, char *id) {
   id[2 * ID_BYTES] = 0;
 }
 
+int sg_jobs_random_id(char out[SG_JOB_ID_LEN]) {
+  uint8_t key[ID_BYTES];
+  out[0] = 0;
+  if (random_bytes(key, sizeof key)) return -1;
+  key_to_id(key, out);
+  return 0;
+}
+
 /* Parses a 32-character lowercase hex id. Returns 0 or -1 (anything else: NULL, other length, other characters). */
 static int id_to_key(const char *id, uint8_t *key) {
   if (!id) return -1;

@@ -247,6 +247,11 @@ void sg_jobs_free(sg_jobs *q);
  * seed 0, no prompt, no sketch, no deadline. */
 sg_job_request sg_jobs_default_request(const sg_jobs *q);
 
+/* A fresh id: 128 random bits (getrandom, else /dev/urandom) as 32 lowercase hex digits and a NUL; the job
+ * manager's job ids and the job store's ids and url keys all come from it. Returns 0, or -1 (no random bytes: out
+ * is then ""). */
+int sg_jobs_random_id(char out[SG_JOB_ID_LEN]);
+
 /* Validates and deep-copies *req, queues it and writes its id into id. Returns 0; SG_JOBS_EINVAL with a message
  * naming the parameter (the same checks as sg_generate); SG_JOBS_EFULL when max_queue jobs wait;
  * SG_JOBS_EDRAINING after sg_jobs_drain; SG_JOBS_ENOMEM; SG_JOBS_ESYS. err may be NULL. */

@@ -80,20 +80,7 @@ static int is_hex32(const char *s) {
 int sg_store_file_put(sg_store *s, const char *job_id, int32_t index, double expires, char key[SG_STORE_FILE_KEY_LEN]) {
   key[0] = 0;
   if (!is_hex32(job_id) || index < 0 || index >= SG_JOBS_MAX_IMAGES || !(expires == expires)) return SG_JOBS_EINVAL;
-  uint8_t raw[16];
-  size_t got = 0;
-  while (got < sizeof raw) {
-    ssize_t r = getrandom(raw + got, sizeof raw - got, 0);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) return SG_JOBS_ESYS;
-    got += (size_t)r;
-  }
-  static const char hex[] = "0123456789abcdef";
-  for (size_t i = 0; i < sizeof raw; i++) {
-    key[2 * i] = hex[raw[i] >> 4];
-    key[2 * i + 1] = hex[raw[i] & 15];
-  }
-  key[2 * sizeof raw] = 0;
+  if (sg_jobs_random_id(key)) return SG_JOBS_ESYS;
   int rc = s->ops->file_put(s, key, job_id, index, expires);
   if (rc) key[0] = 0;
   return rc;

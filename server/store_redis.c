@@ -422,18 +422,7 @@ static void fingerprint(const sg_job_request *q, int seed_random, int32_t map_n,
   snprintf(out, 33, "%016llx%016llx", (unsigned long long)h[0], (unsigned long long)h[1]);
 }
 
-static int new_id(char id[SG_JOB_ID_LEN]) {
-  uint8_t b[16];
-  size_t got = 0;
-  while (got < sizeof b) {
-    ssize_t r = getrandom(b + got, sizeof b - got, 0);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) return SG_JOBS_ESYS;
-    got += (size_t)r;
-  }
-  for (int i = 0; i < 16; i++) snprintf(id + 2 * i, 3, "%02x", b[i]);
-  return 0;
-}
+static int new_id(char id[SG_JOB_ID_LEN]) { return sg_jobs_random_id(id) ? SG_JOBS_ESYS : 0; }
 
 /* The number of workers whose heartbeat is recent (cached a second); -1 when Redis cannot say. */
 static int32_t workers_alive(rstore *s) {
