@@ -47,6 +47,17 @@ def free_port():
         return s.getsockname()[1]
 
 
+
+def http_request(port, method, path, body=None, headers=None, timeout=300):
+    """One request on a fresh connection to 127.0.0.1:port: (status, headers with lower-case names, body)."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        c.request(method, path, body=body, headers=headers or {})
+        r = c.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        c.close()
+
 class Redis:
     """A redis-server of our own: loopback, a free port, AOF with fsync on every write, no RDB snapshots."""
 
@@ -163,13 +174,7 @@ class Cluster:
         return self.finished_log + [w.log() for w in self.workers]
 
     def request(self, method, path, body=None, headers=None, timeout=300, port=None):
-        c = http.client.HTTPConnection("127.0.0.1", port or self.port, timeout=timeout)
-        try:
-            c.request(method, path, body=body, headers=headers or {})
-            r = c.getresponse()
-            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
-        finally:
-            c.close()
+        return http_request(port or self.port, method, path, body, headers, timeout)
 
     def generate(self, headers=None, port=None, sketch=True, timeout=300, **kw):
         fields = [("prompt", kw.pop("prompt", PROMPT))] + list(kw.items()) + ([] if sketch else [("beta", 0)])
@@ -398,13 +403,7 @@ def test_openai_url_expires_on_every_frontend():
         f0, f1 = nodes[1], nodes[2]
 
         def request(method, path, body=None, headers=None, port=None):
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-            try:
-                c.request(method, path, body=body, headers=headers or {})
-                resp = c.getresponse()
-                return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-            finally:
-                c.close()
+            return http_request(port, method, path, body, headers)
 
         path, _ = url_result(request, f0.port, 33)
         st, _, png = request("GET", path, port=f1.port)
