@@ -1,11 +1,9 @@
 /* The job store's dispatch (store.h) and its `local` implementation over this process's job manager (sg_jobs). */
 #include "store.h"
 
-#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 
 #include "store_impl.h"
 
