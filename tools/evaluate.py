@@ -139,10 +139,15 @@ class Engine:
             raise ValueError("the Python sampler has ddim and ddpm; use --cli for %s" % sampler)
 
     def generate(self, prompts, sketches, seeds, beta, stop, steps, cfg, batch=25):
-        """uint8 images [N, H, W, 3]; sketches: None (unguided) or one map per prompt (strokes 1.0 on 0)."""
+        """uint8 images [N, H, W, 3]; sketches: None (unguided) or one map per prompt (strokes 1.0 on 0), each read
+        as an uploaded sketch is (both engines alike)."""
         if self.cli is not None:
             return self._generate_cli(prompts, sketches, seeds, beta, stop, steps, cfg)
-        targets = None if sketches is None else ref.edge_target(self.model, np.stack(sketches))
+        # each sketch is read as the C engine reads the PNG that _generate_cli writes (an upload): quantised to 8
+        # bits, thresholded, cleared of specks, filled regions outlined and wide strokes thinned (sample.sketch_map)
+        targets = None if sketches is None else ref.edge_target(self.model, np.stack([
+            ref.sketch_map((np.asarray(s, np.float64) * 255).round().astype(np.float32) / 255.0, self.model.size,
+                           "false") for s in sketches]))
         out = []
         for i in range(0, len(prompts), batch):
             tg = None if targets is None else targets[i:i + batch]
