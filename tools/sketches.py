@@ -163,6 +163,14 @@ def cases(per_style: int, styles=STYLES, first: int = FIRST_SEED, plain: bool = 
                    "ext": ".jpg" if style == "jpeg" else ".png", "outline": shapes.render(p, 64)[1]}
 
 
+def ceiling(case: dict, size: int = 64) -> float:
+    """The edge F1 of the picture a case's prompt and sketch ask for: the data set's exact rendering (the shape where
+    the sketch is, the prompt's colours and background) against the case's outline. A textured background's own
+    edges count against every image, that one included."""
+    import edges
+    return float(edges.f1(edges.detect(shapes.render(case["params"], size)[0]), case["outline"]))
+
+
 def write(out_dir: str, per_style: int) -> None:
     os.makedirs(out_dir, exist_ok=True)
     meta = []
@@ -215,10 +223,7 @@ def evaluate(model_dir: str, per_style: int, beta: float, stop: float, steps: in
         idx = [i for i, c in enumerate(cs) if c["style"] == style]
         fg = [edges.f1(edges.detect(img_g[i]), cs[i]["outline"]) for i in idx]
         fm = [edges.f1((maps[i] * 255).astype(np.uint8), cs[i]["outline"]) for i in idx]
-        # the ceiling: the F1 of the picture the prompt and the sketch ask for (the data set's exact rendering, the
-        # shape where the sketch is, the prompt's background): a textured background's own edges count against
-        # every image, that one included
-        fc = [edges.f1(edges.detect(shapes.render(cs[i]["params"], model.size)[0]), cs[i]["outline"]) for i in idx]
+        fc = [ceiling(cs[i], model.size) for i in idx]
         r = {"guided": float(np.mean(fg)), "map_vs_outline": float(np.mean(fm)), "ceiling": float(np.mean(fc))}
         r["of_ceiling"] = r["guided"] / max(r["ceiling"], 1e-9)
         f_g_all += fg
