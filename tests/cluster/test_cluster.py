@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "server"))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "deploy"))
 from conftest import ROOT, binary, wait_for  # noqa: E402
 from test_http import PROMPT, Server, clean_env, multipart  # noqa: E402
+from balancer import http_request  # noqa: E402
 from test_loadbalancer import render_conf  # noqa: E402
 
 REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -47,16 +48,6 @@ def free_port():
         return s.getsockname()[1]
 
 
-
-def http_request(port, method, path, body=None, headers=None, timeout=300):
-    """One request on a fresh connection to 127.0.0.1:port: (status, headers with lower-case names, body)."""
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        c.request(method, path, body=body, headers=headers or {})
-        r = c.getresponse()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
-    finally:
-        c.close()
 
 class Redis:
     """A redis-server of our own: loopback, a free port, AOF with fsync on every write, no RDB snapshots."""

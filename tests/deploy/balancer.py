@@ -45,6 +45,17 @@ def free_port():
         return s.getsockname()[1]
 
 
+def http_request(port, method, path, body=None, headers=None, timeout=300):
+    """One request on a fresh connection to 127.0.0.1:port: (status, headers with lower-case names, body)."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        c.request(method, path, body=body, headers=headers or {})
+        r = c.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        c.close()
+
+
 def sub_once(pattern, repl, text, flags=re.M):
     """re.sub that insists on exactly one match, so that a change of nginx.conf's shape fails here loudly."""
     out, n = re.subn(pattern, repl, text, flags=flags)
@@ -112,13 +123,7 @@ class Front:
         return "127.0.0.1:%d" % self.replicas[i].port
 
     def request(self, method, path, body=None, headers=None, timeout=300):
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            c.request(method, path, body=body, headers=headers or {})
-            r = c.getresponse()
-            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
-        finally:
-            c.close()
+        return http_request(self.port, method, path, body, headers, timeout)
 
     def generate(self, headers=None, **kw):
         body, ctype = multipart(default_fields(**kw))
