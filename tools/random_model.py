@@ -58,7 +58,7 @@ def write_random_sd15(path: str, seed: int = 0) -> int:
 LEGIBLE_SLOPE = 3.0
 LEGIBLE_THRESHOLD = 1.0
 LEGIBLE_UNET_STD = 0.02  # the rest of the U-Net: small random weights (not 0.2), which leave its taps near linear
-LEGIBLE_SILU_SCALE = 20.0  # clamp(y) = (silu(s (y + 1)) - silu(s (y - 1))) / s - 1, exact to 1e-9 for |y| > 1.5
+LEGIBLE_SILU_SCALE = 20.0  # clamp(y) ~ (silu(s (y + 1)) - silu(s (y - 1))) / s - 1, within 0.3 / s
 _SMOOTH = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16.0
 _OFFSETS = [(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (-1, 1), (1, 1)]  # the latent pixel, 7 neighbours
 
