@@ -64,7 +64,8 @@ _OFFSETS = [(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (-1, 1), (1, 1)]
 
 
 def legible(unet: nn.Module, vae: nn.Module) -> None:
-    """Rebuilds random SD 1.5-layout weights (any width, 3 image channels, 4 latent channels) in place so that
+    """Rebuilds random SD 1.5-layout weights (the reduced width: a VAE of 32 channels, so that its last GroupNorm
+    standardises each channel alone; a U-Net of at least 32; 3 image channels, 4 latent channels) in place so that
     guidance has something to steer, which random weights do not give (their encoder is no inverse of their decoder,
     and their taps say nothing about the latent):
     - the VAE decodes each latent channel c < 3, standardised over the image, smoothly upsampled, into colour c:
@@ -73,7 +74,10 @@ def legible(unet: nn.Module, vae: nn.Module) -> None:
     - the U-Net's first block copies the latent pixel and 7 of its neighbours into its 32 channels, and the two
       blocks after it are the identity (their residual branches zeroed), so tap input_blocks.2 is that
       neighbourhood; all other weights stay small random ones.
-    Nothing is trained: with an LGP trained on such a model's images, guidance can move its contours."""
+    Nothing is trained: with an LGP trained on such a model's images, guidance can move its contours. Raises
+    ValueError for other widths."""
+    if vae.decoder.conv_out.weight.shape[1] != 32 or unet.input_blocks[0][0].weight.shape[0] < 32:
+        raise ValueError("legible() needs a VAE of 32 channels and a U-Net of at least 32 (the reduced width)")
     with torch.no_grad():
         for p in vae.parameters():
             p.zero_()
@@ -141,11 +145,9 @@ def legible(unet: nn.Module, vae: nn.Module) -> None:
                 last.bias.zero_()
 
 
-def write_random(cfg: dict, path: str, seed: int = 0, with_config: bool = True, dtype=torch.float32,
-                 legible_weights: bool = False) -> dict:
-    """A random-weight checkpoint of any configuration with LDM key names (weights drawn at a scale that keeps
-    activations finite), with the configuration in its metadata unless with_config is false; with legible_weights,
-    rebuilt by legible() (an SD 1.5 layout of 32 or more model channels). Returns its state dict."""
+def build_random(cfg: dict, seed: int = 0, legible_weights: bool = False):
+    """(unet, vae, text) of any configuration with random weights drawn at a scale that keeps activations finite;
+    with legible_weights, rebuilt by legible() (the U-Net's drawn smaller first)."""
     torch.manual_seed(seed)
     unet, vae, text = sdmodels.build(cfg)
     with torch.no_grad():
@@ -155,6 +157,14 @@ def write_random(cfg: dict, path: str, seed: int = 0, with_config: bool = True, 
                 p.normal_(0, std if p.dim() > 1 else 0.05)
     if legible_weights:
         legible(unet, vae)
+    return unet, vae, text
+
+
+def write_random(cfg: dict, path: str, seed: int = 0, with_config: bool = True, dtype=torch.float32,
+                 legible_weights: bool = False) -> dict:
+    """build_random()'s checkpoint with LDM key names, with the configuration in its metadata unless with_config is
+    false. Returns its state dict."""
+    unet, vae, text = build_random(cfg, seed, legible_weights)
     sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sdmodels.to_checkpoint(unet, vae, text).items()}
     safetensors_io.save(sd, path, {"sketchguide_config": json.dumps(cfg)} if with_config else None)
     return sd

@@ -333,12 +333,13 @@ def sd15_f1(sg, model, tmp_path, beta):
     """Edge F1 (3 pixels at 128 x 128) of `generate` images on each sd15_sketches sketch and seed, against that
     sketch's map and against the next sketch's (a control: guidance that follows no sketch raises both)."""
     n = 128
-    maps = [ref.sketch_map(np.asarray(im, np.float32) / 255.0, n) * 255 for im in sd15_sketches(n)]
+    drawn = sd15_sketches(n)
+    maps = [ref.sketch_map(np.asarray(im, np.float32) / 255.0, n) * 255 for im in drawn]
     own, other = [], []
-    for k, im in enumerate(sd15_sketches(n)):
+    for k, im in enumerate(drawn):
         sp = tmp_path / ("sketch%d.png" % k)
         im.save(sp)
-        out = tmp_path / ("%s-%d-{seed}.png" % (os.path.basename(str(model)), k))
+        out = tmp_path / ("%s-beta%s-%d-{seed}.png" % (os.path.basename(str(model)), beta, k))
         r = sg("generate", "--model", model, "--prompt", "a cup of coffee on a saucer", "--sketch", sp, "--beta", beta,
                "--steps", "20", "--seeds", SD15_SEEDS, "--output", out, "--quiet")
         assert r.returncode == 0, r.stderr

@@ -1,5 +1,6 @@
 """random_model.legible(): its VAE autoencodes (E(D(z)) follows z, images are blobs on black) and its U-Net's tap
 input_blocks.2 is the latent pixel's neighbourhood, so that a trained LGP has something to steer."""
+import pytest
 import torch
 
 import random_model
@@ -9,12 +10,7 @@ import sdmodels
 def legible_model():
     cfg = random_model.reduced_sd15()
     cfg["image_size"] = 128
-    torch.manual_seed(0)
-    unet, vae, _ = sdmodels.build(cfg)
-    with torch.no_grad():
-        for p in unet.parameters():
-            p.normal_(0, random_model.LEGIBLE_UNET_STD if p.dim() > 1 else 0.05)
-    random_model.legible(unet, vae)
+    unet, vae, _ = random_model.build_random(cfg, 0, legible_weights=True)
     return cfg, unet.eval(), vae.eval()
 
 
@@ -33,11 +29,8 @@ def test_vae_decodes_blobs_and_encodes_back():
         assert r > 0.7, (c, r)
     assert (logvar <= -29).all()
     # the random VAE, for contrast, does not encode back
-    torch.manual_seed(0)
-    _, rvae, _ = sdmodels.build(random_model.reduced_sd15())
+    _, rvae, _ = random_model.build_random(random_model.reduced_sd15(), 0)
     with torch.no_grad():
-        for p in rvae.parameters():
-            p.normal_(0, 0.2 if p.dim() > 1 else 0.05)
         rmean, _ = rvae.encode_moments(rvae.decoder(rvae.post_quant_conv(z)))
     r = torch.corrcoef(torch.stack([z[:, 0].flatten(), rmean[:, 0].flatten()]))[0, 1].item()
     assert abs(r) < 0.5, r
@@ -55,3 +48,11 @@ def test_first_tap_is_the_latent_neighbourhood():
     for j, (dy, dx) in enumerate(random_model._OFFSETS):
         want = padded[:, :, 1 + dy:17 + dy, 1 + dx:17 + dx]
         assert torch.allclose(first[:, 4 * j:4 * j + 4], want, atol=1e-6), (j, dy, dx)
+
+
+def test_other_widths_are_refused():
+    cfg = random_model.reduced_sd15()
+    cfg["vae"]["ch"] = 64
+    unet, vae, _ = sdmodels.build(cfg)
+    with pytest.raises(ValueError, match="VAE of 32 channels"):
+        random_model.legible(unet, vae)
