@@ -7,7 +7,13 @@ WORK_DIR/cases.json, the C program generates each one and writes, per case, the 
 (case_K.trace.f32) and the 8-bit pixels (case_K.pixels.u8), and this script checks them against the reference:
 
 - teacher-forced, every step: the reference's step from the C engine's latents before that step matches the C
-  engine's latents after it. One step is not chaotic, so this holds on any CPU to within STEP_TOL, guided or not;
+  engine's latents after it, to within STEP_TOL, guided or not. One step is not chaotic, but a guided one is not
+  continuous everywhere: the gradient of the LGP's ReLUs jumps where a hidden unit's input crosses 0, and a unit
+  within rounding of 0 at one pixel changes the gradient, so the push, over the whole latent (measured: a 1e-6
+  change of the input moved one step by 7.5e-3 on the reference alone). A step that misses is therefore retried
+  from up to NEIGHBOURS points within NEIGHBOUR_EPS of its input, and passes if the C engine's step is the
+  reference's at one of them: the C engine computes the reference's step function at a point within rounding of
+  its input (a wrong timestep, sign or scale misses at every point);
 - free-running, unguided cases: the reference's own trajectory ends within FREE_TOL of the C engine's;
 - decoding: the reference's decoder on the C engine's final latents gives the C engine's pixels to within 1 level.
 
@@ -47,11 +53,17 @@ CASES = [
      "cfg": 8.0, "seed": 6, "sampler": "euler_a", "eta": 0.0, "n": 1, "sketch_shape": "square"},
 ]
 
-# Measured on this project's machine (AMD EPYC, AVX-512, single-threaded): the largest teacher-forced step error is
-# 7.6e-6 (case 2) and the largest unguided free-running one 2.3e-5 (case 4, 20 DDPM steps); a wrong timestep, sign or
-# scale in any step moves the latents by 1e-2 or more.
+# Measured on this project's machine (AMD EPYC, AVX-512, single-threaded), model of d88d949: the largest
+# teacher-forced step error is 4.1e-6 outside euler_a (case 1, after the neighbourhood) and 8.2e-5 for euler_a (case 6,
+# against 1.5e-3 scaled), the largest unguided free-running one 3.5e-5 (case 6); beta 1% too large in the C engine
+# moves a step by 7e-3 or more in every guided case (cases 1, 2, 3 and 5 fail).
 STEP_TOL = 1e-4
 FREE_TOL = 1e-4
+# The neighbourhood of a teacher-forced step's input (module docstring): 1e-6 is 8 float32 roundings at |z| = 1, the
+# size of the difference between two orders of the same sums; every step that missed on the retrained model of
+# d88d949 (5 of 50 in case 1) matched to 4.3e-6 at the first or second point.
+NEIGHBOURS = 8
+NEIGHBOUR_EPS = 1e-6
 
 
 def sketch_of(i: int, c: dict, size: int) -> np.ndarray:
@@ -93,19 +105,32 @@ def main() -> int:
         got = torch.from_numpy(np.fromfile(os.path.join(work, "case_%d.trace.f32" % i), dtype=np.float32))
         got = got.reshape([steps, n] + model.latent_shape)
         pixels = np.fromfile(os.path.join(work, "case_%d.pixels.u8" % i), dtype=np.uint8)
-        forced = run_reference(model, c, sk, teacher=[got[k] for k in range(steps)])
-        step_err = max((forced[k] - got[k]).abs().max().item() for k in range(steps))
+        # euler_a's latents are sigma-scaled (up to sigma_max, 14.6, times the noise): its tolerances scale with it
+        scale = ref.t_to_sigma(model.abar, model.abar.numel() - 1) if c["sampler"] == "euler_a" else 1.0
+        teacher = [got[k] for k in range(steps)]
+        forced = run_reference(model, c, sk, teacher=teacher)
+        # per step and image, the smallest error over the input and the points around it tried so far
+        err = [[(forced[k][j] - got[k][j]).abs().max().item() for j in range(n)] for k in range(steps)]
+        exact = sum(e <= STEP_TOL * scale for row in err for e in row)
+        gen = torch.Generator().manual_seed(1000 + i)
+        tries = 0
+        while tries < NEIGHBOURS and any(e > STEP_TOL * scale for row in err for e in row):
+            tries += 1
+            near = run_reference(model, c, sk, teacher=[
+                x + NEIGHBOUR_EPS * scale * torch.randn(x.shape, generator=gen) for x in teacher])
+            err = [[min(err[k][j], (near[k][j] - got[k][j]).abs().max().item()) for j in range(n)]
+                   for k in range(steps)]
+        step_err = max(max(row) for row in err)
         free = run_reference(model, c, sk)[-1]
         free_err = (free - got[-1]).abs().max().item()
         want_px = model.decode(got[-1].reshape(shape)).flatten()
         px_err = int(np.abs(want_px.astype(int) - pixels.astype(int)).max()) if want_px.size == pixels.size else -1
         guided = c["beta"] != 0
-        print("case %d (%s, beta %.1f, %d steps, %d images): step max |diff| %.2e; free-running %.2e%s; pixels %d"
-              % (i, c["sampler"], c["beta"], steps, n, step_err, free_err, " (guided: not checked)" if guided else "",
-                 px_err))
+        print("case %d (%s, beta %.1f, %d steps, %d images): step max |diff| %.2e (%d of %d at the input itself, "
+              "%d points around it tried); free-running %.2e%s; pixels %d"
+              % (i, c["sampler"], c["beta"], steps, n, step_err, exact, steps * n, tries, free_err,
+                 " (guided: not checked)" if guided else "", px_err))
         problems = []
-        # euler_a's latents are sigma-scaled (up to sigma_max, 14.6, times the noise): its tolerances scale with it
-        scale = ref.t_to_sigma(model.abar, model.abar.numel() - 1) if c["sampler"] == "euler_a" else 1.0
         if not step_err <= STEP_TOL * scale:
             problems.append("a step differs by %g (tolerance %g)" % (step_err, STEP_TOL * scale))
         if not guided and not free_err <= FREE_TOL * scale:
