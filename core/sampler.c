@@ -216,6 +216,13 @@ double sg_sampler_noise_scale(const sg_sampler *s, int32_t i) {
 
 int sg_sampler_sigma_space(const sg_sampler *s) { return s && sigma_space(s); }
 
+double sg_sampler_next_noise(const sg_sampler *s, int32_t i) {
+  if (!s || i < 0 || i >= s->p.steps) return 0.0;
+  if (!sigma_space(s)) return sqrt(1 - s->a_prev[i]);
+  double sn = s->sigma[i + 1];
+  return sn / sqrt(sn * sn + 1.0);
+}
+
 double sg_sampler_move_ratio(const sg_sampler *s, int32_t i) {
   if (!s || i < 0 || i >= s->p.steps || s->p.kind != SG_SAMPLER_EULER_A) return 1.0;
   double up, down, sg = s->sigma[i], sn = s->sigma[i + 1];

@@ -99,6 +99,11 @@ double sg_sampler_move_ratio(const sg_sampler *s, int32_t i);
  * sg_sampler_input_scale(s, i + 1), which is 1 after the last step (docs/guidance.md). */
 int sg_sampler_sigma_space(const sg_sampler *s);
 
+/* The noise's scale in the U-Net's input after step i: sqrt(1 - abar) at the next timestep for DDIM and DDPM,
+ * sigma_next / sqrt(sigma_next^2 + 1) for the sigma-space samplers (0 after their last step). Guidance caps each
+ * push at a fraction of it (docs/guidance.md). */
+double sg_sampler_next_noise(const sg_sampler *s, int32_t i);
+
 /* One step from state x with noise prediction eps (and noise, when needed) to x_prev (may alias x). Steps must
  * be taken in order 0, 1, ... for DPM++ 2M. Returns 0 or SG_SAMPLER_EINVAL. */
 int sg_sampler_step(sg_sampler *s, int32_t i, const float *x, const float *eps, const float *noise, float *x_prev);

@@ -249,17 +249,19 @@ int ts_guidance_grad(ts_module *unet, ts_module *lgp, const ts_tensor *z, const 
   });
 }
 
-int ts_guidance_move(float *z_prev, const float *z, const float *grad, const float *beta, int64_t n, int64_t len) {
+int ts_guidance_move(float *z_prev, const float *z, const float *grad, const float *beta, const float *cap, int64_t n,
+                     int64_t len) {
   return guard<int>(TS_ERROR, [&] {
-    if (!z_prev || !z || !grad || !beta || n < 1 || len < 1) throw std::invalid_argument("bad arguments");
+    if (!z_prev || !z || !grad || !beta || !cap || n < 1 || len < 1) throw std::invalid_argument("bad arguments");
     auto opt = torch::TensorOptions().dtype(at::kFloat);
     at::Tensor zp = torch::from_blob(z_prev, {n, len}, opt), zt = torch::from_blob(const_cast<float *>(z), {n, len}, opt);
     at::Tensor g = torch::from_blob(const_cast<float *>(grad), {n, len}, opt);
     at::Tensor b = torch::from_blob(const_cast<float *>(beta), {n}, opt);
+    at::Tensor c = torch::from_blob(const_cast<float *>(cap), {n}, opt);
     torch::NoGradGuard no_grad;
     /* the reference sampler's arithmetic, op for op, so that both round alike */
     at::Tensor move = (zt - zp).norm(2, {1}), gn = g.norm(2, {1});
-    at::Tensor alpha = torch::where(gn > 0, b * move / gn.clamp_min(1e-30), torch::zeros_like(gn));
+    at::Tensor alpha = torch::where(gn > 0, at::minimum(b * move, c) / gn.clamp_min(1e-30), torch::zeros_like(gn));
     zp.copy_(zp - alpha.unsqueeze(1) * g);
     return TS_OK;
   });

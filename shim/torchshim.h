@@ -78,9 +78,11 @@ int ts_guidance_grad(ts_module *unet, ts_module *lgp, const ts_tensor *z, const 
                      const ts_tensor *target, ts_tensor **eps, ts_tensor **grad, double *loss);
 
 /* The guidance move of METHOD.md on n host latents of len floats each: z_prev -= alpha_k grad_k with
- * alpha_k = beta_k ||z_k - z_prev_k|| / ||grad_k|| (0 when the gradient is 0), computed with torch's float32 ops in
+ * alpha_k = min(beta_k ||z_k - z_prev_k||, cap_k) / ||grad_k|| (0 when the gradient is 0): the push's norm is at
+ * most cap_k (docs/guidance.md; FLT_MAX for METHOD.md's rule unchanged), computed with torch's float32 ops in
  * the reference sampler's order, so that C and Python round alike. Returns 0 or a negative code. */
-int ts_guidance_move(float *z_prev, const float *z, const float *grad, const float *beta, int64_t n, int64_t len);
+int ts_guidance_move(float *z_prev, const float *z, const float *grad, const float *beta, const float *cap, int64_t n,
+                     int64_t len);
 
 /* Profile of ts_guidance_grad on this thread: seconds in the U-Net's forward pass with gradients, the LGP and its
  * loss, and the backward pass, accumulated since the last ts_profile_take (which returns and clears them; NULL

@@ -265,7 +265,8 @@ def evidence(path: str, engine, size: int, beta: float, stop: float, steps: int,
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model")
-    ap.add_argument("--adherence", type=int, default=200, help="samples for prompt adherence")
+    ap.add_argument("--adherence", type=int, default=200,
+                    help="samples for prompt adherence (0: none, edge fidelity alone)")
     ap.add_argument("--fidelity", type=int, default=50, help="prompt/sketch/seed cases for edge fidelity (half OOD)")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--cfg", type=float, default=None, help="default: the model's recommended cfg, else 7.5")
@@ -301,7 +302,7 @@ def main() -> int:
     res["sampler"] = a.sampler
     res["engine"] = "c-cli" if a.cli else "python-reference"
     res["adherence"] = {}
-    for group in a.groups.split(","):
+    for group in a.groups.split(",") if a.adherence > 0 else []:  # --adherence 0: edge fidelity alone
         res["adherence"][group] = adherence(engine, net, group, a.adherence, size, a.beta, a.stop, a.steps, cfg,
                                             guided=not a.unguided_only)
     if "template" in res["adherence"]:  # the earlier layout's figures: the template group

@@ -262,6 +262,12 @@ def edge_target(model: Model, edges: np.ndarray) -> torch.Tensor:
     return model.encode_image(x)
 
 
+# The largest guided push, as a fraction of the noise in the next step's U-Net input (core/generate.c's PUSH_CAP;
+# docs/guidance.md): a larger one is more than the remaining steps remove, and stays as texture over plain
+# backgrounds (DDIM and DDPM at beta 3, 25 steps). At DDIM 50 steps, beta 1.6, pushes are at most 0.14 of it.
+PUSH_CAP = 0.2
+
+
 def timesteps(n_train: int, steps: int) -> List[int]:
     """'leading' spacing with offset 1: arange(steps) * (n_train // steps) + 1, reversed."""
     k = n_train // steps
@@ -349,10 +355,12 @@ def sample(model: Model, prompt: Union[str, List[str]], target: Optional[torch.T
             sigma = up if sn > 0 else 0.0
             # the mean moves to sigma_down, below sigma_next: the move is measured as the ODE step's, to sigma_next
             ratio = (sg - sn) / (sg - down) if sg > down else 1.0
+            next_noise = sn / math.sqrt(sn * sn + 1.0)
         else:
             a_t = abar[t].item()
             a_p = abar[t - k].item() if t - k >= 0 else abar[0].item()
             x0 = (z - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+            next_noise = math.sqrt(1 - a_p)
             if sampler == "ddim":
                 sigma = eta * math.sqrt((1 - a_p) / (1 - a_t)) * math.sqrt(1 - a_t / a_p)
                 z_prev = math.sqrt(a_p) * x0 + math.sqrt(max(1 - a_p - sigma ** 2, 0.0)) * eps
@@ -369,6 +377,9 @@ def sample(model: Model, prompt: Union[str, List[str]], target: Optional[torch.T
             g = torch.autograd.grad(loss, z_in)[0]
             with torch.no_grad():
                 gn = g.flatten(1).norm(dim=1)
+                # the push's norm is at most PUSH_CAP x the noise the next step's U-Net input carries (root mean
+                # square per value; docs/guidance.md)
+                cap = torch.full_like(gn, PUSH_CAP * next_noise * math.sqrt(g[0].numel()))
                 if euler:
                     # METHOD.md's rule in the coordinates it was written for, the U-Net's variance-preserving
                     # input z / sqrt(sigma^2 + 1): the move is the noise-free step's to sigma_next there (DDIM's over
@@ -379,11 +390,13 @@ def sample(model: Model, prompt: Union[str, List[str]], target: Optional[torch.T
                     s_n = 1.0 / math.sqrt(sn * sn + 1.0)
                     ode = (z + (z_prev - z) * ratio) * s_n
                     move = (zs - ode).flatten(1).norm(dim=1)
-                    alpha = torch.where(gn > 0, beta * move / gn.clamp_min(1e-30), torch.zeros_like(gn))
+                    alpha = torch.where(gn > 0, torch.minimum(beta * move, cap) / gn.clamp_min(1e-30),
+                                        torch.zeros_like(gn))
                     z_prev = z_prev + ((ode - alpha[:, None, None, None] * g) - ode) * (1.0 / s_n)
                 else:
                     move = (z - z_prev).flatten(1).norm(dim=1)
-                    alpha = torch.where(gn > 0, beta * move / gn.clamp_min(1e-30), torch.zeros_like(gn))
+                    alpha = torch.where(gn > 0, torch.minimum(beta * move, cap) / gn.clamp_min(1e-30),
+                                        torch.zeros_like(gn))
                     z_prev = z_prev - alpha[:, None, None, None] * g
         if sigma > 0:
             z_prev = z_prev + sigma * torch.stack([torch.randn(model.latent_shape, generator=g) for g in gens]).to(model.device)

@@ -112,6 +112,45 @@ static void test_errors(sg_model *m) {
   CHECK(sg_generate(m, &p, &r, err, sizeof err) == SG_GENERATE_ECANCEL, "cancel flag");
 }
 
+/* Beyond the push cap (PUSH_CAP x the noise in the next step's input, docs/guidance.md) beta changes nothing: at
+ * beta 12 and 40 every guided push is the cap, so the latents are the same bit for bit, with each sampler; a small
+ * beta (0.2: its pushes are under the cap) still gives another image. */
+static void test_push_cap(sg_model *m) {
+  const sg_model_info *info = sg_model_get_info(m);
+  int32_t size = info->image_size;
+  float *sketch = calloc((size_t)size * size, sizeof *sketch);
+  for (int32_t y = size / 4; y < 3 * size / 4; y++) sketch[y * size + size / 4] = sketch[y * size + 3 * size / 4] = 1;
+  for (int32_t x = size / 4; x <= 3 * size / 4; x++) sketch[size / 4 * size + x] = sketch[3 * size / 4 * size + x] = 1;
+  const sg_sampler_kind kinds[] = {SG_SAMPLER_DDIM, SG_SAMPLER_DDPM, SG_SAMPLER_EULER_A};
+  for (size_t k = 0; k < sizeof kinds / sizeof *kinds; k++) {
+    const double betas[] = {0.2, 12, 40};
+    sg_result r[3];
+    char err[512];
+    int ok = 1, rc[3];
+    for (int j = 0; j < 3; j++) {
+      sg_generate_params p = sg_generate_default_params(m);
+      p.prompt = "a red square on a plain blue background";
+      p.sketch = sketch;
+      p.beta = betas[j];
+      p.steps = 8;
+      p.sampler = kinds[k];
+      p.seed = 5;
+      rc[j] = sg_generate(m, &p, &r[j], err, sizeof err);
+      CHECK(rc[j] == 0, "%s, beta %g: %s", sg_sampler_kind_name(kinds[k]), betas[j], err);
+      ok &= rc[j] == 0;
+    }
+    if (ok) {
+      size_t bytes = r[0].latent_len * sizeof(float);
+      CHECK(!memcmp(r[1].latents, r[2].latents, bytes), "%s: beta 12 and 40 differ", sg_sampler_kind_name(kinds[k]));
+      CHECK(memcmp(r[0].latents, r[1].latents, bytes), "%s: beta 0.2 and 12 are the same",
+            sg_sampler_kind_name(kinds[k]));
+    }
+    for (int j = 0; j < 3; j++)
+      if (rc[j] == 0) sg_result_free(&r[j]);
+  }
+  free(sketch);
+}
+
 int main(int argc, char **argv) {
   if (argc != 4) {
     fprintf(stderr, "usage: %s MODEL_DIR CASES.json OUT_DIR (tools/parity.py runs it)\n", argv[0]);
@@ -134,6 +173,7 @@ int main(int argc, char **argv) {
   json_t *c;
   json_array_foreach(json_object_get(ref, "cases"), i, c) test_case(m, c, i, argv[3]);
   test_errors(m);
+  test_push_cap(m);
   json_decref(ref);
   sg_model_free(m);
   printf("%d failed\n", failures);

@@ -26,6 +26,14 @@ static void test_timesteps(void) {
   CHECK(sg_sampler_timestep(s, 0) == 981 && sg_sampler_timestep(s, 1) == 961 && sg_sampler_timestep(s, 49) == 1,
         "ddim timesteps %g %g %g", sg_sampler_timestep(s, 0), sg_sampler_timestep(s, 1), sg_sampler_timestep(s, 49));
   CHECK(!sg_sampler_needs_noise(s, 3) && sg_sampler_init_sigma(s) == 1 && sg_sampler_input_scale(s, 0) == 1, "ddim");
+  /* the noise in the next step's input: sqrt(1 - abar) at timestep 961 after step 0, at timestep 0 after the last */
+  double abar[1000];
+  CHECK(sg_schedule_alphas_cumprod(sg_schedule_default_params(), abar, 1000) == 0, "schedule");
+  CHECK(fabs(sg_sampler_next_noise(s, 0) - sqrt(1 - abar[961])) < 1e-12 &&
+            fabs(sg_sampler_next_noise(s, 49) - sqrt(1 - abar[0])) < 1e-12,
+        "ddim next noise %g %g", sg_sampler_next_noise(s, 0), sg_sampler_next_noise(s, 49));
+  CHECK(sg_sampler_next_noise(s, 50) == 0 && sg_sampler_next_noise(s, -1) == 0 && sg_sampler_next_noise(NULL, 0) == 0,
+        "next noise out of range");
   sg_sampler_free(s);
   p.steps = 4;
   s = sg_sampler_new(sg_schedule_default_params(), p, 4, err, sizeof err);
@@ -39,6 +47,13 @@ static void test_timesteps(void) {
         "euler sigmas");
   CHECK(fabs(sg_sampler_input_scale(s, 0) - 1 / sqrt(14.614641 * 14.614641 + 1)) < 1e-6, "input scale");
   CHECK(sg_sampler_needs_noise(s, 0) && !sg_sampler_needs_noise(s, 9), "euler a noise");
+  /* sigma_next / sqrt(sigma_next^2 + 1): the noise's share of the next input, sqrt(1 - input_scale^2); 0 at the end */
+  for (int32_t i = 0; i + 1 < 10; i++) {
+    double sc = sg_sampler_input_scale(s, i + 1);
+    CHECK(fabs(sg_sampler_next_noise(s, i) - sqrt(1 - sc * sc)) < 1e-9, "euler next noise %d: %g", i,
+          sg_sampler_next_noise(s, i));
+  }
+  CHECK(sg_sampler_next_noise(s, 9) == 0, "euler next noise after the last step");
   sg_sampler_free(s);
   p.steps = 0;
   CHECK(!sg_sampler_new(sg_schedule_default_params(), p, 4, err, sizeof err), "0 steps accepted");

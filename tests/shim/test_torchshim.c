@@ -1,6 +1,7 @@
 /* Tests of shim/torchshim: plain C over libtorch (this file also proves the header is valid C). Needs a model
  * directory (argument 1, the bundled model) and the random-number reference from Python (argument 2, written on this
  * machine by gen_randn.py). */
+#include <float.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -169,13 +170,15 @@ static void test_model(const char *dir) {
   json_decref(man);
 }
 
-/* The guidance move: per image, z_prev -= beta ||z - z_prev|| / ||g|| g; a zero gradient moves nothing. */
+/* The guidance move: per image, z_prev -= min(beta ||z - z_prev||, cap) / ||g|| g; a zero gradient moves nothing.
+ * Image 1's cap binds: its push's norm is the cap. */
 static void test_guidance_move(void) {
   enum { N = 3, L = 37 };
-  float z[N * L], zp[N * L], g[N * L], want[N * L], beta[N] = {1.6f, 0.5f, 2.0f};
+  float z[N * L], zp[N * L], z0[N * L], g[N * L], want[N * L], beta[N] = {1.6f, 0.5f, 2.0f};
+  float cap[N] = {FLT_MAX, 0.005f, FLT_MAX};
   for (int i = 0; i < N * L; i++) {
     z[i] = sinf(0.37f * i);
-    zp[i] = z[i] + 0.01f * cosf(1.3f * i);
+    zp[i] = z0[i] = z[i] + 0.01f * cosf(1.3f * i);
     g[i] = i / L == 2 ? 0.0f : cosf(0.11f * i * i);
   }
   for (int k = 0; k < N; k++) {
@@ -185,14 +188,18 @@ static void test_guidance_move(void) {
       move += d * d;
       gn += (double)g[k * L + j] * g[k * L + j];
     }
-    double alpha = gn > 0 ? beta[k] * sqrt(move) / sqrt(gn) : 0;
+    double alpha = gn > 0 ? fmin(beta[k] * sqrt(move), cap[k]) / sqrt(gn) : 0;
+    if (k == 1) CHECK(beta[k] * sqrt(move) > 2 * cap[k], "the cap of image 1 does not bind");
     for (int j = 0; j < L; j++) want[k * L + j] = (float)(zp[k * L + j] - alpha * g[k * L + j]);
   }
-  CHECK(ts_guidance_move(zp, z, g, beta, N, L) == 0, "guidance move: %s", ts_last_error());
-  double worst = 0;
+  CHECK(ts_guidance_move(zp, z, g, beta, cap, N, L) == 0, "guidance move: %s", ts_last_error());
+  double worst = 0, push = 0;
   for (int i = 0; i < N * L; i++) worst = fmax(worst, fabs(zp[i] - want[i]));
+  for (int j = 0; j < L; j++) push += ((double)zp[L + j] - z0[L + j]) * ((double)zp[L + j] - z0[L + j]);
   CHECK(worst < 1e-6, "guidance move differs by %g", worst);
-  CHECK(ts_guidance_move(NULL, z, g, beta, N, L) == TS_ERROR, "guidance move without output");
+  CHECK(fabs(sqrt(push) - cap[1]) < 1e-6, "capped push's norm %g, cap %g", sqrt(push), cap[1]);
+  CHECK(ts_guidance_move(NULL, z, g, beta, cap, N, L) == TS_ERROR, "guidance move without output");
+  CHECK(ts_guidance_move(zp, z, g, beta, NULL, N, L) == TS_ERROR, "guidance move without caps");
 }
 
 int main(int argc, char **argv) {
