@@ -434,7 +434,8 @@ static int member_step(sg_generation *g, char *err, size_t errlen) {
         ode[k] = (g->z[k] + (g->tmp[k] - g->z[k]) * ratio) * sn;
         pushed[k] = ode[k];
       }
-      if (ts_guidance_move(pushed, g->zin, g->grad, betas, caps, g->n, (int64_t)g->len)) return torch_fail(err, errlen, "guidance");
+      if (ts_guidance_move(pushed, g->zin, g->grad, betas, caps, g->n, (int64_t)g->len))
+        return torch_fail(err, errlen, "guidance");
       for (size_t k = 0; k < tot; k++) g->tmp[k] += (pushed[k] - ode[k]) * inv;
     } else if (ts_guidance_move(g->tmp, g->z, g->grad, betas, caps, g->n, (int64_t)g->len)) {
       return torch_fail(err, errlen, "guidance");
