@@ -295,12 +295,14 @@ def sample(model: Model, prompt: Union[str, List[str]], target: Optional[torch.T
            stop: float = 0.5, stop_step: Optional[int] = None, steps: int = 50, cfg: float = 8.0, seed: int = 0,
            sampler: str = "ddim", eta: float = 0.0, negative: str = "", n: int = 1,
            seeds: Optional[List[int]] = None, trace: Optional[list] = None,
-           teacher: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
+           teacher: Optional[List[torch.Tensor]] = None, push_cap: Optional[float] = PUSH_CAP) -> torch.Tensor:
     """METHOD.md's guided sampling of n images (or one per prompt when `prompt` is a list). Image k uses its own
     generator seeded with seeds[k] (default seed + k) for the initial noise, then the sampler's noise; target is
     one encoded sketch for all images or one per image. Returns the final scaled latents [n, C, h, w]; trace, if
     given, gets z after every step. teacher, if given, forces the latents entering step i > 0 to teacher[i - 1]
-    (the noise streams are consumed as without it): one step of this sampler from another engine's trajectory."""
+    (the noise streams are consumed as without it): one step of this sampler from another engine's trajectory.
+    push_cap: each guided push at most this x the next step's input noise (docs/guidance.md; the C engine's);
+    None for METHOD.md's rule alone (tests of that rule)."""
     if sampler not in ("ddim", "ddpm", "euler_a"):
         raise ValueError("sampler must be ddim, ddpm or euler_a")
     prompts = [prompt] * n if isinstance(prompt, str) else list(prompt)
@@ -379,7 +381,8 @@ def sample(model: Model, prompt: Union[str, List[str]], target: Optional[torch.T
                 gn = g.flatten(1).norm(dim=1)
                 # the push's norm is at most PUSH_CAP x the noise the next step's U-Net input carries (root mean
                 # square per value; docs/guidance.md)
-                cap = torch.full_like(gn, PUSH_CAP * next_noise * math.sqrt(g[0].numel()))
+                cap = torch.full_like(gn, math.inf if push_cap is None else
+                                      push_cap * next_noise * math.sqrt(g[0].numel()))
                 if euler:
                     # METHOD.md's rule in the coordinates it was written for, the U-Net's variance-preserving
                     # input z / sqrt(sigma^2 + 1): the move is the noise-free step's to sigma_next there (DDIM's over

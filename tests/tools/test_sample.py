@@ -70,10 +70,11 @@ def test_beta_zero_is_exactly_unguided(model, target, sampler, eta):
 
 
 def test_guidance_moves_by_beta_times_the_step(model, target):
-    """Over one guided step the guidance move has norm beta x the denoising move (METHOD.md's alpha)."""
+    """Over one guided step the guidance move has norm beta x the denoising move (METHOD.md's alpha; without the
+    push cap, which a 4-step schedule reaches)."""
     trace_u, trace_g = [], []
     ref.sample(model, "a star", None, steps=4, cfg=3, seed=9, trace=trace_u)
-    ref.sample(model, "a star", target, beta=0.7, stop_step=1, steps=4, cfg=3, seed=9, trace=trace_g)
+    ref.sample(model, "a star", target, beta=0.7, stop_step=1, steps=4, cfg=3, seed=9, trace=trace_g, push_cap=None)
     z0 = torch.randn([4, 16, 16], generator=torch.Generator().manual_seed(9))[None]
     step_move = (z0 - trace_u[0]).norm()
     guide_move = (trace_g[0] - trace_u[0]).norm()
@@ -102,7 +103,7 @@ def test_ancestral_guidance_moves_by_beta_times_the_mean_step(bundled, sampler, 
     kw = dict(steps=4, cfg=3, seed=9, sampler=sampler, eta=eta)
     trace_u, trace_g = [], []
     ref.sample(model, "a star", None, trace=trace_u, **kw)
-    ref.sample(model, "a star", target, beta=0.7, stop_step=1, trace=trace_g, **kw)
+    ref.sample(model, "a star", target, beta=0.7, stop_step=1, trace=trace_g, push_cap=None, **kw)
     gen = torch.Generator().manual_seed(9)
     z0 = torch.randn([4, 16, 16], generator=gen)[None]
     noise = torch.randn([4, 16, 16], generator=gen)[None]
@@ -125,6 +126,29 @@ def test_ancestral_guidance_moves_by_beta_times_the_mean_step(bundled, sampler, 
     guide_move = (trace_g[0] - trace_u[0]).norm().item()
     assert abs(0.7 * noisy_move - want) > 0.05 * want  # METHOD.md's rule, counting the noise, differs here
     assert abs(guide_move - want) < 2e-3 * want, (guide_move, want, 0.7 * noisy_move)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "euler_a"])
+def test_push_is_capped(bundled, sampler):
+    """With the cap (docs/guidance.md), the push of a 4-step schedule's guided step, which beta 0.7 would make
+    larger, is PUSH_CAP x the noise in the next step's U-Net input, root mean square per value: 0.2 sqrt(1 - abar)
+    at timestep 501 for ddim and ddpm; for euler_a 0.2 s1 / sqrt(s1^2 + 1) in the U-Net's coordinates, so
+    0.2 s1 once scaled back to sigma-space. Without the cap it is beta x the step's move (the tests above)."""
+    model, target = bundled
+    kw = dict(steps=4, cfg=3, seed=9, sampler=sampler)
+    trace_u, trace_g, trace_n = [], [], []
+    ref.sample(model, "a star", None, trace=trace_u, **kw)
+    ref.sample(model, "a star", target, beta=0.7, stop_step=1, trace=trace_g, **kw)
+    ref.sample(model, "a star", target, beta=0.7, stop_step=1, trace=trace_n, push_cap=None, **kw)
+    root_len = trace_u[0][0].numel() ** 0.5
+    if sampler == "euler_a":
+        cap = ref.PUSH_CAP * ref.t_to_sigma(model.abar, 999.0 * 2 / 3) * root_len
+    else:
+        cap = ref.PUSH_CAP * (1 - model.abar[501].item()) ** 0.5 * root_len
+    capped = (trace_g[0] - trace_u[0]).norm().item()
+    uncapped = (trace_n[0] - trace_u[0]).norm().item()
+    assert uncapped > 1.5 * cap, (uncapped, cap)  # the cap binds here
+    assert abs(capped - cap) < 2e-3 * cap, (capped, cap, uncapped)
 
 
 def test_ddpm_and_eta_add_noise(model):
