@@ -113,8 +113,8 @@ static void test_errors(sg_model *m) {
 }
 
 /* Beyond the push cap (PUSH_CAP x the noise in the next step's input, docs/guidance.md) beta changes nothing: at
- * beta 12 and 40 every guided push is the cap, so the latents are the same bit for bit, with each sampler; a small
- * beta (0.2: its pushes are under the cap) still gives another image. */
+ * beta 12 and 40 every guided push is the cap, so the latents are the same bit for bit, with each sampler; beta 0.2,
+ * whose pushes are not all at the cap, gives another image. */
 static void test_push_cap(sg_model *m) {
   const sg_model_info *info = sg_model_get_info(m);
   int32_t size = info->image_size;

@@ -53,7 +53,8 @@ def test_backgrounds_stay_clean_at_beta_3(ddim_reference, sampler):
 def test_beta_beyond_the_cap_changes_nothing(ddim_reference):
     """The cap makes a large beta saturate rather than paint noise: at beta 12 and 40 every guided push is the cap
     (uncapped, ddim's pushes at beta 3 are 0.15 to 0.46 x the next input's noise, against a cap of 0.2), so both give
-    the same image, bit for bit, and a clean background. Without the cap beta 40 is coloured noise."""
+    the same image, bit for bit, and a clean background. Measured here on these 2 cases: 28.4 at both; without the
+    cap 2077.9 at beta 12 and 1614.5 at beta 40 (coloured noise)."""
     model, cs, cfg, v_ddim = ddim_reference
     v12, im12 = background.measure(model, cs[:2], "ddim", 12.0, 25, 0.5, cfg)
     v40, im40 = background.measure(model, cs[:2], "ddim", 40.0, 25, 0.5, cfg)
