@@ -4,7 +4,8 @@ the template caption and for captions as people write them (training templates a
 group), and edge fidelity guided against unguided on in-domain edge maps and out-of-domain sketches (METHOD.md).
 
 Usage: /usr/bin/python3 tools/evaluate.py models/shapes [--adherence 200] [--groups template,train,held_out]
-           [--fidelity 50] [--steps 50] [--sampler ddim] [--cli build/server/sketchguide] [--json OUT]
+           [--fidelity 50] [--steps 50] [--sampler ddim] [--cli build/server/sketchguide] [--vae-bound 600]
+           [--json OUT]
 With --cli the images come from the C engine's command line (every sampler it has, e.g. dpmpp_2m), else from the
 Python reference sampler (ddim, ddpm). The classifier (tools/data/shape_classifier.pt) is trained on the procedural
 data set when missing.
@@ -64,25 +65,54 @@ def _batch(seeds):
     return x, lab
 
 
+def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Each image blurred by its own Gaussian (sigma in pixels, 0: unchanged), replicate-padded."""
+    r = 4
+    d = torch.arange(-r, r + 1, dtype=x.dtype)
+    k = torch.exp(-d[None] ** 2 / (2 * sigma.clamp(min=1e-3)[:, None] ** 2))
+    k = k / k.sum(1, keepdim=True)  # [B, 2r+1]
+    b, c, h, w = x.shape
+    y = F.pad(x, (r,) * 4, mode="replicate").reshape(1, b * c, h + 2 * r, w + 2 * r)
+    kc = k.repeat_interleave(c, 0)
+    y = F.conv2d(y, kc[:, None, None, :], groups=b * c)
+    y = F.conv2d(y, kc[:, None, :, None], groups=b * c)
+    return y.reshape(b, c, h, w)
+
+
 def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Blur and noise, so that decoded (slightly soft) images classify like crisp ones."""
-    k = int(torch.randint(0, 3, (1,), generator=g)) * 2 + 1
-    if k > 1:
-        x = F.avg_pool2d(F.pad(x, (k // 2,) * 4, mode="replicate"), k, 1)
-    return x + torch.randn(x.shape, generator=g) * 0.05
+    """Degradations a decoder leaves, none of them from any model, so that soft and slightly off-colour decoded
+    images classify like crisp ones: per image, a Gaussian blur (sigma up to 1.6 px) or a pass through a coarser
+    grid (bilinear down to 20 to 48 px and back), a colour gain and offset (up to 10% per channel), then noise.
+    A quarter of the images stay crisp."""
+    b = x.shape[0]
+    u = torch.rand(b, generator=g)
+    sigma = torch.rand(b, generator=g) * 1.6 * (u < 0.45)
+    x = _gaussian_blur(x, sigma)
+    coarse = (u >= 0.45) & (u < 0.75)
+    for i in torch.nonzero(coarse).flatten().tolist():
+        n = int(torch.randint(20, 49, (1,), generator=g))
+        y = F.interpolate(x[i:i + 1], size=(n, n), mode="bilinear", align_corners=False, antialias=True)
+        x[i] = F.interpolate(y, size=x.shape[2:], mode="bilinear", align_corners=False)[0]
+    gain = 1 + (torch.rand(b, 3, 1, 1, generator=g) * 2 - 1) * 0.1
+    off = (torch.rand(b, 3, 1, 1, generator=g) * 2 - 1) * 0.1
+    return x * gain + off + torch.randn(x.shape, generator=g) * 0.05
 
 
-def train_classifier(path: str, steps: int = 800, batch: int = 64) -> Classifier:
+def train_classifier(path: str, steps: int = 2500, batch: int = 64, pool: int = 16_000) -> Classifier:
+    """Trains the classifier on `pool` procedural images (seeds 20,000,000 on, apart from every evaluation seed),
+    each batch drawn from the pool and degraded afresh (_augment), and saves it at path."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
+    xs, labs = zip(*[_batch(range(20_000_000 + i, 20_000_000 + min(i + 500, pool))) for i in range(0, pool, 500)])
+    x_all, lab_all = torch.cat(xs), [torch.cat(col) for col in zip(*labs)]
     net = Classifier()
     opt = torch.optim.Adam(net.parameters(), 2e-3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps)
-    rng = np.random.default_rng(0)
     for step in range(steps):
-        x, lab = _batch(rng.integers(20_000_000, 30_000_000, batch))
-        outs = net(_augment(x, g))
-        loss = sum(F.cross_entropy(o, l) for o, l in zip(outs, lab))
+        idx = torch.from_numpy(rng.integers(0, pool, batch))
+        outs = net(_augment(x_all[idx].clone(), g))
+        loss = sum(F.cross_entropy(o, l[idx]) for o, l in zip(outs, lab_all))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -107,6 +137,35 @@ def load_classifier(path: str = CLASSIFIER) -> Classifier:
 def classify(net: Classifier, images: np.ndarray):
     x = torch.from_numpy(images).float().permute(0, 3, 1, 2) / 127.5 - 1
     return [o.argmax(1).numpy() for o in net(x)]
+
+
+RADIUS_BANDS = (0.20, 0.25, 0.30, 0.34, 0.38)  # shapes.sample_params draws the radius from [0.20, 0.38)
+
+
+@torch.no_grad()
+def vae_bound(model, net: Classifier, n: int, first_seed: int = EVAL_SEED + 500_000, batch: int = 50) -> dict:
+    """The classifier's shape reading of n real held-out images and of the same images encoded and decoded by the
+    model's VAE, overall, per shape and per radius band. Every generated image passes through the decoder, so the
+    reconstructions' figure bounds what a guided or unguided image can score: a shape the VAE blurs into another
+    (small stars into crosses) is lost before the U-Net or the guidance have a say."""
+    seeds = range(first_seed, first_seed + n)
+    x, lab = _batch(seeds)
+    rec = np.concatenate([model.decode(model.encode_image(x[i:i + batch])) for i in range(0, n, batch)])
+    real = ((x.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+    truth = lab[0].numpy()
+    ok_real, ok_rec = classify(net, real)[0] == truth, classify(net, rec)[0] == truth
+    radius = np.array([shapes.sample_params(s)["radius"] for s in seeds])
+    out = {"images": n, "real": float(ok_real.mean()), "reconstructed": float(ok_rec.mean()), "per_shape": {},
+           "per_radius": {}}
+    for i, name in enumerate(shapes.SHAPES):
+        k = truth == i
+        out["per_shape"][name] = {"images": int(k.sum()), "real": float(ok_real[k].mean()) if k.any() else None,
+                                  "reconstructed": float(ok_rec[k].mean()) if k.any() else None}
+    for lo, hi in zip(RADIUS_BANDS[:-1], RADIUS_BANDS[1:]):
+        k = (radius >= lo) & (radius < hi)
+        out["per_radius"]["%.2f-%.2f" % (lo, hi)] = {
+            "images": int(k.sum()), "reconstructed": float(ok_rec[k].mean()) if k.any() else None}
+    return out
 
 
 GROUPS = ("template", "train", "held_out")
@@ -267,6 +326,8 @@ def main() -> int:
     ap.add_argument("model")
     ap.add_argument("--adherence", type=int, default=200,
                     help="samples for prompt adherence (0: none, edge fidelity alone)")
+    ap.add_argument("--vae-bound", type=int, default=600,
+                    help="real images to read through the VAE for the bound on shape adherence (0: skip)")
     ap.add_argument("--fidelity", type=int, default=50, help="prompt/sketch/seed cases for edge fidelity (half OOD)")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--cfg", type=float, default=None, help="default: the model's recommended cfg, else 7.5")
@@ -297,6 +358,9 @@ def main() -> int:
     with torch.no_grad():
         pred = [o.argmax(1) for o in net(x)]
     res["classifier_accuracy_real"] = {k: float((p == l).float().mean()) for k, p, l in zip(("shape", "fg", "bg"), pred, lab)}
+    if a.vae_bound > 0:  # the bound the VAE sets on shape adherence (vae_bound)
+        res["classifier_reading_vae_reconstructions"] = vae_bound(model, net, a.vae_bound)
+        print("shape read through the VAE:", json.dumps(res["classifier_reading_vae_reconstructions"]), flush=True)
 
     engine = Engine(model, a.cli, a.sampler)
     res["sampler"] = a.sampler
