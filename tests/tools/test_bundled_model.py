@@ -83,8 +83,8 @@ def test_natural_prompts_adherence(model, group):
     and 0.35 / 0.425; with 86af8df's (2000 steps against the original encoder's reading of the template caption,
     train_model.py --text-teach) 1.0 / 0.975 and 0.7 / 0.6; the committed model (d88d949: U-Net and text encoder
     2000 more steps) 0.975 / 0.975 and 0.825 / 0.825. By the classifier trained with decoder-like degradations
-    (evaluate._augment): the model before natural captions 0.05 / 0.05 and 0.175 / 0.15, d88d949's 1.0 / 0.975 and
-    0.825 / 0.80, the committed model (2000 more U-Net steps, train_steps 9500) 1.0 / 0.975 and 0.925 / 0.925."""
+    (evaluate._augment): the model before natural captions 0.05 / 0.05 and 0.175 / 0.15, the committed model
+    1.0 / 0.975 and 0.825 / 0.80."""
     import evaluate
     res = evaluate.adherence(evaluate.Engine(model), evaluate.load_classifier(), group, 40, model.size, 0.0, 0.0,
                              20, model.manifest.get("defaults", {}).get("cfg", 7.5), guided=False,
