@@ -58,7 +58,8 @@ def test_guidance_follows_sketches(model):
     AVX2 ones (OPENBLAS_CORETYPE=Haswell ONEDNN_MAX_CPU_ISA=AVX2) on an earlier model; on another AVX-512 machine
     0.2684 / 0.4367 for d88d949's model and 0.2923 / 0.4521 for the committed one (margins 0.168 and 0.160, 4 of the
     6 on checkered or striped backgrounds). Over the 12: 0.2892 / 0.5289 and 0.3139 / 0.5571 (margins 0.240 and
-    0.243): 0.09 over the bar of 0.15, 75 times the 0.0012 seen between kernels."""
+    0.243): 0.09 over the bar of 0.15, 75 times the 0.0012 seen between kernels on the first 6 (the spread over
+    the 12 was not measured on an AVX2 machine)."""
     cases = []
     for i, shape in enumerate(["square", "triangle", "circle", "cross", "heart", "star"] * 2):
         p = dict(shapes.sample_params(777 + i), shape=shape)
@@ -84,7 +85,7 @@ def test_natural_prompts_adherence(model, group):
     colours and shape, by the classifier of 1187de4 and before: the model before any training on natural captions
     0.025 / 0.025 and 0.225 / 0.125; with 07c3097's text encoder (500 steps through the frozen U-Net) 0.175 / 0.15
     and 0.35 / 0.425; with 86af8df's (2000 steps against the original encoder's reading of the template caption,
-    train_model.py --text-teach) 1.0 / 0.975 and 0.7 / 0.6; the committed model (d88d949: U-Net and text encoder
+    train_model.py --text-teach) 1.0 / 0.975 and 0.7 / 0.6; d88d949's model (U-Net and text encoder
     2000 more steps) 0.975 / 0.975 and 0.825 / 0.825. By the classifier trained with decoder-like degradations
     (evaluate._augment): the model before natural captions 0.05 / 0.05 and 0.175 / 0.15, d88d949's 1.0 / 0.975 and
     0.825 / 0.80, the committed model (2000 more U-Net steps, train_steps 9500) 1.0 / 0.975 and 0.925 / 0.925."""
