@@ -326,6 +326,18 @@ def sketch(p: dict, style: str, seed: int, size: int = 64) -> np.ndarray:
     return ((d < width * scale / 2).reshape(size, size)).astype(np.uint8) * 255
 
 
+def guidance_cases(size: int = 64):
+    """The fixed guided-against-unguided cases of the edge tests (tests/server/test_cli.py on the C engine,
+    tests/tools/test_bundled_model.py on the reference): each shape twice (12), a prompt of one set of parameters
+    and a sketch (SKETCH_STYLES in turn, strokes 255 on 0) of the same shape placed by another set, so that the
+    sketch sits away from where the prompt alone would put it. Returns a list of (prompt, sketch) pairs."""
+    out = []
+    for i, shape in enumerate(["square", "triangle", "circle", "cross", "heart", "star"] * 2):
+        prompt = caption(dict(sample_params(777 + i), shape=shape))
+        out.append((prompt, sketch(dict(sample_params(888 + i), shape=shape), SKETCH_STYLES[i % 4], i, size)))
+    return out
+
+
 def write_pairs(folder: str, first: int, n: int, size: int = 64) -> None:
     """Writes n samples (seeds first, first + 1, ...) as an LGP training directory: NAME.png (image), NAME.txt
     (caption), NAME.edges.png (exact edge map), the layout that train_lgp.py --data and `sketchguide train-lgp` read."""

@@ -242,9 +242,7 @@ def test_guided_edge_fidelity_beats_unguided(sg, model, tmp_path):
     unguided, and overlaps the sketch more by chance), a CPU's rounding from the bar; over the 12, 0.233 for
     d88d949's and 0.236 for the committed model."""
     f_u, f_g = [], []
-    for i, shape in enumerate(["square", "triangle", "circle", "cross", "heart", "star"] * 2):
-        prompt = shapes.caption(dict(shapes.sample_params(777 + i), shape=shape))
-        sk = shapes.sketch(dict(shapes.sample_params(888 + i), shape=shape), shapes.SKETCH_STYLES[i % 4], i, model.size)
+    for i, (prompt, sk) in enumerate(shapes.guidance_cases(model.size)):
         path = tmp_path / ("sk%d.png" % i)
         Image.fromarray(sk.astype(np.uint8)).save(path)
         for beta, acc in (("0", f_u), ("1.6", f_g)):

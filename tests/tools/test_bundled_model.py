@@ -60,11 +60,7 @@ def test_guidance_follows_sketches(model):
     6 on checkered or striped backgrounds). Over the 12: 0.2892 / 0.5289 and 0.3139 / 0.5571 (margins 0.240 and
     0.243): 0.09 over the bar of 0.15, 75 times the 0.0012 seen between kernels on the first 6 (the spread over
     the 12 was not measured on an AVX2 machine)."""
-    cases = []
-    for i, shape in enumerate(["square", "triangle", "circle", "cross", "heart", "star"] * 2):
-        p = dict(shapes.sample_params(777 + i), shape=shape)
-        cases.append((shapes.caption(p), shapes.sketch(dict(shapes.sample_params(888 + i), shape=shape),
-                                                        shapes.SKETCH_STYLES[i % 4], i, model.size)))
+    cases = shapes.guidance_cases(model.size)
     prompts = [c[0] for c in cases]
     sk = np.stack([c[1] for c in cases])
     target = ref.edge_target(model, sk / 255.0)

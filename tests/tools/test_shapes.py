@@ -48,6 +48,20 @@ def test_sketches_are_out_of_domain_but_on_the_shape():
         assert edges.f1(s, e, tol=3) > 0.5, style
 
 
+def test_guidance_cases_are_each_shape_twice_away_from_the_prompts_placement():
+    cases = shapes.guidance_cases(64)
+    named = [next(sh for sh in shapes.SHAPES if sh in prompt) for prompt, _ in cases]
+    assert sorted(named) == sorted(shapes.SHAPES * 2)
+    for i, (prompt, sk) in enumerate(cases):
+        assert sk.shape == (64, 64) and set(np.unique(sk)) == {0, 255}
+        # the sketch is of the named shape where its own parameters put it (F1 0.98 to 1.0 at 2 px), away from
+        # where the prompt's would (0.15 to 0.63): the unguided image overlaps it by chance only
+        _, at_prompt = shapes.render(dict(shapes.sample_params(777 + i), shape=named[i]), 64)
+        _, at_sketch = shapes.render(dict(shapes.sample_params(888 + i), shape=named[i]), 64)
+        assert edges.f1(sk, at_sketch) > 0.9 and edges.f1(sk, at_prompt) < 0.7, i
+    assert shapes.guidance_cases(64)[3][0] == cases[3][0]
+
+
 def test_edge_f1_bounds():
     a = np.zeros((16, 16), np.uint8)
     a[5, 2:12] = 255
