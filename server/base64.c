@@ -1,4 +1,4 @@
-/* Base64 text of bytes, for the JSON answers of http.c and openai.c (base64.h). */
+/* Base64 text of bytes, for the JSON answers of http_handlers.c and openai.c (base64.h). */
 #include "base64.h"
 
 #include <stdlib.h>

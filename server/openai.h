@@ -1,7 +1,7 @@
 /* The OpenAI images API's shapes over the native generation: the body's names, checks of its own fields, the answer
- * and error bodies, and result URLs. No HTTP here: http.c routes, parses and answers with these.
+ * and error bodies, and result URLs. No HTTP here: http*.c route, parse and answer with these.
  *
- * Basic usage (what http.c does for POST /v1/images/edits and /v1/images/generations):
+ * Basic usage (what http_handlers.c does for POST /v1/images/edits and /v1/images/generations):
  *   sg_request_limits lim = ...;                      // the service's limits, as for POST /v1/generate
  *   sg_openai_limits(SG_OPENAI_EDITS, &lim);          // "image" read as the sketch; size, model, ... kept aside
  *   sg_request *q = sg_request_new(&lim);  ... the body ...  sg_request_parse(q, &params);
