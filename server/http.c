@@ -215,7 +215,8 @@ enum MHD_Result sg_http_send_error(req *r, err_kind k, const char *param, const 
   if (status == 405) MHD_add_response_header(resp, "Allow", r->allow);
   if (status == 429 || status == 503) {
     char ra[16];
-    snprintf(ra, sizeof ra, "%d", status == 429 ? retry_after_s(r->h) : k == E_NOT_READY ? 5 : k == E_UNAVAILABLE ? 2 : 30);
+    snprintf(ra, sizeof ra, "%d",
+             status == 429 ? retry_after_s(r->h) : k == E_NOT_READY ? 5 : k == E_UNAVAILABLE ? 2 : 30);
     MHD_add_response_header(resp, "Retry-After", ra);
   }
   if (r->rt && (r->rt->flags & R_BODY) && !r->job_id[0] && !r->submit_failed)
@@ -565,7 +566,8 @@ void sg_http_stop(sg_http *h, double grace_s) {
     ts.tv_nsec %= 1000000000L;
     pthread_cond_timedwait(&h->cv, &h->mu, &ts);
   }
-  if (h->n_waiting > 0) sg_http_logf(h, SG_JOBS_LOG_WARN, "%s: closing %d waiting request(s)", __func__, (int)h->n_waiting);
+  if (h->n_waiting > 0) sg_http_logf(h, SG_JOBS_LOG_WARN, "%s: closing %d waiting request(s)", __func__,
+                                     (int)h->n_waiting);
   atomic_store(&h->stopping, 1);
   for (req *r = h->waiting; r; r = r->wnext) { /* libmicrohttpd must not be stopped with suspended connections */
     pthread_mutex_lock(&r->mu);

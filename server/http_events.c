@@ -109,8 +109,8 @@ void *sg_http_watchdog_main(void *arg) {
         r->up_eof = 1;
         r->up_eof_at = got;
       } else {
-        sg_http_logf(h, SG_JOBS_LOG_DEBUG, "%s: a client left in the middle of its body (%llu bytes); closing", __func__,
-                     (unsigned long long)got);
+        sg_http_logf(h, SG_JOBS_LOG_DEBUG, "%s: a client left in the middle of its body (%llu bytes); closing",
+                     __func__, (unsigned long long)got);
         shutdown(r->up_fd, SHUT_RDWR);
         r->up_eof = -1;
       }
@@ -186,7 +186,8 @@ static void on_stream_event(void *user, const sg_job_event *ev, const char *even
       } else {
         json_object_set_new(o, "error", json_null());
       }
-      json_object_set_new(o, "images", sg_jobjson_images(ev->id, r->seed, ev->n_images)); /* r->seed: sg_http_h_job_events */
+      /* r->seed: set by sg_http_h_job_events */
+      json_object_set_new(o, "images", sg_jobjson_images(ev->id, r->seed, ev->n_images));
     }
   }
   pthread_mutex_lock(&r->mu);
@@ -231,8 +232,9 @@ enum MHD_Result sg_http_h_job_events(req *r) {
   const char *last = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Last-Event-ID");
   if (last && !*last) last = NULL;
   if (last && strcmp(sg_store_kind(h->store), "redis"))
-    return sg_http_send_error(r, E_BAD_REQUEST, "Last-Event-ID", "Last-Event-ID: this replica keeps no event history (local "
-                                                          "job store); reconnect without it");
+    return sg_http_send_error(r, E_BAD_REQUEST, "Last-Event-ID",
+                              "Last-Event-ID: this replica keeps no event history (local job store); reconnect "
+                              "without it");
   r->seed = st.seed; /* for the end event's images */
   if (!last) {
     json_t *o = sg_jobjson_status(&st);

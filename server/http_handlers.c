@@ -92,7 +92,8 @@ static enum MHD_Result sync_answer(req *r) {
       int rc = sg_store_file_put(r->h->store, st->id, i, expires, keys[i]); /* in the store: any replica serves it */
       if (rc == SG_STORE_EUNAVAILABLE)
         return sg_http_send_error(r, E_UNAVAILABLE, NULL, "the job store (Redis) cannot be reached; try again shortly");
-      if (rc) return sg_http_send_error(r, E_INTERNAL, NULL, "the image's URL could not be made: %s", sg_store_strerror(rc));
+      if (rc) return sg_http_send_error(r, E_INTERNAL, NULL, "the image's URL could not be made: %s",
+                                        sg_store_strerror(rc));
       kp[i] = keys[i];
     }
     sg_openai_answer_params ap = {r->oai_format, (int64_t)time(NULL), r->h->model->image_size, base, kp};
@@ -288,8 +289,9 @@ enum MHD_Result sg_http_h_generate(req *r) {
     return sg_http_send_error(r, k, k == E_INVALID ? param : k == E_CONFLICT ? "Idempotency-Key" : NULL, "%s",
                               err[0] ? err : sg_store_strerror(rc));
   }
-  sg_http_logf(h, SG_JOBS_LOG_DEBUG, "%s: job %s (%s, %d steps, %d images, seed %lld) prompt \"%s\"", __func__, r->job_id,
-               async ? "async" : "sync", (int)a.jr.steps, (int)a.jr.n_images, (long long)a.jr.seed, a.jr.prompt);
+  sg_http_logf(h, SG_JOBS_LOG_DEBUG, "%s: job %s (%s, %d steps, %d images, seed %lld) prompt \"%s\"", __func__,
+               r->job_id, async ? "async" : "sync", (int)a.jr.steps, (int)a.jr.n_images, (long long)a.jr.seed,
+               a.jr.prompt);
   if (async) {
     char url[96], ev[112], seed[32];
     snprintf(url, sizeof url, "/v1/jobs/%s", r->job_id);
@@ -437,7 +439,8 @@ int sg_http_job_missing(req *r, int rc, enum MHD_Result *ret) {
   *ret = rc == SG_JOBS_EEXPIRED ? sg_http_send_error(r, E_GONE, NULL, "job %s has expired (finished jobs are kept a while)", id)
          : rc == SG_STORE_EUNAVAILABLE
              ? sg_http_send_error(r, E_UNAVAILABLE, NULL, "the job store (Redis) cannot be reached; try again shortly")
-         : rc == SG_STORE_EBADDATA ? sg_http_send_error(r, E_INTERNAL, NULL, "job %s: its record in the store is malformed", id)
+         : rc == SG_STORE_EBADDATA ? sg_http_send_error(r, E_INTERNAL, NULL,
+                                                        "job %s: its record in the store is malformed", id)
          : rc == SG_JOBS_ENOMEM    ? sg_http_send_error(r, E_INTERNAL, NULL, "out of memory")
                                    : sg_http_send_error(r, E_NOT_FOUND, NULL, "no job %s", id);
   return 1;
@@ -485,7 +488,8 @@ enum MHD_Result sg_http_h_job_image(req *r) {
     sg_job_status st;
     if (sg_http_job_missing(r, sg_store_status(r->h->store, r->id, &st), &ret)) return ret;
     if (st.state == SG_JOB_QUEUED || st.state == SG_JOB_RUNNING)
-      return sg_http_send_error(r, E_CONFLICT, NULL, "the job is %s; its images are not ready", sg_job_state_name(st.state));
+      return sg_http_send_error(r, E_CONFLICT, NULL, "the job is %s; its images are not ready",
+                                sg_job_state_name(st.state));
     return sg_http_send_error(r, E_NOT_FOUND, NULL, "the job (%s) has no image %d", sg_job_state_name(st.state),
                               (int)r->index);
   }
@@ -514,7 +518,8 @@ enum MHD_Result sg_http_h_file(req *r) {
   if (rc == SG_JOBS_EEXPIRED) return sg_http_send_error(r, E_GONE, NULL, "the URL expired at %.0f (Unix time)", exp);
   if (rc == SG_STORE_EUNAVAILABLE)
     return sg_http_send_error(r, E_UNAVAILABLE, NULL, "the job store (Redis) cannot be reached; try again shortly");
-  if (rc == SG_STORE_EBADDATA) return sg_http_send_error(r, E_INTERNAL, NULL, "the URL's record in the store is malformed");
+  if (rc == SG_STORE_EBADDATA) return sg_http_send_error(r, E_INTERNAL, NULL,
+                                                         "the URL's record in the store is malformed");
   if (rc) return sg_http_send_error(r, E_NOT_FOUND, NULL, "no such file (URLs last %.0f s)", r->h->p.result_ttl_s);
   return sg_http_h_job_image(r);
 }
@@ -548,7 +553,9 @@ enum MHD_Result sg_http_h_ui(req *r) {
   for (size_t i = 0; i < SG_WEB_N_ASSETS && !a; i++)
     if (!strcmp(SG_WEB_ASSETS[i].name, name)) a = &SG_WEB_ASSETS[i];
   char shown[80];
-  if (!a) return sg_http_send_error(r, E_NOT_FOUND, NULL, "no such file: %s", sg_request_safe_name(name, shown, sizeof shown));
+  if (!a)
+    return sg_http_send_error(r, E_NOT_FOUND, NULL, "no such file: %s",
+                              sg_request_safe_name(name, shown, sizeof shown));
   const char *inm = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_IF_NONE_MATCH);
   int fresh = inm && etag_matches(inm, a->etag);
   struct MHD_Response *resp = fresh ? MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT)

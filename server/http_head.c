@@ -128,7 +128,8 @@ static int too_many_args(sg_http *h, const char *uri, struct MHD_Connection *c) 
                     bn, body);
   ssize_t sent = send(ci->connect_fd, resp, (size_t)rn, MSG_NOSIGNAL | MSG_DONTWAIT);
   shutdown(ci->connect_fd, SHUT_RDWR);
-  sg_http_logf(h, SG_JOBS_LOG_INFO, "%s: a query of %d arguments refused (414%s)", __func__, n, sent == rn ? "" : ", not sent");
+  sg_http_logf(h, SG_JOBS_LOG_INFO, "%s: a query of %d arguments refused (414%s)", __func__, n,
+               sent == rn ? "" : ", not sent");
   sg_metrics_request(h->metrics, "OTHER", "other", 414, 0.0);
   return 1;
 }
@@ -163,11 +164,13 @@ static enum MHD_Result first_call(req *r, const char *url, const char *method, c
   }
   r->rt = sg_http_route_find(r, method, url, &known);
   if (!r->rt) {
-    if (known) return sg_http_send_error(r, E_METHOD, NULL, "%s is not allowed here (allowed: %s)", r->method, r->allow);
+    if (known) return sg_http_send_error(r, E_METHOD, NULL, "%s is not allowed here (allowed: %s)", r->method,
+                                         r->allow);
     return sg_http_send_error(r, E_NOT_FOUND, NULL, "no such route");
   }
   int needs_token = h->token && !(r->rt->flags & R_OPEN) && (!(r->rt->flags & R_METRICS) || h->p.metrics_require_token);
-  if (needs_token && !sg_http_authorized(h, c)) return sg_http_send_error(r, E_UNAUTHORIZED, NULL, "a valid bearer token is required");
+  if (needs_token && !sg_http_authorized(h, c)) return sg_http_send_error(r, E_UNAUTHORIZED, NULL,
+                                                                          "a valid bearer token is required");
   const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
   if (cl) {
     char *end;

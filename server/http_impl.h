@@ -21,7 +21,7 @@
 #define MAX_QUERY_ARGS 32   /* query arguments of a request; more get 414 */
 #define MAX_HEADER_BYTES 32768 /* names and values of a request's header fields together; more get 431 */
 #define CONN_MEMORY 131072  /* libmicrohttpd's memory per connection (32 KiB by default): the request head, its
-                               header fields and query arguments must fit in it for the checks here to see them */
+                               header fields and query arguments must fit in it for http_head.c's checks to see them */
 
 /* ---- errors: the kinds of the one table (ERRORS, in http.c) and the modules whose codes map onto it ---- */
 
