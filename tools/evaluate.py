@@ -236,7 +236,7 @@ class Engine:
 def adherence(engine, net, group, n, size, beta, stop, steps, cfg, guided=True, first_seed=EVAL_SEED):
     """Prompt adherence of a group of n prompts, unguided and guided by an out-of-domain sketch of the prompt's
     shape (placed independently of the prompt): shares with the shape, the foreground, the background and both
-    colours right, as the classifier reads the images."""
+    colours right, as the classifier reads the images, and the share with the shape right per shape asked for."""
     cases = prompts_for(group, n, first_seed)
     prompts = [c[0] for c in cases]
     params = [c[1] for c in cases]
@@ -247,9 +247,12 @@ def adherence(engine, net, group, n, size, beta, stop, steps, cfg, guided=True, 
 
     def score(imgs):
         pr = classify(net, imgs)
-        return {"shape": float((pr[0] == truth[0]).mean()), "fg": float((pr[1] == truth[1]).mean()),
+        ok = pr[0] == truth[0]
+        return {"shape": float(ok.mean()), "fg": float((pr[1] == truth[1]).mean()),
                 "bg": float((pr[2] == truth[2]).mean()),
-                "fg_and_bg": float(((pr[1] == truth[1]) & (pr[2] == truth[2])).mean())}
+                "fg_and_bg": float(((pr[1] == truth[1]) & (pr[2] == truth[2])).mean()),
+                "shape_by_shape": {sh: float(ok[truth[0] == k].mean()) for k, sh in enumerate(shapes.SHAPES)
+                                   if (truth[0] == k).any()}}
 
     res = {"prompts": n, "examples": prompts[:4]}
     res["unguided"] = score(engine.generate(prompts, None, seeds, 0.0, 0.0, steps, cfg))

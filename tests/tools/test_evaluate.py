@@ -1,5 +1,5 @@
 """Tests of tools/evaluate.py's measurements that are not adherence itself: the bound the VAE sets on shape
-adherence (vae_bound) and the classifier's training degradations."""
+adherence (vae_bound), the classifier's training degradations, and adherence's per-shape shares."""
 import os
 
 import numpy as np
@@ -73,3 +73,32 @@ def test_augment_keeps_shape_and_range():
     assert y.shape == x.shape
     assert y.abs().max() < 1.6
     assert (y - x).abs().mean() > 0.01
+
+
+class _CirclesEngine:
+    """An engine that draws every prompt's colours and background exactly, but always a circle."""
+
+    class model:
+        lgp = None
+
+    def __init__(self, group, n):
+        self.params = [p for _, p in evaluate.prompts_for(group, n)]
+
+    def generate(self, prompts, sketches, seeds, beta, stop, steps, cfg):
+        import shapes
+        return np.stack([shapes.render(dict(p, shape="circle"), 64)[0] for p in self.params[:len(prompts)]])
+
+
+def test_adherence_reports_the_shape_right_per_shape_asked_for(net):
+    """adherence's shape_by_shape: an engine that draws circles whatever the prompt asks is right on circles alone,
+    and the overall share is the circles' share of the prompts."""
+    n = 60
+    res = evaluate.adherence(_CirclesEngine("train", n), net, "train", n, 64, 0.0, 0.0, 1, 1.0, guided=False)
+    u = res["unguided"]
+    asked = [p["shape"] for _, p in evaluate.prompts_for("train", n)]
+    assert set(u["shape_by_shape"]) == set(asked) and len(set(asked)) >= 5
+    assert u["shape_by_shape"]["circle"] == 1.0
+    assert all(v == 0.0 for k, v in u["shape_by_shape"].items() if k != "circle"), u
+    assert u["shape"] == pytest.approx(asked.count("circle") / n)
+    assert u["fg_and_bg"] >= 0.95
+    assert "guided" not in res
