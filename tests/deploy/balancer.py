@@ -7,6 +7,7 @@ A replica is any object with
   log()           its log so far (stderr of `sketchguide serve`)
   kill()          SIGKILL; returns once it is gone
   drain()         SIGTERM; returns its exit code once it has exited (after the drain)
+  request(), submit_async(), wait_state()   test_http.Server's, on the replica itself
 Nothing here measures time: waits are polls with generous deadlines."""
 import http.client
 import io
@@ -37,6 +38,8 @@ CLIENTS = 5         # concurrent client threads
 KILL_AFTER = 20     # answers received before the SIGKILL of replica 0
 TERM_AFTER = 45     # answers received before the SIGTERM of replica 1
 STEPS = 6           # sampler steps per request: short jobs, so the check stays within a minute or two on 2 cores
+AFTER_DRAIN = 5     # answers to requests started after the drained replica's exit
+HOLD_STEPS = 150    # the job running at the SIGTERM (the most the service allows): seconds on any core; a signal takes less
 
 
 def free_port():
@@ -238,6 +241,17 @@ def parse_jobs_log(text):
     return drain, jobs, answered
 
 
+def hold_a_job(replica):
+    """Gives the replica a job it is still running when it is signalled, and returns its id: an asynchronous job of
+    HOLD_STEPS steps sent to the replica itself (not through nginx), returned once the replica says it runs. The load's
+    6-step jobs are not enough: on a fast core one ends between the poll that sees it and the signal (`docker stop`
+    takes a moment), and the replica then has nothing left to drain."""
+    job = replica.submit_async(steps=HOLD_STEPS, seed=4242)
+    o = replica.wait_state(job, ("running", "succeeded", "failed", "cancelled"), timeout=600)
+    assert o["status"] == "running", o
+    return job
+
+
 def wait_busy(replica, what):
     """Waits until the replica has a job running or queued (so that it surely has unfinished work when signalled).
     A queued job alone can be missed: on a quiet machine a 6-step job takes a fraction of a second, and round-robin
@@ -249,8 +263,8 @@ def wait_busy(replica, what):
 def check_kill_and_drain_under_load(front):
     """A load of synchronous generations through nginx during which replica 0 is killed and replica 1 drained. Strict,
     because replica 2 stays alive throughout, so nginx always has somewhere to retry: every request answers 200 with a
-    PNG of the model's size; the drained replica exits 0 after finishing every job it accepted, each answered 200 and
-    received by a client; requests started after a replica's exit never name it as the replica that answered; the
+    PNG of the model's size; the drained replica exits 0 after finishing every job it accepted (one of them surely
+    running at the SIGTERM), each answered and received by a client; requests started after a replica's exit never name it as the replica that answered; the
     surviving replica keeps answering; nginx's log and the replicas' own counts agree."""
     size = model_size(front)
     results = []          # one dict per request, appended by the clients
@@ -258,13 +272,15 @@ def check_kill_and_drain_under_load(front):
     next_i = [0]
     answered = threading.Condition(lock)
 
+    done = threading.Event()  # set once the load has run long enough; each client then stops after its request
+
     def client():
         while True:
             with lock:
+                if done.is_set():
+                    return
                 i = next_i[0]
                 next_i[0] += 1
-            if i >= REQUESTS:
-                return
             r = {"i": i, "t0": time.monotonic()}
             try:
                 st, h, data = front.generate(steps=STEPS, seed=1000 + i)
@@ -276,9 +292,12 @@ def check_kill_and_drain_under_load(front):
                 results.append(r)
                 answered.notify_all()
 
-    def wait_answers(n):
+    def wait_answers(n, after=None):
+        """Until n answers, or with `after` a time, until n answers to requests started after it."""
+        def count():
+            return len(results) if after is None else sum(1 for r in results if r["t0"] > after)
         with lock:
-            assert answered.wait_for(lambda: len(results) >= n, 600), "the load stalled at %d" % len(results)
+            assert answered.wait_for(lambda: count() >= n, 600), "the load stalled at %d" % count()
 
     threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
     for t in threads:
@@ -291,15 +310,30 @@ def check_kill_and_drain_under_load(front):
         t_killed = time.monotonic()
 
         wait_answers(TERM_AFTER)
-        wait_busy(drained, "a running or queued job on replica 1 before the drain")
-        drained_rc = drained.drain()
+        held = hold_a_job(drained)
+        stopper = {}
+        stop = threading.Thread(target=lambda: stopper.setdefault("rc", drained.drain()))
+        stop.start()
+        wait_for(lambda: "SIGTERM: draining" in drained.log(), 300, "replica 1's drain to begin")
+        # the held job finishes in the drain and its image is fetched from the replica before it exits
+        o = drained.wait_state(held, ("succeeded", "failed", "cancelled"), timeout=600)
+        assert o["status"] == "succeeded", o
+        st, h, data = drained.request("GET", o["images"][0]["url"])
+        assert st == 200 and h["content-type"] == "image/png", (st, data[:200])
+        check_png(data, size)
+        stop.join(900)
+        drained_rc = stopper.get("rc")
         t_drained = time.monotonic()
+        # the load goes on past the replica's exit: REQUESTS in all, and some started after it
+        wait_answers(REQUESTS)
+        wait_answers(AFTER_DRAIN, after=t_drained)
     finally:
+        done.set()
         for t in threads:
             t.join(900)
 
     # Every request answered 200 with a PNG of the model's size.
-    assert len(results) == REQUESTS
+    assert len(results) == next_i[0] >= REQUESTS
     bad = [(r["i"], r.get("status"), r.get("error") or r["body"][:200]) for r in results if r["status"] != 200]
     assert not bad, "requests that did not answer 200: %s" % bad
     for r in results:
@@ -324,22 +358,24 @@ def check_kill_and_drain_under_load(front):
     assert after_kill > 0 and after_drain > 0, "requests stopped flowing (%d after the kill, %d after the drain)" % (
         after_kill, after_drain)
 
-    # The drained replica: exit 0, every job it accepted finished and was answered 200, and a client received it;
-    # some of them were still queued at the SIGTERM.
+    # The drained replica: exit 0, every job it accepted finished; the held one (running at the SIGTERM) was answered
+    # 202 and its image fetched above, every other was answered 200 and a client received it.
     dlog = drained.log()
     assert drained_rc == 0, dlog
     drain_at, jobs, answers = parse_jobs_log(dlog)
     assert drain_at is not None, dlog
-    assert "drain time passed" not in dlog and "closing" not in dlog, dlog
+    assert "drain time passed" not in dlog and "closing" not in dlog and "nobody fetched" not in dlog, dlog
     assert jobs and all(state == "succeeded" for _, _, state in jobs), jobs
     finished_in_drain = [j for i, j, _ in jobs if i > drain_at]
-    assert finished_in_drain, "replica 1 had no job left to drain"
+    assert held in finished_in_drain, "the held job did not finish in the drain: %s" % jobs
+    assert answers.get(held) == 202, answers.get(held)
     received = {r["job"] for r in results}
     for _, job, _ in jobs:
-        assert answers.get(job) == 200, "job %s of the drained replica was not answered 200" % job
-        assert job in received, "job %s of the drained replica never reached a client" % job
+        if job != held:
+            assert answers.get(job) == 200, "job %s of the drained replica was not answered 200" % job
+            assert job in received, "job %s of the drained replica never reached a client" % job
     served = {a: sum(1 for e in entries if e["tried"][-1] == a) for a in (a_killed, a_drained, a_live)}
-    assert served[a_drained] == len(jobs), (served, len(jobs))
+    assert served[a_drained] == len(jobs) - 1, (served, len(jobs))
 
     # The live replica counted the same answers as nginx says it gave.
     def live_200():
@@ -349,11 +385,12 @@ def check_kill_and_drain_under_load(front):
     assert live_200() == served[a_live]
     assert live.metrics()["sketchguide_ready"] == 1
 
+    held_s = re.search(r"job %s succeeded in ([0-9.]+) s" % held, dlog)
     refused_503 = sum(e["statuses"].count("503") for e in entries)
     failed_conn = sum(e["statuses"].count("502") for e in entries)
     print("\nload: %d requests, %d answered 200, %d retried on another replica (%d upstream 503 while draining, "
           "%d upstream connection failures); answered by replica 0 (killed) %d, replica 1 (drained) %d, replica 2 %d; "
-          "drained replica: %d jobs, %d finished after SIGTERM; %d requests after the kill, %d after the drain"
-          % (len(results), sum(r["status"] == 200 for r in results), len(retried), refused_503, failed_conn,
-             served[a_killed], served[a_drained], served[a_live], len(jobs), len(finished_in_drain), after_kill,
-             after_drain))
+          "drained replica: %d jobs, %d finished after SIGTERM, the held one in %s s; %d requests after the kill, %d after "
+          "the drain" % (len(results), sum(r["status"] == 200 for r in results), len(retried), refused_503, failed_conn,
+             served[a_killed], served[a_drained], served[a_live], len(jobs), len(finished_in_drain),
+             held_s.group(1) if held_s else "?", after_kill, after_drain))

@@ -24,8 +24,9 @@ class ProcessReplica(Server):
     """A `sketchguide serve` process as balancer.py's replica."""
 
     def __init__(self):
-        # a drain limit no busy machine reaches: the test checks that every accepted job finishes
-        super().__init__("--drain-seconds", "600", "--max-queue", "16")
+        # drain and collect limits no busy machine reaches: the test checks that every accepted job finishes and that
+        # the job held through the drain is fetched
+        super().__init__("--drain-seconds", "600", "--collect-seconds", "600", "--max-queue", "16")
 
     def kill(self):
         self.proc.send_signal(signal.SIGKILL)
