@@ -17,7 +17,7 @@ PACKAGES=(
 # deployment test (tests/deploy). Neither runs as a service: the tests start their own.
 # docker.io and mmdebstrap: the image suite (tests/deploy/test_image.py) builds and runs the container image with
 # Debian's Docker, its base images made from Debian's archive (deploy/base-images.sh); it starts dockerd itself.
-# libhiredis-dev: cluster mode's job store (server/store_redis.c); redis-server: its tests (tests/cluster), which start
+# libhiredis-dev: cluster mode's job store (server/store_redis*.c); redis-server: its tests (tests/cluster), which start
 # their own on a free loopback port (the system service is not needed and may stay stopped).
 # clang, its libFuzzer runtime (libclang-rt-14-dev, only recommended by clang) and llvm-14 (llvm-cov): the fuzz
 # targets (tests/fuzz, docs/fuzzing.md); without them the suite `fuzz` skips its libFuzzer runs.

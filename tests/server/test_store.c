@@ -1,4 +1,4 @@
-/* Unit tests of the job stores (server/store.c and store_redis.c, included for their static functions): URLs, ids,
+/* Unit tests of the job stores (server/store.c and store_redis*.c, included for their static functions): URLs, ids,
  * hostile status records, event entries and url-result records built as hiredis replies, the idempotency
  * fingerprint, the local store's table of url keys (expiry, the oldest dropped), and a store whose Redis is down
  * (every call answers SG_STORE_EUNAVAILABLE, nothing blocks or crashes). No Redis is needed. */
@@ -7,6 +7,8 @@
 
 #include "../../server/store.c"
 #include "../../server/store_redis.c"
+#include "../../server/store_redis_jobs.c"
+#include "../../server/store_redis_worker.c"
 #include "check.h"
 
 static redisReply *str(const char *s) {
@@ -44,13 +46,14 @@ static void test_urls(void) {
 }
 
 static void test_ids(void) {
-  CHECK(is_job_id("0123456789abcdef0123456789abcdef"), "an id");
-  CHECK(!is_job_id("0123456789ABCDEF0123456789abcdef") && !is_job_id("../../etc/passwd") && !is_job_id("") &&
-            !is_job_id(NULL) && !is_job_id("0123456789abcdef0123456789abcde"),
+  CHECK(sg_redis_is_job_id("0123456789abcdef0123456789abcdef"), "an id");
+  CHECK(!sg_redis_is_job_id("0123456789ABCDEF0123456789abcdef") && !sg_redis_is_job_id("../../etc/passwd") &&
+            !sg_redis_is_job_id("") && !sg_redis_is_job_id(NULL) &&
+            !sg_redis_is_job_id("0123456789abcdef0123456789abcde"),
         "not ids");
-  CHECK(is_stream_id("1700000000000-0") && is_stream_id("0-0"), "stream ids");
-  CHECK(!is_stream_id("1-") && !is_stream_id("-1") && !is_stream_id("1-2-3") && !is_stream_id("$") &&
-            !is_stream_id("1 -0") && !is_stream_id(""),
+  CHECK(sg_redis_is_stream_id("1700000000000-0") && sg_redis_is_stream_id("0-0"), "stream ids");
+  CHECK(!sg_redis_is_stream_id("1-") && !sg_redis_is_stream_id("-1") && !sg_redis_is_stream_id("1-2-3") &&
+            !sg_redis_is_stream_id("$") && !sg_redis_is_stream_id("1 -0") && !sg_redis_is_stream_id(""),
         "not stream ids");
 }
 
