@@ -29,7 +29,6 @@
  */
 #include "http.h"
 
-#include <arpa/inet.h>
 #include <jansson.h>
 #include <math.h>
 #include <microhttpd.h>

@@ -12,9 +12,10 @@ spec must be rejected by it.
 
 Then the reverse direction: every (method, path, status) the spec lists is produced at least once (except the
 500s, which need a failing model), every listed path answers 405 with the spec's methods in Allow to the others,
-paths the spec lacks answer 404, and the route, error, parameter and state tables of server/http.c, server/jobs.c
-and core/sampler.c match the spec. A last test mutates the spec and checks that both Prism and the validator
-notice, so that a silently blind check cannot pass."""
+paths the spec lacks answer 404, and the route and error tables of server/http.c, the parameter table of
+server/request.c, the state table of server/jobs.c and the samplers of core/sampler.c match the spec. A last
+test mutates the spec and checks that both Prism and the validator notice, so that a silently blind check cannot
+pass."""
 import base64
 import http.client
 import json
