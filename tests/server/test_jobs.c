@@ -1,6 +1,7 @@
-/* Tests of server/jobs.c on the bundled model: results as PNG, queue order and limits, cancel, deadlines, expiry,
- * events, the uncollected count, many threads at once, drain and shutdown, and batches of jobs (max_batch). jobs.c is included rather than linked, so
- * that check_books can compare the count with the records and a test can make an image's copy fail. */
+/* Tests of server/jobs*.c on the bundled model: results as PNG, queue order and limits, cancel, deadlines, expiry,
+ * events, the uncollected count, many threads at once, drain and shutdown, and batches of jobs (max_batch). The
+ * three files are included rather than linked, so that check_books can compare the count with the records and a
+ * test can make an image's copy fail. */
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -25,6 +26,8 @@ static void *test_copy_alloc(size_t n) {
 
 #define SG_JOBS_COPY_ALLOC test_copy_alloc
 #include "../../server/jobs.c"
+#include "../../server/jobs_records.c"
+#include "../../server/jobs_worker.c"
 
 #define PROMPT "a red star on a plain blue background"
 #define LONG_STEPS 999 /* a job that runs until it is cancelled (the most DDIM takes on 1000 timesteps) */
@@ -1248,7 +1251,7 @@ static void test_batch_lifecycle(void) {
   /* b's deadline: set it to pass now (under the lock, as a deadline seen at its next step) */
   pthread_mutex_lock(&q->mu);
   job *jb;
-  lookup_locked(q, b, &jb);
+  sg_jm_lookup_locked(q, b, &jb);
   jb->deadline = sg_jobs_now();
   pthread_mutex_unlock(&q->mu);
   CHECK(wait_end(&cb, 60), "b: no end");
