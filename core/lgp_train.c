@@ -1,14 +1,11 @@
 /* LGP training in C, step for step as tools/train_lgp.py: data preparation, the training loop with resumable
- * checkpoints, the held-out report, and the predictor and manifest written atomically. */
+ * checkpoints, the held-out report, and the predictor and manifest written atomically. The data sets it reads
+ * are core/lgp_data.c's. */
 #include "lgp_train.h"
 
-#include "edges.h"
 #include "errbuf.h"
-#include "image.h"
 #include "mem.h"
 
-#include <ctype.h>
-#include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
 #include <limits.h>
@@ -16,7 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -26,98 +22,6 @@
 #define EVAL_BATCH 64
 #define EVAL_SEED 123
 static const int32_t EVAL_T[SG_LGP_N_EVAL_T] = {50, 250, 500, 750, 950};
-
-/* ---------------------------------------------------------------- data */
-
-struct sg_lgp_data {
-  int32_t size, n, cap;
-  uint8_t *images; /* n x size x size x 3 */
-  uint8_t *edges;  /* n x size x size, 255/0 */
-  char **captions;
-};
-
-sg_lgp_data *sg_lgp_data_new(int32_t image_size, char *err, size_t errlen) {
-  if (image_size < 8 || image_size > 4096) {
-    sg_set_err(err, errlen, "image size %d is out of range (8 to 4096)", (int)image_size);
-    return NULL;
-  }
-  sg_lgp_data *d = calloc(1, sizeof *d);
-  if (!d) sg_set_err(err, errlen, "out of memory");
-  else d->size = image_size;
-  return d;
-}
-
-void sg_lgp_data_free(sg_lgp_data *d) {
-  if (!d) return;
-  for (int32_t i = 0; i < d->n; i++) free(d->captions[i]);
-  free(d->captions), free(d->images), free(d->edges);
-  free(d);
-}
-
-int32_t sg_lgp_data_count(const sg_lgp_data *d) { return d ? d->n : 0; }
-int32_t sg_lgp_data_image_size(const sg_lgp_data *d) { return d ? d->size : 0; }
-
-const uint8_t *sg_lgp_data_image(const sg_lgp_data *d, int32_t i) {
-  return d && i >= 0 && i < d->n ? d->images + (size_t)i * d->size * d->size * 3 : NULL;
-}
-
-const uint8_t *sg_lgp_data_edges(const sg_lgp_data *d, int32_t i) {
-  return d && i >= 0 && i < d->n ? d->edges + (size_t)i * d->size * d->size : NULL;
-}
-
-const char *sg_lgp_data_caption(const sg_lgp_data *d, int32_t i) {
-  return d && i >= 0 && i < d->n ? d->captions[i] : NULL;
-}
-
-int sg_lgp_data_add(sg_lgp_data *d, const uint8_t *rgb, int32_t width, int32_t height, const uint8_t *edges,
-                    const char *caption, char *err, size_t errlen) {
-  if (!d || !rgb || !caption) {
-    sg_set_err(err, errlen, "missing data set, image or caption");
-    return SG_LGP_EINVAL;
-  }
-  if (width != d->size || height != d->size) {
-    sg_set_err(err, errlen, "image is %dx%d, the data set's size is %dx%d", (int)width, (int)height, (int)d->size,
-               (int)d->size);
-    return SG_LGP_EDATA;
-  }
-  if (d->n == INT32_MAX) {
-    sg_set_err(err, errlen, "too many pairs");
-    return SG_LGP_EDATA;
-  }
-  size_t px = (size_t)d->size * d->size;
-  if (d->n == d->cap) {
-    int32_t cap = d->cap ? (d->cap > INT32_MAX / 2 ? INT32_MAX : d->cap * 2) : 16;
-    uint8_t *im = realloc(d->images, (size_t)cap * px * 3);
-    if (im) d->images = im;
-    uint8_t *ed = im ? realloc(d->edges, (size_t)cap * px) : NULL;
-    if (ed) d->edges = ed;
-    char **cp = ed ? realloc(d->captions, (size_t)cap * sizeof *cp) : NULL;
-    if (!cp) {
-      sg_set_err(err, errlen, "out of memory");
-      return SG_LGP_ENOMEM;
-    }
-    d->captions = cp;
-    d->cap = cap;
-  }
-  char *c = strdup(caption);
-  if (!c) {
-    sg_set_err(err, errlen, "out of memory");
-    return SG_LGP_ENOMEM;
-  }
-  uint8_t *e = d->edges + (size_t)d->n * px;
-  if (edges) {
-    for (size_t i = 0; i < px; i++) e[i] = edges[i] > 127 ? 255 : 0;
-  } else {
-    int rc = sg_edges_detect(rgb, width, height, 3, SG_EDGES_LOW, SG_EDGES_HIGH, e, err, errlen);
-    if (rc) {
-      free(c);
-      return rc == SG_EDGES_ENOMEM ? SG_LGP_ENOMEM : SG_LGP_EDATA;
-    }
-  }
-  memcpy(d->images + (size_t)d->n * px * 3, rgb, px * 3);
-  d->captions[d->n++] = c;
-  return SG_LGP_OK;
-}
 
 /* ---------------------------------------------------------------- JSON written as Python's json module does */
 
@@ -329,7 +233,7 @@ static void prepared_free(prepared *d) {
  * in as train_lgp.py's torch.from_numpy(images).float().permute(0, 3, 1, 2) / 127.5 - 1 does: channels-last
  * strides, which the VAE's convolutions handle with other (slightly different) kernels than contiguous input. */
 static int encode_rows(trainer *T, const sg_lgp_data *d, int edges, float *out) {
-  int32_t S = d->size;
+  int32_t S = sg_lgp_data_image_size(d), N = sg_lgp_data_count(d);
   size_t px = (size_t)S * S;
   /* train_lgp.py encodes 256 images per call; large images go in smaller groups to bound memory */
   int64_t chunk = (int64_t)CHUNK * 64 * 64 / ((int64_t)S * S);
@@ -337,15 +241,15 @@ static int encode_rows(trainer *T, const sg_lgp_data *d, int edges, float *out) 
   float *x = malloc((size_t)chunk * 3 * px * sizeof *x);
   if (!x) return nomem(T);
   float sf = (float)T->info->scaling_factor;
-  for (int32_t i0 = 0; i0 < d->n; i0 += (int32_t)chunk) {
-    int32_t b = d->n - i0 < chunk ? d->n - i0 : (int32_t)chunk;
+  for (int32_t i0 = 0; i0 < N; i0 += (int32_t)chunk) {
+    int32_t b = N - i0 < chunk ? N - i0 : (int32_t)chunk;
     for (int32_t k = 0; k < b; k++) {
       float *xk = x + (size_t)k * 3 * px;
       if (edges) {
-        const uint8_t *e = d->edges + (size_t)(i0 + k) * px;
+        const uint8_t *e = sg_lgp_data_edges(d, i0 + k);
         for (size_t i = 0; i < px; i++) xk[i] = xk[px + i] = xk[2 * px + i] = e[i] > 127 ? 1.0f : -1.0f;
       } else {
-        const uint8_t *im = d->images + (size_t)(i0 + k) * px * 3; /* stays HWC */
+        const uint8_t *im = sg_lgp_data_image(d, i0 + k); /* stays HWC */
         for (size_t i = 0; i < 3 * px; i++) xk[i] = (float)im[i] / 127.5f - 1.0f;
       }
     }
@@ -387,34 +291,35 @@ static int encode_rows(trainer *T, const sg_lgp_data *d, int edges, float *out) 
 
 static int cmp_caption(const void *a, const void *b, void *data) {
   const sg_lgp_data *d = data;
-  return strcmp(d->captions[*(const int32_t *)a], d->captions[*(const int32_t *)b]);
+  return strcmp(sg_lgp_data_caption(d, *(const int32_t *)a), sg_lgp_data_caption(d, *(const int32_t *)b));
 }
 
 /* Starts P for d: each pair's index among the distinct captions in sorted order (as Python's
  * sorted(set(captions))), their count and the first pair of each, before anything is encoded. */
 static int index_captions(trainer *T, const sg_lgp_data *d, prepared *P) {
   memset(P, 0, sizeof *P);
-  P->n = d->n;
-  int32_t *order = malloc((size_t)(d->n ? d->n : 1) * sizeof *order);
-  P->cap_idx = malloc((size_t)(d->n ? d->n : 1) * sizeof *P->cap_idx);
+  int32_t N = sg_lgp_data_count(d);
+  P->n = N;
+  int32_t *order = malloc((size_t)(N ? N : 1) * sizeof *order);
+  P->cap_idx = malloc((size_t)(N ? N : 1) * sizeof *P->cap_idx);
   if (!order || !P->cap_idx) {
     free(order);
     return nomem(T);
   }
-  for (int32_t i = 0; i < d->n; i++) order[i] = i;
-  qsort_r(order, (size_t)d->n, sizeof *order, cmp_caption, (void *)d);
+  for (int32_t i = 0; i < N; i++) order[i] = i;
+  qsort_r(order, (size_t)N, sizeof *order, cmp_caption, (void *)d);
   int32_t u = 0;
-  for (int32_t k = 0; k < d->n; k++) {
-    if (k && strcmp(d->captions[order[k]], d->captions[order[k - 1]])) u++;
+  for (int32_t k = 0; k < N; k++) {
+    if (k && strcmp(sg_lgp_data_caption(d, order[k]), sg_lgp_data_caption(d, order[k - 1]))) u++;
     P->cap_idx[order[k]] = u;
   }
-  P->n_ctx = d->n ? u + 1 : 0;
+  P->n_ctx = N ? u + 1 : 0;
   int32_t *first = P->first = malloc((size_t)(P->n_ctx ? P->n_ctx : 1) * sizeof *first);
   if (!first) {
     free(order);
     return nomem(T);
   }
-  for (int32_t k = 0; k < d->n; k++) first[P->cap_idx[order[k]]] = order[k];
+  for (int32_t k = 0; k < N; k++) first[P->cap_idx[order[k]]] = order[k];
   free(order);
   return 0;
 }
@@ -432,7 +337,7 @@ static int encode_captions(trainer *T, const sg_lgp_data *d, prepared *P) {
   for (int32_t i0 = 0; !rc && i0 < P->n_ctx; i0 += CHUNK) {
     int32_t b = P->n_ctx - i0 < CHUNK ? P->n_ctx - i0 : CHUNK;
     for (int32_t k = 0; k < b && !rc; k++) {
-      const char *c = d->captions[first[i0 + k]];
+      const char *c = sg_lgp_data_caption(d, first[i0 + k]);
       if (sg_tokenizer_input_ids(tok, c, strlen(c), ids32, (size_t)L, NULL)) {
         sg_set_err(T->err, T->errlen, "tokenizer failed on caption \"%.80s\"", c);
         rc = SG_LGP_EDATA;
@@ -462,8 +367,8 @@ static int encode_captions(trainer *T, const sg_lgp_data *d, prepared *P) {
 
 /* Encodes d into P, which index_captions started. */
 static int prepare(trainer *T, const sg_lgp_data *d, prepared *P) {
-  P->z0 = malloc((size_t)d->n * T->len * sizeof *P->z0);
-  P->target = malloc((size_t)d->n * T->len * sizeof *P->target);
+  P->z0 = malloc((size_t)sg_lgp_data_count(d) * T->len * sizeof *P->z0);
+  P->target = malloc((size_t)sg_lgp_data_count(d) * T->len * sizeof *P->target);
   if (!P->z0 || !P->target) return nomem(T);
   int rc = encode_rows(T, d, 0, P->z0);
   if (!rc) rc = encode_rows(T, d, 1, P->target);
@@ -748,24 +653,19 @@ static int validate(const sg_model *m, const char *model_dir, const sg_lgp_data 
   if (p->checkpoint_every < 1) BAD("checkpoint_every must be at least 1");
   if (in->n_taps < 1 || in->n_taps > MAX_TAPS || in->tap_channels < 1) BAD("the model has no usable U-Net taps");
 #undef BAD
-  if (train->n == 0) {
+  if (sg_lgp_data_count(train) == 0) {
     sg_set_err(err, errlen, "the training data hold no pairs");
     return SG_LGP_EDATA;
   }
   for (int k = 0; k < 2; k++) {
     const sg_lgp_data *d = k ? held : train;
-    if (d && d->size != in->image_size) {
+    if (d && sg_lgp_data_image_size(d) != in->image_size) {
       sg_set_err(err, errlen, "the %s data are %dx%d images, the model's image size is %d", k ? "held-out" : "training",
-                 (int)d->size, (int)d->size, (int)in->image_size);
+                 (int)sg_lgp_data_image_size(d), (int)sg_lgp_data_image_size(d), (int)in->image_size);
       return SG_LGP_EDATA;
     }
   }
   return 0;
-}
-
-static int file_exists(const char *path) {
-  struct stat st;
-  return stat(path, &st) == 0;
 }
 
 int sg_lgp_train(sg_model *m, const char *model_dir, const sg_lgp_data *train, const sg_lgp_data *held,
@@ -801,7 +701,7 @@ int sg_lgp_train(sg_model *m, const char *model_dir, const sg_lgp_data *train, c
   else snprintf(r.out, sizeof r.out, "%s/lgp.pt", model_dir);
   if (p.checkpoint) snprintf(ckpt, sizeof ckpt, "%s", p.checkpoint);
   else snprintf(ckpt, sizeof ckpt, "%s.ckpt", r.out);
-  settings(&T, train->n, meta, sizeof meta);
+  settings(&T, sg_lgp_data_count(train), meta, sizeof meta);
 
   prepared P, H;
   memset(&P, 0, sizeof P);
@@ -837,7 +737,7 @@ int sg_lgp_train(sg_model *m, const char *model_dir, const sg_lgp_data *train, c
     rc = SG_LGP_EINVAL;
     goto done;
   }
-  if (*ckpt && p.resume && file_exists(ckpt)) { /* check before the long preparation */
+  if (*ckpt && p.resume && access(ckpt, F_OK) == 0) { /* check before the long preparation */
     if (!(old_meta = ts_train_state_meta(ckpt))) {
       rc = torch_fail(&T, ckpt);
       goto done;
@@ -852,14 +752,14 @@ int sg_lgp_train(sg_model *m, const char *model_dir, const sg_lgp_data *train, c
 
   /* prepare: every input counted first, so that each report has a total to show progress against */
   double t_prep = now_s();
-  if ((rc = index_captions(&T, train, &P)) || (held && held->n && (rc = index_captions(&T, held, &H)))) goto done;
+  if ((rc = index_captions(&T, train, &P)) || (held && sg_lgp_data_count(held) && (rc = index_captions(&T, held, &H)))) goto done;
   T.enc_total = 2 * P.n + P.n_ctx + 2 * H.n + H.n_ctx;
   if (report(&T, SG_LGP_PHASE_PREPARE, 0, NAN, 0)) {
     sg_set_err(err, errlen, "cancelled before training");
     rc = SG_LGP_ECANCEL;
     goto done;
   }
-  if ((rc = prepare(&T, train, &P)) || (held && held->n && (rc = prepare(&T, held, &H)))) goto done;
+  if ((rc = prepare(&T, train, &P)) || (held && sg_lgp_data_count(held) && (rc = prepare(&T, held, &H)))) goto done;
   r.prepare_seconds = now_s() - t_prep;
 
   /* the predictor, its optimiser and the batch generator, fresh or from the checkpoint */
@@ -920,7 +820,7 @@ int sg_lgp_train(sg_model *m, const char *model_dir, const sg_lgp_data *train, c
     r.n_held_out = SG_LGP_N_EVAL_T;
     memcpy(r.held_out_t, EVAL_T, sizeof EVAL_T);
   }
-  desc = describe(&T, taps, &p, (int32_t)step, train->n, r.held_out_loss, r.n_held_out);
+  desc = describe(&T, taps, &p, (int32_t)step, sg_lgp_data_count(train), r.held_out_loss, r.n_held_out);
   sbuf js = {0};
   sb_json(&js, desc, 0, 0);
   if (js.oom || !desc) {
@@ -959,151 +859,4 @@ done:
   json_decref(taps), json_decref(desc);
   free(T.abar), free(run), free(old_meta);
   return rc;
-}
-
-/* ---------------------------------------------------------------- directory loader */
-
-static int cmp_names(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
-
-static int ends_with_ci(const char *s, const char *suffix) {
-  size_t n = strlen(s), k = strlen(suffix);
-  return n >= k && !strcasecmp(s + n - k, suffix);
-}
-
-/* The whole file at path as a NUL-terminated string with surrounding whitespace stripped (str.strip()), or NULL. */
-static char *read_caption(const char *path) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  size_t cap = 256, len = 0, got;
-  char *s = malloc(cap);
-  while (s && (got = fread(s + len, 1, cap - len - 1, f)) > 0) {
-    len += got;
-    if (len + 1 == cap) {
-      char *t = cap < ((size_t)1 << 24) ? realloc(s, cap * 2) : NULL;
-      if (!t) free(s);
-      s = t, cap *= 2;
-    }
-  }
-  int bad = ferror(f);
-  fclose(f);
-  if (!s || bad) {
-    free(s);
-    return NULL;
-  }
-  s[len] = 0;
-  size_t a = 0;
-  while (a < len && (isspace((unsigned char)s[a]) || (s[a] >= 0x1c && s[a] <= 0x1f))) a++;
-  while (len > a && (isspace((unsigned char)s[len - 1]) || (s[len - 1] >= 0x1c && s[len - 1] <= 0x1f))) len--;
-  memmove(s, s + a, len - a);
-  s[len - a] = 0;
-  return s;
-}
-
-/* Loads path as 8-bit pixels with `channels` 3 (PIL's convert("RGB"): alpha dropped, gray replicated) or 1 (PIL's
- * convert("L")), resized to size x size when it is not that size. Returns 0 or a negative SG_LGP_E* code. */
-static int load_as(const char *path, int channels, int32_t size, sg_image *out, char *err, size_t errlen) {
-  sg_image im, conv = {0, 0, 0, NULL};
-  char msg[256];
-  int rc = sg_image_load(path, sg_image_default_params(), &im, msg, sizeof msg);
-  if (rc) {
-    sg_set_err(err, errlen, "%s: %s", path, msg);
-    return rc == SG_IMAGE_EIO ? SG_LGP_EIO : rc == SG_IMAGE_ENOMEM ? SG_LGP_ENOMEM : SG_LGP_EDATA;
-  }
-  size_t px = (size_t)im.width * im.height;
-  conv.width = im.width, conv.height = im.height, conv.channels = channels;
-  conv.pixels = sg_mem_alloc(px * (size_t)channels);
-  if (!conv.pixels) {
-    sg_image_free(&im);
-    sg_set_err(err, errlen, "out of memory");
-    return SG_LGP_ENOMEM;
-  }
-  for (size_t i = 0; i < px; i++) {
-    const uint8_t *s = im.pixels + i * (size_t)im.channels;
-    uint8_t *d = conv.pixels + i * (size_t)channels;
-    int color = im.channels >= 3;
-    if (channels == 3) {
-      d[0] = s[0], d[1] = color ? s[1] : s[0], d[2] = color ? s[2] : s[0];
-    } else {
-      d[0] = color ? (uint8_t)((s[0] * 19595u + s[1] * 38470u + s[2] * 7471u + 0x8000u) >> 16) : s[0];
-    }
-  }
-  sg_image_free(&im);
-  if (conv.width == size && conv.height == size) {
-    *out = conv;
-    return 0;
-  }
-  rc = sg_image_resize(&conv, size, size, out, msg, sizeof msg);
-  sg_image_free(&conv);
-  if (rc) {
-    sg_set_err(err, errlen, "%s: %s", path, msg);
-    return rc == SG_IMAGE_ENOMEM ? SG_LGP_ENOMEM : SG_LGP_EDATA;
-  }
-  return 0;
-}
-
-sg_lgp_data *sg_lgp_data_load_dir(const char *dir, int32_t image_size, char *err, size_t errlen) {
-  if (!dir) {
-    sg_set_err(err, errlen, "no data directory");
-    return NULL;
-  }
-  sg_lgp_data *d = sg_lgp_data_new(image_size, err, errlen);
-  if (!d) return NULL;
-  DIR *dh = opendir(dir);
-  if (!dh) {
-    sg_set_err(err, errlen, "%s: %s", dir, strerror(errno));
-    sg_lgp_data_free(d);
-    return NULL;
-  }
-  char **names = NULL;
-  size_t n = 0, cap = 0;
-  struct dirent *de;
-  int rc = 0;
-  while (!rc && (de = readdir(dh))) {
-    if (de->d_name[0] == '.') continue; /* glob's "*" skips hidden files */
-    if (n == cap) {
-      char **t = realloc(names, (cap = cap ? cap * 2 : 64) * sizeof *t);
-      if (!t) rc = SG_LGP_ENOMEM;
-      else names = t;
-    }
-    if (!rc && !(names[n++] = strdup(de->d_name))) n--, rc = SG_LGP_ENOMEM;
-  }
-  closedir(dh);
-  if (!rc) qsort(names, n, sizeof *names, cmp_names);
-  else sg_set_err(err, errlen, "out of memory");
-  char path[4200], stem[4096];
-  for (size_t i = 0; !rc && i < n; i++) {
-    const char *name = names[i], *dot = strrchr(name, '.');
-    if (!dot || dot == name || !(ends_with_ci(name, ".png") || ends_with_ci(name, ".jpg") || ends_with_ci(name, ".jpeg")))
-      continue;
-    if (snprintf(stem, sizeof stem, "%s/%.*s", dir, (int)(dot - name), name) >= (int)sizeof stem) {
-      sg_set_err(err, errlen, "%s/%s: path too long", dir, name);
-      rc = SG_LGP_EINVAL;
-      break;
-    }
-    if (strlen(stem) >= 6 && !strcmp(stem + strlen(stem) - 6, ".edges")) continue;
-    snprintf(path, sizeof path, "%s.txt", stem);
-    if (!file_exists(path)) continue;
-    char *caption = read_caption(path);
-    if (!caption) {
-      sg_set_err(err, errlen, "%s: %s", path, strerror(errno ? errno : EIO));
-      rc = SG_LGP_EIO;
-      break;
-    }
-    sg_image rgb = {0, 0, 0, NULL}, ed = {0, 0, 0, NULL};
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    rc = load_as(path, 3, image_size, &rgb, err, errlen);
-    snprintf(path, sizeof path, "%s.edges.png", stem);
-    if (!rc && file_exists(path)) rc = load_as(path, 1, image_size, &ed, err, errlen);
-    if (!rc) rc = sg_lgp_data_add(d, rgb.pixels, rgb.width, rgb.height, ed.pixels, caption, err, errlen);
-    sg_image_free(&rgb), sg_image_free(&ed);
-    free(caption);
-  }
-  for (size_t i = 0; i < n; i++) free(names[i]);
-  free(names);
-  if (!rc && d->n == 0) sg_set_err(err, errlen, "%s holds no (image, caption) pairs (NAME.png|.jpg + NAME.txt)", dir);
-  if (rc || d->n == 0) {
-    sg_lgp_data_free(d);
-    return NULL;
-  }
-  return d;
 }
